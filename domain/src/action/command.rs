@@ -1,0 +1,145 @@
+//! What can be asked of an action. Each command carries everything the decision needs: the
+//! tenant, the principal and their roles, the time and the correlation id; a submission also
+//! carries the tenant's mode and the resolved policy.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::policy::PolicySnapshot;
+use crate::quorum::Vote;
+use crate::submission::Submission;
+use crate::{
+    ActionId, Comment, CorrelationId, IdempotencyKey, Principal, TenantId, TenantMode, Timestamp,
+};
+
+/// Who asks, for which tenant, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandContext {
+    pub tenant: TenantId,
+    pub by: Principal,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum ActionCommand {
+    SubmitAction(Box<SubmitAction>),
+    CastVote(CastVote),
+    CancelAction(CancelAction),
+    ExpireAction(ExpireAction),
+    RequestExecution(RequestExecution),
+    StartExecution(StartExecution),
+    RecordExecutionSuccess(RecordExecutionSuccess),
+    RecordExecutionFailure(RecordExecutionFailure),
+}
+
+impl ActionCommand {
+    pub fn context(&self) -> &CommandContext {
+        match self {
+            Self::SubmitAction(c) => &c.context,
+            Self::CastVote(c) => &c.context,
+            Self::CancelAction(c) => &c.context,
+            Self::ExpireAction(c) => &c.context,
+            Self::RequestExecution(c) => &c.context,
+            Self::StartExecution(c) => &c.context,
+            Self::RecordExecutionSuccess(c) => &c.context,
+            Self::RecordExecutionFailure(c) => &c.context,
+        }
+    }
+
+    /// The command's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SubmitAction(_) => "SubmitAction",
+            Self::CastVote(_) => "CastVote",
+            Self::CancelAction(_) => "CancelAction",
+            Self::ExpireAction(_) => "ExpireAction",
+            Self::RequestExecution(_) => "RequestExecution",
+            Self::StartExecution(_) => "StartExecution",
+            Self::RecordExecutionSuccess(_) => "RecordExecutionSuccess",
+            Self::RecordExecutionFailure(_) => "RecordExecutionFailure",
+        }
+    }
+}
+
+/// Request an action. The gateway scores the submission and resolves the policy first; the
+/// aggregate scores it again and records both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitAction {
+    pub context: CommandContext,
+    /// Random, or [`ActionId::for_idempotency_key`] when the submitter gave a key.
+    pub action_id: ActionId,
+    pub submission: Submission,
+    pub mode: TenantMode,
+    pub policy: PolicySnapshot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// Vote in the current stage; a later vote replaces the voter's earlier one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CastVote {
+    pub context: CommandContext,
+    pub vote: Vote,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<Comment>,
+}
+
+/// Withdraw a pending action (its requester, or an admin or owner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAction {
+    pub context: CommandContext,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Comment>,
+}
+
+/// The deadline reactor's command: escalate, expire or reject a pending action whose deadline
+/// has passed at `context.at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpireAction {
+    pub context: CommandContext,
+}
+
+/// Ask for an approved action to run (not needed when its policy auto-executes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestExecution {
+    pub context: CommandContext,
+}
+
+/// An executor claims the next attempt, for `lease_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartExecution {
+    pub context: CommandContext,
+    pub lease_seconds: u32,
+}
+
+/// The capability finished the attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordExecutionSuccess {
+    pub context: CommandContext,
+    pub attempt: u32,
+    pub result: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_payload: Option<Value>,
+    pub duration_ms: u64,
+}
+
+/// The capability failed the attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordExecutionFailure {
+    pub context: CommandContext,
+    pub attempt: u32,
+    pub error: String,
+    pub retryable: bool,
+}

@@ -1,0 +1,72 @@
+//! Why the domain refuses a command. Each variant has a stable code that the gateway exposes
+//! in problem+json; nothing is recorded when a command is refused.
+
+use crate::action::ActionStatus;
+use crate::{ActionId, Timestamp, UserId};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// No such action in this tenant (another tenant's action looks exactly like this).
+    /// Handling: 404.
+    #[error("action not found")]
+    NotFound,
+    /// The idempotency key already named this very submission. Handling: answer with the
+    /// existing action (200).
+    #[error("action {action_id} was already submitted with this idempotency key")]
+    AlreadySubmitted { action_id: ActionId },
+    /// The idempotency key was used for a different submission. Handling: 422.
+    #[error("this idempotency key was already used for a different submission")]
+    IdempotencyKeyReused,
+    /// The command does not apply in the action's current status. Handling: 409.
+    #[error("cannot {attempted} an action that is {status}")]
+    InvalidState {
+        status: ActionStatus,
+        attempted: &'static str,
+    },
+    /// The voter may not vote in the current stage. Handling: 403.
+    #[error("{voter} is not eligible to vote in stage {stage}")]
+    NotEligible { voter: UserId, stage: u32 },
+    /// The requester may not vote on their own action under this policy. Handling: 403.
+    #[error("the requester may not vote on their own action")]
+    SelfApprovalForbidden,
+    /// The principal may not do this to this action. Handling: 403.
+    #[error("only the requester or an admin may {attempted} this action")]
+    NotPermitted { attempted: &'static str },
+    /// The deadline has not passed yet. Handling: 409.
+    #[error("the deadline {expires_at} has not passed")]
+    DeadlineNotReached { expires_at: Timestamp },
+    /// Nobody asked for this approved action to run and its policy does not auto-execute.
+    /// Handling: 409.
+    #[error("execution was not requested and the policy does not auto-execute")]
+    ExecutionNotRequested,
+    /// Another executor holds the attempt's lease. Handling: 409; the redelivery will see the outcome.
+    #[error("attempt {attempt} is already executing")]
+    AlreadyExecuting { attempt: u32 },
+    /// The action ran successfully already. Handling: 409; never run it again.
+    #[error("the action has already been executed")]
+    AlreadyExecuted,
+    /// An outcome for an attempt that is no longer current (its lease was reclaimed). Handling:
+    /// 409; discard the outcome.
+    #[error("attempt {attempt} is not the current attempt ({current})")]
+    StaleAttempt { attempt: u32, current: u32 },
+}
+
+impl ActionError {
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound => "action_not_found",
+            Self::AlreadySubmitted { .. } => "already_submitted",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::InvalidState { .. } => "invalid_state",
+            Self::NotEligible { .. } => "not_eligible",
+            Self::SelfApprovalForbidden => "self_approval_forbidden",
+            Self::NotPermitted { .. } => "not_permitted",
+            Self::DeadlineNotReached { .. } => "deadline_not_reached",
+            Self::ExecutionNotRequested => "execution_not_requested",
+            Self::AlreadyExecuting { .. } => "already_executing",
+            Self::AlreadyExecuted => "already_executed",
+            Self::StaleAttempt { .. } => "stale_attempt",
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The facts an action's life is made of. Event type strings and field names are stored
+//! contracts: never rename them; a changed shape gets a new `event_version` and an upcaster.
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::canonical::ExecutionKey;
+use crate::policy::PolicySnapshot;
+use crate::quorum::{StageRejection, Tally, Vote};
+use crate::risk::RiskAssessment;
+use crate::submission::Submission;
+use crate::{
+    ActionId, ActionType, Comment, CorrelationId, IdempotencyKey, Role, TenantId, TenantMode,
+    Timestamp, UserId,
+};
+
+/// What every event carries so that it can be read alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventContext {
+    pub tenant: TenantId,
+    pub action_id: ActionId,
+    /// Who caused the event: a user, a service account, or a system component
+    /// (`system:deadlines`, `executor:…`).
+    pub actor: UserId,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationId>,
+}
+
+/// Every event of the `action` aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum ActionEvent {
+    ActionSubmitted(Box<ActionSubmitted>),
+    VoteCast(VoteCast),
+    StageApproved(StageApproved),
+    ActionApproved(ActionApproved),
+    ActionRejected(ActionRejected),
+    ActionEscalated(ActionEscalated),
+    ActionExpired(ActionExpired),
+    ActionCancelled(ActionCancelled),
+    ExecutionRequested(ExecutionRequested),
+    ExecutionStarted(ExecutionStarted),
+    ExecutionSucceeded(ExecutionSucceeded),
+    ExecutionFailed(ExecutionFailed),
+    ExecutionSkipped(ExecutionSkipped),
+}
+
+/// The current version of every event type. Bump one when its shape changes, and add an upcaster.
+pub const EVENT_VERSION: &str = "1";
+
+impl ActionEvent {
+    /// The stored event type: the variant's name.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::ActionSubmitted(_) => "ActionSubmitted",
+            Self::VoteCast(_) => "VoteCast",
+            Self::StageApproved(_) => "StageApproved",
+            Self::ActionApproved(_) => "ActionApproved",
+            Self::ActionRejected(_) => "ActionRejected",
+            Self::ActionEscalated(_) => "ActionEscalated",
+            Self::ActionExpired(_) => "ActionExpired",
+            Self::ActionCancelled(_) => "ActionCancelled",
+            Self::ExecutionRequested(_) => "ExecutionRequested",
+            Self::ExecutionStarted(_) => "ExecutionStarted",
+            Self::ExecutionSucceeded(_) => "ExecutionSucceeded",
+            Self::ExecutionFailed(_) => "ExecutionFailed",
+            Self::ExecutionSkipped(_) => "ExecutionSkipped",
+        }
+    }
+
+    pub fn context(&self) -> &EventContext {
+        match self {
+            Self::ActionSubmitted(e) => &e.context,
+            Self::VoteCast(e) => &e.context,
+            Self::StageApproved(e) => &e.context,
+            Self::ActionApproved(e) => &e.context,
+            Self::ActionRejected(e) => &e.context,
+            Self::ActionEscalated(e) => &e.context,
+            Self::ActionExpired(e) => &e.context,
+            Self::ActionCancelled(e) => &e.context,
+            Self::ExecutionRequested(e) => &e.context,
+            Self::ExecutionStarted(e) => &e.context,
+            Self::ExecutionSucceeded(e) => &e.context,
+            Self::ExecutionFailed(e) => &e.context,
+            Self::ExecutionSkipped(e) => &e.context,
+        }
+    }
+}
+
+impl cqrs_es::DomainEvent for ActionEvent {
+    fn event_type(&self) -> String {
+        Self::event_type(self).to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_owned()
+    }
+}
+
+/// An action was requested, scored and put under a policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionSubmitted {
+    #[serde(flatten)]
+    pub context: EventContext,
+    /// The requester's roles when submitting (the requester is `actor`).
+    pub requester_roles: BTreeSet<Role>,
+    pub action_type: ActionType,
+    pub submission: Submission,
+    pub risk: RiskAssessment,
+    /// The policy in force, frozen: later edits never change this action's rules.
+    pub policy: PolicySnapshot,
+    pub mode: TenantMode,
+    pub expires_at: Timestamp,
+    pub execution_key: ExecutionKey,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// blake3 of the canonical requester and submission: tells a retry from a reused key.
+    pub submission_digest: String,
+}
+
+/// A voter voted in the current stage (the voter is `actor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VoteCast {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub voter_roles: BTreeSet<Role>,
+    /// Zero-based stage index.
+    pub stage: u32,
+    pub vote: Vote,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<Comment>,
+    /// The voter's earlier vote in this stage, which this one replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Vote>,
+}
+
+/// A stage's requirements were met; the next stage (if any) opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StageApproved {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub stage: u32,
+    pub tally: Tally,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalReason {
+    /// Every stage met its requirements.
+    Quorum,
+    /// The tenant is in `auto` mode and the policy auto-approves.
+    AutoApproved,
+}
+
+/// The action may now execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionApproved {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub reason: ApprovalReason,
+}
+
+/// Why an action was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rejection {
+    /// Rejections exceeded what the stage's ratio tolerates.
+    Ratio,
+    /// A veto holder rejected.
+    Veto { voter: UserId },
+    /// No remaining eligible voter could bring the stage to approval.
+    Unreachable,
+    /// The deadline passed and the policy says `on_timeout: reject`.
+    Timeout,
+}
+
+impl From<StageRejection> for Rejection {
+    fn from(rejection: StageRejection) -> Self {
+        match rejection {
+            StageRejection::Ratio => Self::Ratio,
+            StageRejection::Veto { voter } => Self::Veto { voter },
+            StageRejection::Unreachable => Self::Unreachable,
+        }
+    }
+}
+
+/// The action will never execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionRejected {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub stage: u32,
+    pub reason: Rejection,
+    pub tally: Tally,
+}
+
+/// The deadline passed; holders of the escalation role may now vote and the deadline moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionEscalated {
+    #[serde(flatten)]
+    pub context: EventContext,
+    /// 1 for the first escalation.
+    pub escalation: u32,
+    pub escalation_role: Role,
+    pub previous_expires_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// The deadline passed with no escalation left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionExpired {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub deadline: Timestamp,
+}
+
+/// The requester or an admin withdrew the action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionCancelled {
+    #[serde(flatten)]
+    pub context: EventContext,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Comment>,
+}
+
+/// Someone asked for an approved action that does not auto-execute to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionRequested {
+    #[serde(flatten)]
+    pub context: EventContext,
+}
+
+/// An executor claimed an attempt (the executor is `actor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionStarted {
+    #[serde(flatten)]
+    pub context: EventContext,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub execution_key: ExecutionKey,
+    /// Until then, no other executor may claim the action.
+    pub lease_until: Timestamp,
+}
+
+/// The capability finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionSucceeded {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub attempt: u32,
+    pub result: Value,
+    /// What would reverse the action: the capability's, else the submitter's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_payload: Option<Value>,
+    pub duration_ms: u64,
+}
+
+/// An attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionFailed {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub attempt: u32,
+    pub error: String,
+    pub retryable: bool,
+    /// False when this was the last attempt: the action has failed for good.
+    pub will_retry: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The tenant was in safe mode when the action was submitted.
+    SafeMode,
+}
+
+/// The action was approved but will not run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionSkipped {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub reason: SkipReason,
+}

@@ -1,0 +1,777 @@
+//! The `action` aggregate. [`Action::decide`] turns a command into events without changing
+//! anything; [`Action::apply`] folds one event into the state. Every decision is made in
+//! `decide` from the state and the command alone, so folding the recorded events reproduces the
+//! same state, and the same decisions, on any machine at any time.
+//!
+//! ```text
+//!                 vote / auto-approve                 StartExecution            success
+//!   ┌─────────┐ ───────────────────────► ┌──────────┐ ─────────────► ┌───────────┐ ─────► executed
+//!   │ pending │        ┌──────────┐      │ approved │ ◄───────────── │ executing │ ─────► failed
+//!   └─────────┘ ─────► │escalated │ ───► └──────────┘  retryable     └───────────┘  (last attempt)
+//!     │  │  │ deadline └──────────┘          │ safe mode
+//!     │  │  └──────► expired / rejected      └──────────► skipped
+//!     │  └─────────► rejected (ratio, veto, unreachable)
+//!     └────────────► cancelled
+//! ```
+
+mod command;
+mod error;
+mod event;
+
+pub use command::*;
+pub use error::ActionError;
+pub use event::*;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::canonical::{ExecutionKey, digest};
+use crate::policy::PolicySnapshot;
+use crate::quorum::{Ballot, StageContext, StageOutcome, StageProgress};
+use crate::risk::{RiskAssessment, assess};
+use crate::submission::Submission;
+use crate::{
+    ActionId, ActionType, CorrelationId, IdempotencyKey, Principal, TenantId, TenantMode,
+    Timestamp, UserId,
+};
+
+/// Where an action is in its life.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    /// Waiting for votes.
+    Pending,
+    /// Waiting for votes after its deadline escalated.
+    Escalated,
+    /// Approved; waiting to execute (or to retry).
+    Approved,
+    /// An attempt is running.
+    Executing,
+    Executed,
+    /// Every attempt failed, or one failed for good.
+    Failed,
+    Rejected,
+    Expired,
+    Cancelled,
+    /// Approved in safe mode: it will never run.
+    Skipped,
+}
+
+impl ActionStatus {
+    pub const ALL: [Self; 10] = [
+        Self::Pending,
+        Self::Escalated,
+        Self::Approved,
+        Self::Executing,
+        Self::Executed,
+        Self::Failed,
+        Self::Rejected,
+        Self::Expired,
+        Self::Cancelled,
+        Self::Skipped,
+    ];
+
+    /// Still collecting votes.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Escalated)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Escalated => "escalated",
+            Self::Approved => "approved",
+            Self::Executing => "executing",
+            Self::Executed => "executed",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+impl fmt::Display for ActionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The attempt that holds the execution lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunningAttempt {
+    pub attempt: u32,
+    pub executor: UserId,
+    pub started_at: Timestamp,
+    pub lease_until: Timestamp,
+}
+
+/// Everything known about running the action.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionState {
+    /// Someone asked for it to run (or the policy auto-executes).
+    pub requested: bool,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub running: Option<RunningAttempt>,
+    pub last_error: Option<String>,
+    pub result: Option<Value>,
+    pub undo_payload: Option<Value>,
+    pub duration_ms: Option<u64>,
+}
+
+/// How the vote-collecting part of an action's life ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Decision {
+    pub status: ActionStatus,
+    pub at: Timestamp,
+    pub by: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<Rejection>,
+}
+
+/// The state of a submitted action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionState {
+    pub id: ActionId,
+    pub tenant: TenantId,
+    pub requester: Principal,
+    pub action_type: ActionType,
+    pub submission: Submission,
+    pub risk: RiskAssessment,
+    pub policy: PolicySnapshot,
+    pub mode: TenantMode,
+    pub submitted_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub execution_key: ExecutionKey,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub submission_digest: String,
+    pub correlation_id: Option<CorrelationId>,
+    pub status: ActionStatus,
+    /// Index of the current stage.
+    pub stage: u32,
+    /// Ballots of every stage reached so far; the last is the current stage's.
+    pub ballots: Vec<BTreeMap<UserId, Ballot>>,
+    pub escalations: u32,
+    pub decision: Option<Decision>,
+    pub execution: ExecutionState,
+}
+
+/// The aggregate: nothing before submission, then the action's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Action(Option<Box<ActionState>>);
+
+/// Lease given to an execution attempt when the command asks for none.
+const LEASE_FLOOR_SECONDS: u32 = 1;
+
+impl ActionState {
+    fn stage_context(&self, index: u32) -> Option<StageContext<'_>> {
+        let requirements = &self.policy.requirements;
+        Some(StageContext {
+            stage: requirements.stages.as_slice().get(index as usize)?,
+            requester: &self.requester.id,
+            allow_self_approval: requirements.allow_self_approval,
+            escalation_role: requirements
+                .escalation_role
+                .as_ref()
+                .filter(|_| self.escalations > 0),
+        })
+    }
+
+    fn current_ballots(&self) -> Option<&BTreeMap<UserId, Ballot>> {
+        self.ballots.get(self.stage as usize)
+    }
+
+    /// Progress of every stage reached so far, for views.
+    pub fn stage_progress(&self) -> Vec<StageProgress> {
+        self.ballots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, ballots)| {
+                let index = u32::try_from(index).ok()?;
+                Some(self.stage_context(index)?.progress(ballots))
+            })
+            .collect()
+    }
+
+    /// Whether this principal may vote in the current stage right now.
+    pub fn can_vote(&self, voter: &Principal) -> bool {
+        self.status.is_open()
+            && (self.policy.requirements.allow_self_approval || voter.id != self.requester.id)
+            && self
+                .stage_context(self.stage)
+                .is_some_and(|context| context.is_eligible(&voter.id, &voter.roles))
+    }
+
+    /// Whether the executor should run this action now.
+    pub fn awaits_execution(&self) -> bool {
+        self.status == ActionStatus::Approved
+            && (self.policy.requirements.auto_execute || self.execution.requested)
+    }
+
+    fn event_context(&self, command: &CommandContext) -> EventContext {
+        EventContext {
+            tenant: self.tenant.clone(),
+            action_id: self.id,
+            actor: command.by.id.clone(),
+            at: command.at,
+            correlation_id: command.correlation_id.clone(),
+        }
+    }
+}
+
+impl Action {
+    /// The action's state, once submitted.
+    pub fn state(&self) -> Option<&ActionState> {
+        self.0.as_deref()
+    }
+
+    /// Folds events from the start.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a ActionEvent>) -> Self {
+        let mut action = Self::default();
+        for event in events {
+            action.apply(event.clone());
+        }
+        action
+    }
+
+    /// Decides which events a command causes. Changes nothing; an error records nothing.
+    pub fn decide(&self, command: ActionCommand) -> Result<Vec<ActionEvent>, ActionError> {
+        let (state, command) = match (self.state(), command) {
+            (_, ActionCommand::SubmitAction(submit)) => return self.submit(*submit),
+            (Some(state), command) if state.tenant == command.context().tenant => (state, command),
+            _ => return Err(ActionError::NotFound),
+        };
+        let mut decision = Decider::new(state.clone());
+        match command {
+            ActionCommand::SubmitAction(_) => {}
+            ActionCommand::CastVote(vote) => decision.vote(state, vote)?,
+            ActionCommand::CancelAction(cancel) => decision.cancel(state, cancel)?,
+            ActionCommand::ExpireAction(expire) => decision.expire(state, expire)?,
+            ActionCommand::RequestExecution(request) => decision.request(state, request)?,
+            ActionCommand::StartExecution(start) => decision.start(state, start)?,
+            ActionCommand::RecordExecutionSuccess(success) => decision.succeed(state, success)?,
+            ActionCommand::RecordExecutionFailure(failure) => decision.fail(state, failure)?,
+        }
+        Ok(decision.events)
+    }
+
+    fn submit(&self, command: SubmitAction) -> Result<Vec<ActionEvent>, ActionError> {
+        let submission_digest = digest(&json!({
+            "requester": command.context.by.id,
+            "submission": command.submission,
+        }));
+        if let Some(existing) = self.state() {
+            return Err(
+                if existing.tenant == command.context.tenant
+                    && existing.submission_digest == submission_digest
+                {
+                    ActionError::AlreadySubmitted {
+                        action_id: existing.id,
+                    }
+                } else {
+                    ActionError::IdempotencyKeyReused
+                },
+            );
+        }
+        let context = command.context;
+        let action_type = command.submission.action_type();
+        let requirements = &command.policy.requirements;
+        let auto_approve = command.mode == TenantMode::Auto && requirements.auto_approve;
+        let submitted = ActionSubmitted {
+            context: EventContext {
+                tenant: context.tenant.clone(),
+                action_id: command.action_id,
+                actor: context.by.id.clone(),
+                at: context.at,
+                correlation_id: context.correlation_id.clone(),
+            },
+            requester_roles: context.by.roles.clone(),
+            execution_key: ExecutionKey::compute(&action_type, &command.submission.payload),
+            risk: assess(&command.submission),
+            expires_at: context.at + requirements.timeout_seconds.duration(),
+            action_type,
+            submission: command.submission,
+            policy: command.policy,
+            mode: command.mode,
+            idempotency_key: command.idempotency_key,
+            submission_digest,
+        };
+        let mut decision = Decider::new(ActionState::submitted(submitted.clone()));
+        decision
+            .events
+            .push(ActionEvent::ActionSubmitted(Box::new(submitted)));
+        if auto_approve {
+            let event_context = decision.next.event_context(&context);
+            decision.emit(ActionEvent::ActionApproved(ActionApproved {
+                context: event_context,
+                reason: ApprovalReason::AutoApproved,
+            }));
+        } else {
+            decision.settle(&context);
+        }
+        Ok(decision.events)
+    }
+
+    /// Folds one event into the state. Total: an event that does not fit changes nothing.
+    pub fn apply(&mut self, event: ActionEvent) {
+        match (event, self.0.as_deref_mut()) {
+            (ActionEvent::ActionSubmitted(submitted), _) => {
+                self.0 = Some(Box::new(ActionState::submitted(*submitted)));
+            }
+            (event, Some(state)) => state.apply(event),
+            (_, None) => {}
+        }
+    }
+}
+
+impl ActionState {
+    fn submitted(submitted: ActionSubmitted) -> Self {
+        Self {
+            id: submitted.context.action_id,
+            tenant: submitted.context.tenant,
+            requester: Principal {
+                id: submitted.context.actor,
+                roles: submitted.requester_roles,
+            },
+            action_type: submitted.action_type,
+            execution: ExecutionState {
+                requested: submitted.policy.requirements.auto_execute,
+                ..ExecutionState::default()
+            },
+            submission: submitted.submission,
+            risk: submitted.risk,
+            policy: submitted.policy,
+            mode: submitted.mode,
+            submitted_at: submitted.context.at,
+            expires_at: submitted.expires_at,
+            execution_key: submitted.execution_key,
+            idempotency_key: submitted.idempotency_key,
+            submission_digest: submitted.submission_digest,
+            correlation_id: submitted.context.correlation_id,
+            status: ActionStatus::Pending,
+            stage: 0,
+            ballots: vec![BTreeMap::new()],
+            escalations: 0,
+            decision: None,
+        }
+    }
+
+    fn decide_outcome(
+        &mut self,
+        status: ActionStatus,
+        context: &EventContext,
+        rejection: Option<Rejection>,
+    ) {
+        self.status = status;
+        self.decision = Some(Decision {
+            status,
+            at: context.at,
+            by: context.actor.clone(),
+            rejection,
+        });
+    }
+
+    fn apply(&mut self, event: ActionEvent) {
+        match event {
+            ActionEvent::ActionSubmitted(_) => {}
+            ActionEvent::VoteCast(vote) => {
+                if let Some(ballots) = self.ballots.get_mut(vote.stage as usize) {
+                    ballots.insert(
+                        vote.context.actor,
+                        Ballot {
+                            vote: vote.vote,
+                            roles: vote.voter_roles,
+                            comment: vote.comment,
+                            cast_at: vote.context.at,
+                        },
+                    );
+                }
+            }
+            ActionEvent::StageApproved(approved) => {
+                let next = approved.stage + 1;
+                if (next as usize) < self.policy.requirements.stages.len() {
+                    self.stage = next;
+                    self.ballots.push(BTreeMap::new());
+                }
+            }
+            ActionEvent::ActionApproved(approved) => {
+                self.decide_outcome(ActionStatus::Approved, &approved.context, None);
+            }
+            ActionEvent::ActionRejected(rejected) => {
+                self.decide_outcome(
+                    ActionStatus::Rejected,
+                    &rejected.context,
+                    Some(rejected.reason),
+                );
+            }
+            ActionEvent::ActionEscalated(escalated) => {
+                self.status = ActionStatus::Escalated;
+                self.escalations = escalated.escalation;
+                self.expires_at = escalated.expires_at;
+            }
+            ActionEvent::ActionExpired(expired) => {
+                self.decide_outcome(ActionStatus::Expired, &expired.context, None);
+            }
+            ActionEvent::ActionCancelled(cancelled) => {
+                self.decide_outcome(ActionStatus::Cancelled, &cancelled.context, None);
+            }
+            ActionEvent::ExecutionRequested(_) => self.execution.requested = true,
+            ActionEvent::ExecutionStarted(started) => {
+                self.status = ActionStatus::Executing;
+                self.execution.attempts = started.attempt;
+                self.execution.running = Some(RunningAttempt {
+                    attempt: started.attempt,
+                    executor: started.context.actor,
+                    started_at: started.context.at,
+                    lease_until: started.lease_until,
+                });
+            }
+            ActionEvent::ExecutionSucceeded(succeeded) => {
+                self.status = ActionStatus::Executed;
+                self.execution.running = None;
+                self.execution.result = Some(succeeded.result);
+                self.execution.undo_payload = succeeded
+                    .undo_payload
+                    .or_else(|| self.submission.undo_payload.clone());
+                self.execution.duration_ms = Some(succeeded.duration_ms);
+            }
+            ActionEvent::ExecutionFailed(failed) => {
+                self.status = if failed.will_retry {
+                    ActionStatus::Approved
+                } else {
+                    ActionStatus::Failed
+                };
+                self.execution.running = None;
+                self.execution.last_error = Some(failed.error);
+            }
+            ActionEvent::ExecutionSkipped(_) => self.status = ActionStatus::Skipped,
+        }
+    }
+}
+
+/// A decision in progress: the events so far, and the state they lead to.
+struct Decider {
+    next: ActionState,
+    events: Vec<ActionEvent>,
+}
+
+impl Decider {
+    fn new(state: ActionState) -> Self {
+        Self {
+            next: state,
+            events: Vec::new(),
+        }
+    }
+
+    fn emit(&mut self, event: ActionEvent) {
+        self.next.apply(event.clone());
+        self.events.push(event);
+    }
+
+    /// Judges the current stage after a change, advancing through stages that are approved.
+    fn settle(&mut self, command: &CommandContext) {
+        loop {
+            let state = &self.next;
+            let (Some(context), Some(ballots)) =
+                (state.stage_context(state.stage), state.current_ballots())
+            else {
+                return;
+            };
+            let outcome = context.evaluate(ballots);
+            let tally = StageContext::tally(ballots);
+            let stage = state.stage;
+            let is_last = (stage as usize) + 1 >= state.policy.requirements.stages.len();
+            let event_context = state.event_context(command);
+            match outcome {
+                StageOutcome::Pending => return,
+                StageOutcome::Approved => {
+                    self.emit(ActionEvent::StageApproved(StageApproved {
+                        context: event_context.clone(),
+                        stage,
+                        tally,
+                    }));
+                    if is_last {
+                        self.emit(ActionEvent::ActionApproved(ActionApproved {
+                            context: event_context,
+                            reason: ApprovalReason::Quorum,
+                        }));
+                        return;
+                    }
+                }
+                StageOutcome::Rejected(reason) => {
+                    self.emit(ActionEvent::ActionRejected(ActionRejected {
+                        context: event_context,
+                        stage,
+                        reason: reason.into(),
+                        tally,
+                    }));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn require_open(state: &ActionState, attempted: &'static str) -> Result<(), ActionError> {
+        if state.status.is_open() {
+            Ok(())
+        } else {
+            Err(ActionError::InvalidState {
+                status: state.status,
+                attempted,
+            })
+        }
+    }
+
+    fn vote(&mut self, state: &ActionState, command: CastVote) -> Result<(), ActionError> {
+        Self::require_open(state, "vote on")?;
+        let voter = &command.context.by;
+        if voter.id == state.requester.id && !state.policy.requirements.allow_self_approval {
+            return Err(ActionError::SelfApprovalForbidden);
+        }
+        if !state.can_vote(voter) {
+            return Err(ActionError::NotEligible {
+                voter: voter.id.clone(),
+                stage: state.stage,
+            });
+        }
+        let previous = state
+            .current_ballots()
+            .and_then(|ballots| ballots.get(&voter.id));
+        if previous
+            .is_some_and(|ballot| ballot.vote == command.vote && ballot.comment == command.comment)
+        {
+            return Ok(());
+        }
+        self.emit(ActionEvent::VoteCast(VoteCast {
+            context: state.event_context(&command.context),
+            voter_roles: voter.roles.clone(),
+            stage: state.stage,
+            vote: command.vote,
+            comment: command.comment,
+            replaces: previous.map(|ballot| ballot.vote),
+        }));
+        self.settle(&command.context);
+        Ok(())
+    }
+
+    fn cancel(&mut self, state: &ActionState, command: CancelAction) -> Result<(), ActionError> {
+        Self::require_open(state, "cancel")?;
+        let by = &command.context.by;
+        if by.id != state.requester.id && !by.is_admin() {
+            return Err(ActionError::NotPermitted {
+                attempted: "cancel",
+            });
+        }
+        self.emit(ActionEvent::ActionCancelled(ActionCancelled {
+            context: state.event_context(&command.context),
+            reason: command.reason,
+        }));
+        Ok(())
+    }
+
+    fn expire(&mut self, state: &ActionState, command: ExpireAction) -> Result<(), ActionError> {
+        Self::require_open(state, "expire")?;
+        if command.context.at < state.expires_at {
+            return Err(ActionError::DeadlineNotReached {
+                expires_at: state.expires_at,
+            });
+        }
+        let requirements = &state.policy.requirements;
+        let context = state.event_context(&command.context);
+        let escalation_role = requirements
+            .escalation_role
+            .as_ref()
+            .filter(|_| state.escalations < requirements.max_escalations);
+        if let Some(role) = escalation_role {
+            self.emit(ActionEvent::ActionEscalated(ActionEscalated {
+                context,
+                escalation: state.escalations + 1,
+                escalation_role: role.clone(),
+                previous_expires_at: state.expires_at,
+                expires_at: state.expires_at + requirements.timeout_seconds.duration(),
+            }));
+        } else if requirements.on_timeout == crate::policy::OnTimeout::Reject {
+            let tally = state
+                .current_ballots()
+                .map(StageContext::tally)
+                .unwrap_or_default();
+            self.emit(ActionEvent::ActionRejected(ActionRejected {
+                context,
+                stage: state.stage,
+                reason: Rejection::Timeout,
+                tally,
+            }));
+        } else {
+            self.emit(ActionEvent::ActionExpired(ActionExpired {
+                context,
+                deadline: state.expires_at,
+            }));
+        }
+        Ok(())
+    }
+
+    fn execution_conflict(state: &ActionState, attempted: &'static str) -> ActionError {
+        match (state.status, &state.execution.running) {
+            (ActionStatus::Executing, Some(running)) => ActionError::AlreadyExecuting {
+                attempt: running.attempt,
+            },
+            (ActionStatus::Executed, _) => ActionError::AlreadyExecuted,
+            (status, _) => ActionError::InvalidState { status, attempted },
+        }
+    }
+
+    fn request(
+        &mut self,
+        state: &ActionState,
+        command: RequestExecution,
+    ) -> Result<(), ActionError> {
+        if state.status != ActionStatus::Approved {
+            return Err(Self::execution_conflict(state, "execute"));
+        }
+        if !state.execution.requested {
+            self.emit(ActionEvent::ExecutionRequested(ExecutionRequested {
+                context: state.event_context(&command.context),
+            }));
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, state: &ActionState, command: StartExecution) -> Result<(), ActionError> {
+        let context = state.event_context(&command.context);
+        let lease =
+            chrono::Duration::seconds(i64::from(command.lease_seconds.max(LEASE_FLOOR_SECONDS)));
+        let next_attempt = match (state.status, &state.execution.running) {
+            (ActionStatus::Approved, _) => {
+                if !state.execution.requested {
+                    return Err(ActionError::ExecutionNotRequested);
+                }
+                if state.mode == TenantMode::Safe {
+                    self.emit(ActionEvent::ExecutionSkipped(ExecutionSkipped {
+                        context,
+                        reason: SkipReason::SafeMode,
+                    }));
+                    return Ok(());
+                }
+                state.execution.attempts + 1
+            }
+            (ActionStatus::Executing, Some(running))
+                if command.context.at >= running.lease_until =>
+            {
+                // The executor holding the lease never reported: its attempt counts as failed.
+                let will_retry = running.attempt < state.policy.requirements.max_attempts.get();
+                self.emit(ActionEvent::ExecutionFailed(ExecutionFailed {
+                    context: context.clone(),
+                    attempt: running.attempt,
+                    error: format!(
+                        "executor {} held the lease until {} without recording an outcome",
+                        running.executor, running.lease_until
+                    ),
+                    retryable: true,
+                    will_retry,
+                }));
+                if !will_retry {
+                    return Ok(());
+                }
+                running.attempt + 1
+            }
+            _ => return Err(Self::execution_conflict(state, "execute")),
+        };
+        self.emit(ActionEvent::ExecutionStarted(ExecutionStarted {
+            context,
+            attempt: next_attempt,
+            execution_key: state.execution_key.clone(),
+            lease_until: command.context.at + lease,
+        }));
+        Ok(())
+    }
+
+    fn current_attempt(state: &ActionState, attempt: u32) -> Result<(), ActionError> {
+        match (&state.execution.running, state.status) {
+            (Some(running), ActionStatus::Executing) if running.attempt == attempt => Ok(()),
+            (_, ActionStatus::Executed) => Err(ActionError::AlreadyExecuted),
+            _ if attempt != state.execution.attempts || state.execution.running.is_none() => {
+                Err(ActionError::StaleAttempt {
+                    attempt,
+                    current: state.execution.attempts,
+                })
+            }
+            (_, status) => Err(ActionError::InvalidState {
+                status,
+                attempted: "record an outcome for",
+            }),
+        }
+    }
+
+    fn succeed(
+        &mut self,
+        state: &ActionState,
+        command: RecordExecutionSuccess,
+    ) -> Result<(), ActionError> {
+        Self::current_attempt(state, command.attempt)?;
+        self.emit(ActionEvent::ExecutionSucceeded(ExecutionSucceeded {
+            context: state.event_context(&command.context),
+            attempt: command.attempt,
+            result: command.result,
+            undo_payload: command.undo_payload,
+            duration_ms: command.duration_ms,
+        }));
+        Ok(())
+    }
+
+    fn fail(
+        &mut self,
+        state: &ActionState,
+        command: RecordExecutionFailure,
+    ) -> Result<(), ActionError> {
+        Self::current_attempt(state, command.attempt)?;
+        let will_retry =
+            command.retryable && command.attempt < state.policy.requirements.max_attempts.get();
+        self.emit(ActionEvent::ExecutionFailed(ExecutionFailed {
+            context: state.event_context(&command.context),
+            attempt: command.attempt,
+            error: command.error,
+            retryable: command.retryable,
+            will_retry,
+        }));
+        Ok(())
+    }
+}
+
+impl cqrs_es::Aggregate for Action {
+    /// Stored aggregate type: never rename.
+    const TYPE: &'static str = "action";
+    type Command = ActionCommand;
+    type Event = ActionEvent;
+    type Error = ActionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &cqrs_es::event_sink::EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        Self::apply(self, event);
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod properties;

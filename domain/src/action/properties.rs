@@ -1,0 +1,395 @@
+//! Property tests of the invariants, over random policies, modes and command sequences:
+//!
+//! (a) folding the emitted events from scratch (through their stored JSON) reproduces the state;
+//! (b) within a stage, the decision depends only on the voters' final votes: not on the order in
+//!     which they were cast, nor on votes they replaced. (A stage decides at the first moment a
+//!     threshold is met, so when a permutation reaches a threshold before its last vote, it decides
+//!     on fewer votes; those cases are discarded, see `docs/approvals.md`.)
+//! (c) nothing starts executing unless every stage's requirements were met (checked by an
+//!     independent count written from the specification), or the action was auto-approved;
+//! (d) no action ever records two successful executions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::tests::{Story, context, principal};
+use super::*;
+use crate::Role;
+use crate::policy::{Rule, Stage};
+use crate::quorum::Vote;
+
+/// The voters every generated policy can draw on: (id, roles).
+const VOTERS: &[(&str, &[&str])] = &[
+    ("ana", &["approver"]),
+    ("bo", &["approver", "finance_ops"]),
+    ("fay", &["finance_ops"]),
+    ("olga", &["owner"]),
+    ("ada", &["admin", "legal"]),
+    ("carla", &["cfo"]),
+    ("rita", &["requester", "approver"]),
+    ("zed", &["auditor"]),
+];
+
+fn voter(index: usize) -> Principal {
+    let (id, roles) = VOTERS[index % VOTERS.len()];
+    principal(id, roles)
+}
+
+fn rule() -> impl Strategy<Value = Value> {
+    let users =
+        proptest::sample::subsequence(vec!["ana", "bo", "fay", "olga", "carla", "rita"], 1..=4);
+    prop_oneof![
+        (1u32..=3, any::<bool>()).prop_map(|(n, named)| if named {
+            json!({ "type": "any", "min_approvals": n, "roles": ["owner", "admin"] })
+        } else {
+            json!({ "type": "any", "min_approvals": n })
+        }),
+        (1u32..=2)
+            .prop_map(|n| json!({ "type": "role", "role": "finance_ops", "min_approvals": n })),
+        (
+            prop::sample::select(vec![0.34, 0.5, 0.67, 1.0]),
+            users.clone()
+        )
+            .prop_map(|(p, pool)| json!({ "type": "percentage", "percentage": p, "pool": pool })),
+        users.prop_map(|users| json!({ "type": "specific_users", "users": users })),
+    ]
+}
+
+fn stage() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(rule(), 1..=2),
+        prop::sample::select(vec![0.0, 0.5, 0.6, 1.0]),
+        prop::option::of(prop_oneof![
+            Just(json!({ "users": ["olga"] })),
+            Just(json!({ "roles": ["legal"] })),
+        ]),
+    )
+        .prop_map(|(rules, ratio, veto)| {
+            let mut stage = json!({ "rules": rules, "required_ratio": ratio });
+            if let Some(veto) = veto {
+                stage["veto"] = veto;
+            }
+            stage
+        })
+}
+
+fn requirements(stages: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(stage(), stages),
+        any::<bool>(),
+        prop::sample::select(vec!["expire", "reject"]),
+        0u32..=2,
+        any::<[bool; 3]>(),
+        1u32..=3,
+    )
+        .prop_map(
+            |(stages, escalates, on_timeout, max_escalations, flags, max_attempts)| {
+                let [auto_execute, auto_approve, allow_self_approval] = flags;
+                let mut requirements = json!({
+                    "stages": stages,
+                    "timeout_seconds": 1000,
+                    "on_timeout": on_timeout,
+                    "max_escalations": max_escalations,
+                    "auto_execute": auto_execute,
+                    "auto_approve": auto_approve,
+                    "allow_self_approval": allow_self_approval,
+                    "max_attempts": max_attempts,
+                });
+                if escalates {
+                    requirements["escalation_role"] = json!("cfo");
+                }
+                requirements
+            },
+        )
+}
+
+fn mode() -> impl Strategy<Value = TenantMode> {
+    prop_oneof![
+        Just(TenantMode::Safe),
+        Just(TenantMode::RequireApproval),
+        Just(TenantMode::Auto)
+    ]
+}
+
+fn vote() -> impl Strategy<Value = Vote> {
+    prop_oneof![Just(Vote::Approve), Just(Vote::Reject), Just(Vote::Abstain)]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Vote(usize, Vote),
+    Expire,
+    Cancel(usize),
+    Request(usize),
+    Start,
+    Succeed(u32),
+    Fail(u32, bool),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0..VOTERS.len(), vote()).prop_map(|(v, vote)| Step::Vote(v, vote)),
+        1 => Just(Step::Expire),
+        1 => (0..VOTERS.len()).prop_map(Step::Cancel),
+        1 => (0..VOTERS.len()).prop_map(Step::Request),
+        2 => Just(Step::Start),
+        1 => (0u32..=1).prop_map(Step::Succeed),
+        1 => (0u32..=1, any::<bool>()).prop_map(|(back, retryable)| Step::Fail(back, retryable)),
+    ]
+}
+
+/// Runs a step at `seconds`, ignoring refusals (they must record nothing).
+fn run(story: &mut Story, step: &Step, seconds: i64) {
+    let before = story.events.len();
+    let attempt = |back: u32| story.state().execution.attempts.saturating_sub(back);
+    let command = match step {
+        Step::Vote(v, vote) => ActionCommand::CastVote(CastVote {
+            context: context(&voter(*v), seconds),
+            vote: *vote,
+            comment: None,
+        }),
+        Step::Expire => ActionCommand::ExpireAction(ExpireAction {
+            context: context(&principal("system:deadlines", &[]), seconds),
+        }),
+        Step::Cancel(v) => ActionCommand::CancelAction(CancelAction {
+            context: context(&voter(*v), seconds),
+            reason: None,
+        }),
+        Step::Request(v) => ActionCommand::RequestExecution(RequestExecution {
+            context: context(&voter(*v), seconds),
+        }),
+        Step::Start => ActionCommand::StartExecution(StartExecution {
+            context: context(&principal("executor:one", &[]), seconds),
+            lease_seconds: 30,
+        }),
+        Step::Succeed(back) => ActionCommand::RecordExecutionSuccess(RecordExecutionSuccess {
+            context: context(&principal("executor:one", &[]), seconds),
+            attempt: attempt(*back),
+            result: json!({ "ok": true }),
+            undo_payload: None,
+            duration_ms: 3,
+        }),
+        Step::Fail(back, retryable) => {
+            ActionCommand::RecordExecutionFailure(RecordExecutionFailure {
+                context: context(&principal("executor:one", &[]), seconds),
+                attempt: attempt(*back),
+                error: "boom".into(),
+                retryable: *retryable,
+            })
+        }
+    };
+    if story.run(command).is_err() {
+        assert_eq!(
+            story.events.len(),
+            before,
+            "a refused command recorded events"
+        );
+    }
+}
+
+fn play(requirements: Value, mode: TenantMode, steps: &[(Step, i64)]) -> Story {
+    let mut story = Story::submitted_in(requirements, mode);
+    let mut now = 0;
+    for (step, delay) in steps {
+        now += delay;
+        run(&mut story, step, now);
+    }
+    story
+}
+
+/// Whether a stage's requirements hold for these final ballots, counted straight from the
+/// specification, independently of `quorum.rs`.
+fn oracle_stage_met(
+    stage: &Stage,
+    ballots: &BTreeMap<UserId, (BTreeSet<Role>, Vote)>,
+    escalated: Option<&Role>,
+) -> bool {
+    let has = |roles: &BTreeSet<Role>, wanted: &[Role]| {
+        wanted.iter().any(|role| roles.contains(role))
+            || escalated.is_some_and(|e| roles.contains(e))
+    };
+    let approvals = ballots
+        .values()
+        .filter(|(_, v)| *v == Vote::Approve)
+        .count();
+    let rejections = ballots.values().filter(|(_, v)| *v == Vote::Reject).count();
+    if approvals == 0 {
+        return false;
+    }
+    // approvals / (approvals + rejections) >= ratio, in basis points.
+    if approvals * 10_000
+        < usize::from(stage.required_ratio.basis_points()) * (approvals + rejections)
+    {
+        return false;
+    }
+    stage.rules.iter().all(|rule| match rule {
+        Rule::Any {
+            min_approvals,
+            roles,
+        } => {
+            let wanted: Vec<Role> = if roles.is_empty() {
+                Rule::default_any_roles().to_vec()
+            } else {
+                roles.clone()
+            };
+            ballots
+                .values()
+                .filter(|(r, v)| *v == Vote::Approve && has(r, &wanted))
+                .count()
+                >= min_approvals.get() as usize
+        }
+        Rule::Role {
+            role,
+            min_approvals,
+        } => {
+            ballots
+                .values()
+                .filter(|(r, v)| *v == Vote::Approve && has(r, std::slice::from_ref(role)))
+                .count()
+                >= min_approvals.get() as usize
+        }
+        Rule::Percentage { percentage, pool } => {
+            let voted = pool
+                .iter()
+                .filter(|user| ballots.contains_key(*user))
+                .count();
+            let needed = (pool.len() * usize::from(percentage.basis_points())).div_ceil(10_000);
+            voted >= needed
+        }
+        Rule::SpecificUsers { users } => users.iter().all(|user| ballots.contains_key(user)),
+    })
+}
+
+/// (c): checks the history leading to every execution start.
+fn check_execution_was_earned(story: &Story) {
+    let Some(ActionEvent::ActionSubmitted(submitted)) = story.events.first() else {
+        panic!("history does not start with a submission");
+    };
+    let requirements = &submitted.policy.requirements;
+    let mut ballots: Vec<BTreeMap<UserId, (BTreeSet<Role>, Vote)>> =
+        vec![BTreeMap::new(); requirements.stages.len()];
+    let mut escalated = false;
+    let mut auto_approved = false;
+    for event in &story.events {
+        match event {
+            ActionEvent::VoteCast(vote) => {
+                ballots[vote.stage as usize].insert(
+                    vote.context.actor.clone(),
+                    (vote.voter_roles.clone(), vote.vote),
+                );
+                assert!(
+                    requirements.allow_self_approval
+                        || vote.context.actor != submitted.context.actor,
+                    "the requester voted without self-approval"
+                );
+            }
+            ActionEvent::ActionEscalated(_) => escalated = true,
+            ActionEvent::ActionApproved(approved) => {
+                auto_approved = approved.reason == ApprovalReason::AutoApproved;
+                if auto_approved {
+                    assert!(
+                        submitted.mode == TenantMode::Auto && requirements.auto_approve,
+                        "auto-approved outside auto mode"
+                    );
+                }
+            }
+            ActionEvent::ExecutionStarted(_) => {
+                assert_ne!(submitted.mode, TenantMode::Safe, "executed in safe mode");
+                if !auto_approved {
+                    let role = requirements.escalation_role.as_ref().filter(|_| escalated);
+                    for (index, stage) in requirements.stages.iter().enumerate() {
+                        assert!(
+                            oracle_stage_met(stage, &ballots[index], role),
+                            "stage {index} unmet at execution: {:?}",
+                            ballots[index]
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// (a) and (d), with (c) checked on the same histories.
+    #[test]
+    fn any_command_sequence_folds_back_executes_only_when_earned_and_at_most_once(
+        requirements in requirements(1..=2),
+        mode in mode(),
+        steps in prop::collection::vec((step(), 0i64..700), 0..40),
+    ) {
+        let story = play(requirements, mode, &steps);
+
+        let stored = serde_json::to_string(&story.events).expect("events serialize");
+        let loaded: Vec<ActionEvent> = serde_json::from_str(&stored).expect("events deserialize");
+        prop_assert_eq!(&Action::from_events(&loaded), &story.action);
+
+        let successes = story.events.iter().filter(|e| matches!(e, ActionEvent::ExecutionSucceeded(_))).count();
+        prop_assert!(successes <= 1, "{} successful executions", successes);
+
+        check_execution_was_earned(&story);
+    }
+
+    /// (b): replaying the accepted final votes of a stage in another order, without the votes they
+    /// replaced, decides the same way whenever every one of them is counted.
+    #[test]
+    fn the_decision_does_not_depend_on_the_order_of_the_final_votes(
+        requirements in requirements(1..=1),
+        votes in prop::collection::vec((0..VOTERS.len(), vote()), 1..12),
+        seed in any::<u64>(),
+    ) {
+        let mut requirements = requirements;
+        requirements["auto_approve"] = json!(false);
+        let steps: Vec<_> = votes.iter().map(|(v, vote)| (Step::Vote(*v, *vote), 1)).collect();
+        let original = play(requirements.clone(), TenantMode::RequireApproval, &steps);
+
+        let mut finals: BTreeMap<UserId, (usize, Vote)> = BTreeMap::new();
+        for event in &original.events {
+            if let ActionEvent::VoteCast(cast) = event {
+                let index = VOTERS.iter().position(|(id, _)| *id == cast.context.actor.as_str()).expect("known voter");
+                finals.insert(cast.context.actor.clone(), (index, cast.vote));
+            }
+        }
+        let mut reordered: Vec<(usize, Vote)> = finals.into_values().collect();
+        // A deterministic shuffle from the seed.
+        let mut state = seed | 1;
+        for i in (1..reordered.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            reordered.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let steps: Vec<_> = reordered.iter().map(|(v, vote)| (Step::Vote(*v, *vote), 1)).collect();
+        let replayed = play(requirements, TenantMode::RequireApproval, &steps);
+        let counted = replayed.events.iter().filter(|e| matches!(e, ActionEvent::VoteCast(_))).count();
+        prop_assume!(counted == reordered.len(), "the permutation decided before its last vote");
+        prop_assert_eq!(replayed.status(), original.status(), "{:?}", reordered);
+        prop_assert_eq!(
+            replayed.state().stage_progress().last().map(|p| p.tally),
+            original.state().stage_progress().last().map(|p| p.tally)
+        );
+    }
+}
+
+#[test]
+fn the_oracle_agrees_with_a_hand_counted_example() {
+    let stage: Stage = serde_json::from_value(json!({
+        "rules": [{ "type": "role", "role": "finance_ops", "min_approvals": 2 }],
+        "required_ratio": 0.6
+    }))
+    .expect("stage");
+    let finance: BTreeSet<Role> = [Role::parse("finance_ops").expect("role")].into();
+    let mut ballots = BTreeMap::new();
+    ballots.insert(
+        UserId::parse("a").expect("id"),
+        (finance.clone(), Vote::Approve),
+    );
+    assert!(!oracle_stage_met(&stage, &ballots, None));
+    ballots.insert(UserId::parse("b").expect("id"), (finance, Vote::Approve));
+    assert!(oracle_stage_met(&stage, &ballots, None));
+}

@@ -1,0 +1,1105 @@
+//! Given/when/then for every rule of the action aggregate.
+
+use chrono::TimeZone;
+use cqrs_es::test::TestFramework;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::policy::{PolicySnapshot, Requirements};
+use crate::quorum::{Tally, Vote};
+use crate::{Comment, Role};
+
+pub(crate) fn at(seconds: i64) -> Timestamp {
+    chrono::Utc
+        .timestamp_opt(1_767_225_600 + seconds, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+pub(crate) fn tenant() -> TenantId {
+    TenantId::parse("acme").unwrap_or_else(|_| unreachable!())
+}
+
+pub(crate) fn principal(id: &str, roles: &[&str]) -> Principal {
+    Principal::new(
+        UserId::parse(id).unwrap_or_else(|e| panic!("{e}")),
+        roles
+            .iter()
+            .map(|r| Role::parse(*r).unwrap_or_else(|e| panic!("{e}"))),
+    )
+}
+
+pub(crate) fn context(by: &Principal, seconds: i64) -> CommandContext {
+    CommandContext {
+        tenant: tenant(),
+        by: by.clone(),
+        at: at(seconds),
+        correlation_id: Some(CorrelationId::parse("corr-1").unwrap_or_else(|e| panic!("{e}"))),
+    }
+}
+
+pub(crate) fn requester() -> Principal {
+    principal("rita", &["requester"])
+}
+
+pub(crate) fn policy(requirements: Value) -> PolicySnapshot {
+    PolicySnapshot {
+        id: crate::PolicyId::parse("test-policy").unwrap_or_else(|e| panic!("{e}")),
+        version: 3,
+        name: "Test policy".into(),
+        priority: 10,
+        is_default: false,
+        requirements: Requirements::parse(&requirements).unwrap_or_else(|e| panic!("{e}")),
+    }
+}
+
+pub(crate) fn submission() -> Submission {
+    serde_json::from_value(json!({
+        "module": "billing",
+        "capability": "refund",
+        "payload": { "order": 1042, "amount": 25.5 },
+        "summary": "Refund order 1042",
+        "connectors": ["stripe"],
+        "source": "board",
+        "undo_payload": { "order": 1042, "charge": 25.5 },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub(crate) fn submit_command(requirements: Value, mode: TenantMode) -> ActionCommand {
+    ActionCommand::SubmitAction(Box::new(SubmitAction {
+        context: context(&requester(), 0),
+        action_id: ActionId::from_uuid(uuid::Uuid::from_u128(7)),
+        submission: submission(),
+        mode,
+        policy: policy(requirements),
+        idempotency_key: None,
+    }))
+}
+
+/// An action and its history, driven one command at a time.
+pub(crate) struct Story {
+    pub action: Action,
+    pub events: Vec<ActionEvent>,
+}
+
+impl Story {
+    pub fn submitted(requirements: Value) -> Self {
+        Self::submitted_in(requirements, TenantMode::RequireApproval)
+    }
+
+    pub fn submitted_in(requirements: Value, mode: TenantMode) -> Self {
+        let mut story = Self {
+            action: Action::default(),
+            events: Vec::new(),
+        };
+        story
+            .run(submit_command(requirements, mode))
+            .unwrap_or_else(|e| panic!("submission refused: {e}"));
+        story
+    }
+
+    pub fn run(&mut self, command: ActionCommand) -> Result<Vec<&'static str>, ActionError> {
+        let events = self.action.decide(command)?;
+        for event in &events {
+            self.action.apply(event.clone());
+        }
+        let types = events.iter().map(ActionEvent::event_type).collect();
+        self.events.extend(events);
+        Ok(types)
+    }
+
+    pub fn vote(
+        &mut self,
+        voter: &Principal,
+        vote: Vote,
+        seconds: i64,
+    ) -> Result<Vec<&'static str>, ActionError> {
+        self.run(ActionCommand::CastVote(CastVote {
+            context: context(voter, seconds),
+            vote,
+            comment: None,
+        }))
+    }
+
+    pub fn expire(&mut self, seconds: i64) -> Result<Vec<&'static str>, ActionError> {
+        self.run(ActionCommand::ExpireAction(ExpireAction {
+            context: context(&principal("system:deadlines", &[]), seconds),
+        }))
+    }
+
+    pub fn request(
+        &mut self,
+        by: &Principal,
+        seconds: i64,
+    ) -> Result<Vec<&'static str>, ActionError> {
+        self.run(ActionCommand::RequestExecution(RequestExecution {
+            context: context(by, seconds),
+        }))
+    }
+
+    pub fn start(&mut self, seconds: i64) -> Result<Vec<&'static str>, ActionError> {
+        self.run(ActionCommand::StartExecution(StartExecution {
+            context: context(&principal("executor:one", &[]), seconds),
+            lease_seconds: 60,
+        }))
+    }
+
+    pub fn succeed(
+        &mut self,
+        attempt: u32,
+        seconds: i64,
+    ) -> Result<Vec<&'static str>, ActionError> {
+        self.run(ActionCommand::RecordExecutionSuccess(
+            RecordExecutionSuccess {
+                context: context(&principal("executor:one", &[]), seconds),
+                attempt,
+                result: json!({ "refund_id": "re_1" }),
+                undo_payload: None,
+                duration_ms: 420,
+            },
+        ))
+    }
+
+    pub fn fail(
+        &mut self,
+        attempt: u32,
+        retryable: bool,
+        seconds: i64,
+    ) -> Result<Vec<&'static str>, ActionError> {
+        self.run(ActionCommand::RecordExecutionFailure(
+            RecordExecutionFailure {
+                context: context(&principal("executor:one", &[]), seconds),
+                attempt,
+                error: "gateway timeout".into(),
+                retryable,
+            },
+        ))
+    }
+
+    pub fn state(&self) -> &ActionState {
+        self.action
+            .state()
+            .unwrap_or_else(|| panic!("not submitted"))
+    }
+
+    pub fn status(&self) -> ActionStatus {
+        self.state().status
+    }
+
+    fn last(&self) -> &ActionEvent {
+        self.events.last().unwrap_or_else(|| panic!("no events"))
+    }
+}
+
+fn any(n: u32) -> Value {
+    json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": n }] }] })
+}
+
+fn approver(id: &str) -> Principal {
+    principal(id, &["approver"])
+}
+
+fn finance(id: &str) -> Principal {
+    principal(id, &["finance_ops"])
+}
+
+use Vote::{Abstain, Approve, Reject};
+
+// ---------------------------------------------------------------- submission
+
+#[test]
+fn submission_records_risk_policy_mode_deadline_and_execution_key() {
+    let story = Story::submitted(json!({
+        "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }],
+        "timeout_seconds": 3600
+    }));
+    let ActionEvent::ActionSubmitted(submitted) = &story.events[0] else {
+        panic!("expected ActionSubmitted, got {:?}", story.events);
+    };
+    assert_eq!(story.events.len(), 1);
+    assert_eq!(submitted.context.tenant, tenant());
+    assert_eq!(submitted.context.actor, requester().id);
+    assert_eq!(submitted.context.at, at(0));
+    assert_eq!(
+        submitted
+            .context
+            .correlation_id
+            .as_ref()
+            .map(CorrelationId::as_str),
+        Some("corr-1")
+    );
+    assert_eq!(submitted.requester_roles, requester().roles);
+    assert_eq!(submitted.action_type.as_str(), "billing.refund");
+    // billing: +20 (module finance-heavy); one connector adds nothing.
+    assert_eq!(submitted.risk.score.value(), 20);
+    assert_eq!(submitted.policy.id.as_str(), "test-policy");
+    assert_eq!(submitted.policy.version, 3);
+    assert_eq!(submitted.mode, TenantMode::RequireApproval);
+    assert_eq!(submitted.expires_at, at(3600));
+    assert_eq!(
+        submitted.execution_key,
+        ExecutionKey::compute(
+            &submitted.action_type,
+            &json!({ "amount": 25.5, "order": 1042 })
+        )
+    );
+    assert_eq!(story.status(), ActionStatus::Pending);
+}
+
+#[test]
+fn a_repeated_submission_with_the_same_content_is_answered_as_already_submitted() {
+    let mut story = Story::submitted(any(1));
+    let again = story.run(submit_command(any(2), TenantMode::Auto));
+    assert_eq!(
+        again,
+        Err(ActionError::AlreadySubmitted {
+            action_id: ActionId::from_uuid(uuid::Uuid::from_u128(7))
+        })
+    );
+    assert_eq!(story.events.len(), 1, "nothing new is recorded");
+}
+
+#[test]
+fn a_reused_idempotency_key_with_different_content_is_refused() {
+    let mut story = Story::submitted(any(1));
+    let ActionCommand::SubmitAction(mut other) =
+        submit_command(any(1), TenantMode::RequireApproval)
+    else {
+        unreachable!()
+    };
+    other.submission.payload = json!({ "order": 9999 });
+    let err = story
+        .run(ActionCommand::SubmitAction(other))
+        .expect_err("refused");
+    assert_eq!(err.code(), "idempotency_key_reused");
+}
+
+#[test]
+fn idempotent_submissions_land_on_the_same_action_id() {
+    let key = IdempotencyKey::parse("refund-1042").unwrap_or_else(|e| panic!("{e}"));
+    let id = ActionId::for_idempotency_key(&tenant(), &key);
+    let command = |id| {
+        ActionCommand::SubmitAction(Box::new(SubmitAction {
+            context: context(&requester(), 0),
+            action_id: id,
+            submission: submission(),
+            mode: TenantMode::RequireApproval,
+            policy: policy(any(1)),
+            idempotency_key: Some(key.clone()),
+        }))
+    };
+    let events = Action::default()
+        .decide(command(id))
+        .expect("first submission");
+    let action = Action::from_events(&events);
+    assert_eq!(
+        action.state().map(|s| s.idempotency_key.clone()),
+        Some(Some(key.clone()))
+    );
+    assert_eq!(
+        action.decide(command(ActionId::for_idempotency_key(&tenant(), &key))),
+        Err(ActionError::AlreadySubmitted { action_id: id })
+    );
+}
+
+#[test]
+fn commands_on_an_unsubmitted_action_are_not_found() {
+    let vote = ActionCommand::CastVote(CastVote {
+        context: context(&approver("ana"), 1),
+        vote: Approve,
+        comment: None,
+    });
+    assert_eq!(Action::default().decide(vote), Err(ActionError::NotFound));
+}
+
+#[test]
+fn commands_from_another_tenant_are_not_found() {
+    let story = Story::submitted(any(1));
+    let mut foreign = context(&principal("ana", &["admin"]), 1);
+    foreign.tenant = TenantId::parse("globex").unwrap_or_else(|e| panic!("{e}"));
+    let vote = ActionCommand::CastVote(CastVote {
+        context: foreign.clone(),
+        vote: Approve,
+        comment: None,
+    });
+    assert_eq!(story.action.decide(vote), Err(ActionError::NotFound));
+    let cancel = ActionCommand::CancelAction(CancelAction {
+        context: foreign,
+        reason: None,
+    });
+    assert_eq!(story.action.decide(cancel), Err(ActionError::NotFound));
+}
+
+#[test]
+fn the_cqrs_aggregate_records_what_decide_returns() {
+    let submitted = Story::submitted(any(1)).events;
+    let expected = {
+        let mut story = Story::submitted(any(1));
+        story.vote(&approver("ana"), Approve, 5).expect("vote");
+        story.events[1..].to_vec()
+    };
+    TestFramework::<Action>::with(())
+        .given(submitted.clone())
+        .when(ActionCommand::CastVote(CastVote {
+            context: context(&approver("ana"), 5),
+            vote: Approve,
+            comment: None,
+        }))
+        .then_expect_events(expected);
+    TestFramework::<Action>::with(())
+        .given(submitted)
+        .when(ActionCommand::CastVote(CastVote {
+            context: context(&requester(), 5),
+            vote: Approve,
+            comment: None,
+        }))
+        .then_expect_error(ActionError::SelfApprovalForbidden);
+}
+
+// ---------------------------------------------------------------- modes
+
+#[test]
+fn auto_mode_approves_an_auto_approving_policy_at_submission() {
+    let story = Story::submitted_in(
+        json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }], "auto_approve": true }),
+        TenantMode::Auto,
+    );
+    assert_eq!(
+        story
+            .events
+            .iter()
+            .map(ActionEvent::event_type)
+            .collect::<Vec<_>>(),
+        ["ActionSubmitted", "ActionApproved"]
+    );
+    assert!(
+        matches!(story.last(), ActionEvent::ActionApproved(a) if a.reason == ApprovalReason::AutoApproved)
+    );
+    assert_eq!(story.status(), ActionStatus::Approved);
+}
+
+#[test]
+fn auto_mode_without_auto_approve_and_require_approval_mode_wait_for_votes() {
+    let auto_no_flag = Story::submitted_in(any(1), TenantMode::Auto);
+    assert_eq!(auto_no_flag.status(), ActionStatus::Pending);
+    let require_with_flag = Story::submitted_in(
+        json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }], "auto_approve": true }),
+        TenantMode::RequireApproval,
+    );
+    assert_eq!(require_with_flag.status(), ActionStatus::Pending);
+    let safe_with_flag = Story::submitted_in(
+        json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }], "auto_approve": true }),
+        TenantMode::Safe,
+    );
+    assert_eq!(safe_with_flag.status(), ActionStatus::Pending);
+}
+
+#[test]
+fn safe_mode_records_a_skipped_execution_and_never_starts() {
+    let mut story = Story::submitted_in(
+        json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }], "auto_execute": true }),
+        TenantMode::Safe,
+    );
+    story.vote(&approver("ana"), Approve, 1).expect("vote");
+    assert_eq!(story.status(), ActionStatus::Approved);
+    assert_eq!(story.start(2), Ok(vec!["ExecutionSkipped"]));
+    assert!(
+        matches!(story.last(), ActionEvent::ExecutionSkipped(s) if s.reason == SkipReason::SafeMode)
+    );
+    assert_eq!(story.status(), ActionStatus::Skipped);
+    assert_eq!(story.start(3).map_err(|e| e.code()), Err("invalid_state"));
+    assert!(
+        !story
+            .events
+            .iter()
+            .any(|e| matches!(e, ActionEvent::ExecutionStarted(_)))
+    );
+}
+
+// ---------------------------------------------------------------- quorum: any
+
+#[test]
+fn any_rule_one_approval_approves() {
+    let mut story = Story::submitted(any(1));
+    assert_eq!(
+        story.vote(&approver("ana"), Approve, 10),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+    assert_eq!(story.status(), ActionStatus::Approved);
+    let decision = story.state().decision.clone().expect("decided");
+    assert_eq!((decision.at, decision.by.as_str()), (at(10), "ana"));
+}
+
+#[test]
+fn any_rule_one_rejection_rejects_under_the_default_unanimous_ratio() {
+    let mut story = Story::submitted(any(1));
+    assert_eq!(
+        story.vote(&approver("ana"), Reject, 10),
+        Ok(vec!["VoteCast", "ActionRejected"])
+    );
+    assert!(matches!(story.last(), ActionEvent::ActionRejected(r)
+        if r.reason == Rejection::Ratio && r.tally == Tally { approvals: 0, rejections: 1, abstentions: 0 }));
+    assert_eq!(story.status(), ActionStatus::Rejected);
+}
+
+#[test]
+fn abstentions_are_recorded_but_never_approve() {
+    let mut story = Story::submitted(any(2));
+    assert_eq!(
+        story.vote(&approver("ana"), Abstain, 1),
+        Ok(vec!["VoteCast"])
+    );
+    assert_eq!(
+        story.vote(&approver("bo"), Abstain, 2),
+        Ok(vec!["VoteCast"])
+    );
+    assert_eq!(
+        story.vote(&approver("cy"), Approve, 3),
+        Ok(vec!["VoteCast"])
+    );
+    assert_eq!(story.status(), ActionStatus::Pending);
+    assert_eq!(
+        story.state().stage_progress()[0].tally,
+        Tally {
+            approvals: 1,
+            rejections: 0,
+            abstentions: 2
+        }
+    );
+    assert_eq!(
+        story.vote(&approver("di"), Approve, 4),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn any_rule_uses_the_roles_it_names() {
+    let mut story = Story::submitted(json!({ "stages": [{ "rules": [
+        { "type": "any", "min_approvals": 1, "roles": ["owner", "admin"] }
+    ] }] }));
+    assert_eq!(
+        story
+            .vote(&approver("ana"), Approve, 1)
+            .map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(
+        story
+            .vote(&principal("olga", &["owner"]), Approve, 2)
+            .map(|t| t.len()),
+        Ok(3)
+    );
+}
+
+#[test]
+fn a_changed_vote_replaces_the_earlier_one_and_counts_once() {
+    let mut story = Story::submitted(any(2));
+    story.vote(&approver("ana"), Abstain, 1).expect("abstain");
+    assert_eq!(
+        story.vote(&approver("ana"), Approve, 2),
+        Ok(vec!["VoteCast"])
+    );
+    assert!(
+        matches!(story.last(), ActionEvent::VoteCast(v) if v.replaces == Some(Abstain) && v.vote == Approve)
+    );
+    assert_eq!(
+        story.state().stage_progress()[0].tally,
+        Tally {
+            approvals: 1,
+            rejections: 0,
+            abstentions: 0
+        }
+    );
+    assert_eq!(story.status(), ActionStatus::Pending);
+}
+
+#[test]
+fn an_identical_repeated_vote_records_nothing() {
+    let mut story = Story::submitted(any(2));
+    story.vote(&approver("ana"), Approve, 1).expect("vote");
+    let before = story.events.len();
+    assert_eq!(story.vote(&approver("ana"), Approve, 2), Ok(vec![]));
+    assert_eq!(story.events.len(), before);
+    let with_comment = ActionCommand::CastVote(CastVote {
+        context: context(&approver("ana"), 3),
+        vote: Approve,
+        comment: Some(Comment::parse("checked the invoice").unwrap_or_else(|e| panic!("{e}"))),
+    });
+    assert_eq!(
+        story.run(with_comment),
+        Ok(vec!["VoteCast"]),
+        "a new comment is recorded"
+    );
+}
+
+// ---------------------------------------------------------------- quorum: role and ratio
+
+fn payout_policy() -> Value {
+    json!({ "stages": [{
+        "rules": [{ "type": "role", "role": "finance_ops", "min_approvals": 2 }],
+        "required_ratio": 0.6
+    }] })
+}
+
+#[test]
+fn role_rule_needs_n_approvals_from_role_holders() {
+    let mut story = Story::submitted(payout_policy());
+    assert_eq!(
+        story
+            .vote(&approver("ana"), Approve, 1)
+            .map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(
+        story.vote(&finance("fay"), Approve, 2),
+        Ok(vec!["VoteCast"])
+    );
+    assert_eq!(
+        story.vote(&finance("fox"), Approve, 3),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn role_rule_rejects_when_rejections_exceed_the_tolerated_share_once_enough_have_voted() {
+    let mut story = Story::submitted(payout_policy());
+    // One rejection alone: participation 1 of 2, so still pending.
+    assert_eq!(story.vote(&finance("fay"), Reject, 1), Ok(vec!["VoteCast"]));
+    // 1 approve, 1 reject: rejections 50% > 40% tolerated → rejected.
+    assert_eq!(
+        story.vote(&finance("fox"), Approve, 2),
+        Ok(vec!["VoteCast", "ActionRejected"])
+    );
+    assert_eq!(story.status(), ActionStatus::Rejected);
+}
+
+#[test]
+fn a_lower_ratio_tolerates_a_rejection_until_more_approvals_arrive() {
+    let mut story = Story::submitted(json!({ "stages": [{
+        "rules": [{ "type": "role", "role": "finance_ops", "min_approvals": 2 }],
+        "required_ratio": 0.5
+    }] }));
+    story.vote(&finance("f1"), Approve, 1).expect("vote");
+    assert_eq!(story.vote(&finance("f2"), Reject, 2), Ok(vec!["VoteCast"]));
+    assert_eq!(
+        story.vote(&finance("f3"), Approve, 3),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+// ---------------------------------------------------------------- quorum: percentage and specific users
+
+#[test]
+fn percentage_rule_needs_the_ceiling_share_of_the_pool_to_have_voted() {
+    let mut story = Story::submitted(json!({ "stages": [{
+        "rules": [{ "type": "percentage", "percentage": 0.5, "pool": ["p1", "p2", "p3"] }]
+    }] }));
+    assert_eq!(
+        story
+            .vote(&approver("outsider"), Approve, 1)
+            .map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(
+        story.vote(&principal("p1", &[]), Approve, 2),
+        Ok(vec!["VoteCast"])
+    );
+    // ceil(0.5 × 3) = 2: an abstention completes participation; the approval carries the ratio.
+    assert_eq!(
+        story.vote(&principal("p2", &[]), Abstain, 3),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn specific_users_rule_waits_for_every_listed_user() {
+    let mut story = Story::submitted(json!({ "stages": [{
+        "rules": [{ "type": "specific_users", "users": ["ceo", "cfo"] }]
+    }] }));
+    assert_eq!(
+        story.vote(&principal("ceo", &[]), Approve, 1),
+        Ok(vec!["VoteCast"])
+    );
+    assert_eq!(
+        story.vote(&principal("cfo", &[]), Approve, 2),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn a_finite_pool_rejects_early_when_approval_becomes_impossible() {
+    let mut story = Story::submitted(json!({ "stages": [{
+        "rules": [{ "type": "specific_users", "users": ["ceo", "cfo", "coo"] }]
+    }] }));
+    assert_eq!(
+        story.vote(&principal("ceo", &[]), Reject, 1),
+        Ok(vec!["VoteCast", "ActionRejected"])
+    );
+    assert!(
+        matches!(story.last(), ActionEvent::ActionRejected(r) if r.reason == Rejection::Unreachable)
+    );
+}
+
+#[test]
+fn a_pool_that_only_the_requester_could_complete_is_rejected_at_submission() {
+    let story = Story::submitted(json!({ "stages": [{
+        "rules": [{ "type": "specific_users", "users": ["rita"] }]
+    }] }));
+    assert_eq!(story.status(), ActionStatus::Rejected);
+    assert!(
+        matches!(story.last(), ActionEvent::ActionRejected(r) if r.reason == Rejection::Unreachable)
+    );
+}
+
+// ---------------------------------------------------------------- veto
+
+#[test]
+fn a_veto_holder_rejects_alone() {
+    let mut story = Story::submitted(json!({ "stages": [{
+        "rules": [{ "type": "any", "min_approvals": 3 }],
+        "required_ratio": 0.5,
+        "veto": { "roles": ["legal"] }
+    }] }));
+    story.vote(&approver("ana"), Approve, 1).expect("vote");
+    story.vote(&approver("bo"), Approve, 2).expect("vote");
+    assert_eq!(
+        story.vote(&principal("lou", &["legal"]), Reject, 3),
+        Ok(vec!["VoteCast", "ActionRejected"])
+    );
+    assert!(matches!(story.last(), ActionEvent::ActionRejected(r)
+        if r.reason == Rejection::Veto { voter: UserId::parse("lou").unwrap_or_else(|e| panic!("{e}")) }));
+}
+
+// ---------------------------------------------------------------- stages
+
+fn two_stages() -> Value {
+    json!({ "stages": [
+        { "name": "owner", "rules": [{ "type": "any", "min_approvals": 1, "roles": ["owner"] }] },
+        { "name": "reviewer", "rules": [{ "type": "role", "role": "reviewer", "min_approvals": 1 }] }
+    ] })
+}
+
+#[test]
+fn two_stages_approve_in_order() {
+    let mut story = Story::submitted(two_stages());
+    assert_eq!(
+        story
+            .vote(&principal("rev", &["reviewer"]), Approve, 1)
+            .map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(
+        story.vote(&principal("olga", &["owner"]), Approve, 2),
+        Ok(vec!["VoteCast", "StageApproved"])
+    );
+    assert_eq!(story.state().stage, 1);
+    assert_eq!(story.status(), ActionStatus::Pending);
+    assert_eq!(
+        story
+            .vote(&principal("olga", &["owner"]), Approve, 3)
+            .map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(
+        story.vote(&principal("rev", &["reviewer"]), Approve, 4),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+    let progress = story.state().stage_progress();
+    assert_eq!(progress.len(), 2);
+    assert!(
+        progress
+            .iter()
+            .all(|stage| stage.rules.iter().all(|rule| rule.satisfied))
+    );
+}
+
+#[test]
+fn a_rejection_in_the_second_stage_rejects_the_action() {
+    let mut story = Story::submitted(two_stages());
+    story
+        .vote(&principal("olga", &["owner"]), Approve, 1)
+        .expect("stage one");
+    assert_eq!(
+        story.vote(&principal("rev", &["reviewer"]), Reject, 2),
+        Ok(vec!["VoteCast", "ActionRejected"])
+    );
+    assert!(matches!(story.last(), ActionEvent::ActionRejected(r) if r.stage == 1));
+}
+
+// ---------------------------------------------------------------- self approval and eligibility
+
+#[test]
+fn the_requester_cannot_vote_without_self_approval() {
+    let mut story = Story::submitted(any(1));
+    let me = principal("rita", &["approver"]);
+    assert_eq!(
+        story.vote(&me, Approve, 1),
+        Err(ActionError::SelfApprovalForbidden)
+    );
+    assert_eq!(story.events.len(), 1);
+}
+
+#[test]
+fn the_requester_may_vote_when_the_policy_allows_self_approval() {
+    let mut story = Story::submitted(json!({
+        "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }],
+        "allow_self_approval": true
+    }));
+    let me = principal("rita", &["approver"]);
+    assert_eq!(
+        story.vote(&me, Approve, 1),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn a_voter_without_an_eligible_role_is_refused_and_nothing_is_recorded() {
+    let mut story = Story::submitted(any(1));
+    let err = story
+        .vote(&principal("aud", &["auditor"]), Approve, 1)
+        .expect_err("refused");
+    assert_eq!(err.code(), "not_eligible");
+    assert_eq!(story.events.len(), 1);
+}
+
+#[test]
+fn votes_after_the_decision_are_refused_with_invalid_state() {
+    let mut story = Story::submitted(any(1));
+    story.vote(&approver("ana"), Approve, 1).expect("vote");
+    let err = story.vote(&approver("bo"), Reject, 2).expect_err("refused");
+    assert_eq!(err.code(), "invalid_state");
+    assert_eq!(
+        err,
+        ActionError::InvalidState {
+            status: ActionStatus::Approved,
+            attempted: "vote on"
+        }
+    );
+}
+
+// ---------------------------------------------------------------- cancel
+
+#[test]
+fn the_requester_or_an_admin_may_cancel_a_pending_action() {
+    let mut mine = Story::submitted(any(1));
+    assert_eq!(
+        mine.run(ActionCommand::CancelAction(CancelAction {
+            context: context(&requester(), 1),
+            reason: None
+        })),
+        Ok(vec!["ActionCancelled"])
+    );
+    assert_eq!(mine.status(), ActionStatus::Cancelled);
+
+    let mut theirs = Story::submitted(any(1));
+    assert_eq!(
+        theirs.run(ActionCommand::CancelAction(CancelAction {
+            context: context(&principal("ada", &["admin"]), 1),
+            reason: Some(Comment::parse("duplicate").unwrap_or_else(|e| panic!("{e}"))),
+        })),
+        Ok(vec!["ActionCancelled"])
+    );
+}
+
+#[test]
+fn others_may_not_cancel_and_nobody_cancels_a_decided_action() {
+    let mut story = Story::submitted(any(1));
+    let cancel = |by: &Principal, seconds| {
+        ActionCommand::CancelAction(CancelAction {
+            context: context(by, seconds),
+            reason: None,
+        })
+    };
+    assert_eq!(
+        story.run(cancel(&approver("ana"), 1)).map_err(|e| e.code()),
+        Err("not_permitted")
+    );
+    story.vote(&approver("ana"), Approve, 2).expect("vote");
+    assert_eq!(
+        story.run(cancel(&requester(), 3)).map_err(|e| e.code()),
+        Err("invalid_state")
+    );
+}
+
+// ---------------------------------------------------------------- deadlines
+
+fn escalating() -> Value {
+    json!({
+        "stages": [{ "rules": [{ "type": "role", "role": "finance_ops", "min_approvals": 1 }] }],
+        "timeout_seconds": 3600,
+        "escalation_role": "cfo",
+        "max_escalations": 1
+    })
+}
+
+#[test]
+fn expiring_before_the_deadline_is_refused() {
+    let mut story = Story::submitted(escalating());
+    assert_eq!(
+        story.expire(3599),
+        Err(ActionError::DeadlineNotReached {
+            expires_at: at(3600)
+        })
+    );
+    assert_eq!(story.events.len(), 1);
+}
+
+#[test]
+fn the_deadline_escalates_then_expires() {
+    let mut story = Story::submitted(escalating());
+    let cfo = principal("carla", &["cfo"]);
+    assert_eq!(
+        story.vote(&cfo, Approve, 10).map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(story.expire(3600), Ok(vec!["ActionEscalated"]));
+    assert!(matches!(story.last(), ActionEvent::ActionEscalated(e)
+        if e.escalation == 1 && e.previous_expires_at == at(3600) && e.expires_at == at(7200)
+            && e.escalation_role.as_str() == "cfo"));
+    assert_eq!(story.status(), ActionStatus::Escalated);
+    assert!(
+        story.state().can_vote(&cfo),
+        "the escalation role may now vote"
+    );
+    assert_eq!(
+        story.expire(7199).map_err(|e| e.code()),
+        Err("deadline_not_reached")
+    );
+    assert_eq!(story.expire(7300), Ok(vec!["ActionExpired"]));
+    assert_eq!(story.status(), ActionStatus::Expired);
+    assert_eq!(
+        story.expire(9000).map_err(|e| e.code()),
+        Err("invalid_state")
+    );
+}
+
+#[test]
+fn an_escalation_role_holder_can_complete_the_stage() {
+    let mut story = Story::submitted(escalating());
+    story.expire(4000).expect("escalates");
+    assert_eq!(
+        story.vote(&principal("carla", &["cfo"]), Approve, 4001),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn on_timeout_reject_rejects_at_the_deadline() {
+    let mut story = Story::submitted(json!({
+        "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }],
+        "timeout_seconds": 60,
+        "on_timeout": "reject"
+    }));
+    assert_eq!(story.expire(60), Ok(vec!["ActionRejected"]));
+    assert!(
+        matches!(story.last(), ActionEvent::ActionRejected(r) if r.reason == Rejection::Timeout)
+    );
+}
+
+#[test]
+fn without_an_escalation_role_the_deadline_expires_at_once() {
+    let mut story = Story::submitted(any(1));
+    assert_eq!(story.expire(86_400), Ok(vec!["ActionExpired"]));
+}
+
+// ---------------------------------------------------------------- execution
+
+fn approved(requirements: Value) -> Story {
+    let mut story = Story::submitted(requirements);
+    story.vote(&approver("ana"), Approve, 1).expect("approve");
+    assert_eq!(story.status(), ActionStatus::Approved);
+    story
+}
+
+fn auto_executing(max_attempts: u32) -> Value {
+    json!({
+        "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }],
+        "auto_execute": true,
+        "max_attempts": max_attempts
+    })
+}
+
+#[test]
+fn only_an_approved_action_can_start() {
+    let mut story = Story::submitted(auto_executing(3));
+    assert_eq!(story.start(1).map_err(|e| e.code()), Err("invalid_state"));
+    let mut rejected = Story::submitted(auto_executing(3));
+    rejected.vote(&approver("ana"), Reject, 1).expect("reject");
+    assert_eq!(
+        rejected.start(2).map_err(|e| e.code()),
+        Err("invalid_state")
+    );
+}
+
+#[test]
+fn a_manual_policy_runs_only_after_execution_is_requested() {
+    let mut story = approved(any(1));
+    assert_eq!(story.start(2), Err(ActionError::ExecutionNotRequested));
+    assert_eq!(
+        story.request(&requester(), 3),
+        Ok(vec!["ExecutionRequested"])
+    );
+    assert_eq!(
+        story.request(&requester(), 4),
+        Ok(vec![]),
+        "a second request changes nothing"
+    );
+    assert_eq!(story.start(5), Ok(vec!["ExecutionStarted"]));
+}
+
+#[test]
+fn execution_starts_once_and_completes_once() {
+    let mut story = approved(auto_executing(3));
+    assert_eq!(story.start(2), Ok(vec!["ExecutionStarted"]));
+    assert!(matches!(story.last(), ActionEvent::ExecutionStarted(s)
+        if s.attempt == 1 && s.execution_key == story.state().execution_key && s.lease_until == at(62)));
+    assert_eq!(
+        story.start(3),
+        Err(ActionError::AlreadyExecuting { attempt: 1 })
+    );
+    assert_eq!(story.succeed(1, 4), Ok(vec!["ExecutionSucceeded"]));
+    assert_eq!(story.status(), ActionStatus::Executed);
+    let execution = &story.state().execution;
+    assert_eq!(execution.result, Some(json!({ "refund_id": "re_1" })));
+    assert_eq!(execution.duration_ms, Some(420));
+    assert_eq!(
+        execution.undo_payload,
+        Some(json!({ "order": 1042, "charge": 25.5 })),
+        "falls back to the submitter's undo payload"
+    );
+    assert_eq!(story.start(5), Err(ActionError::AlreadyExecuted));
+    assert_eq!(story.succeed(1, 6), Err(ActionError::AlreadyExecuted));
+    assert_eq!(
+        story.request(&requester(), 7),
+        Err(ActionError::AlreadyExecuted)
+    );
+}
+
+#[test]
+fn a_capability_undo_payload_overrides_the_submitters() {
+    let mut story = approved(auto_executing(3));
+    story.start(2).expect("start");
+    story
+        .run(ActionCommand::RecordExecutionSuccess(
+            RecordExecutionSuccess {
+                context: context(&principal("executor:one", &[]), 3),
+                attempt: 1,
+                result: json!({}),
+                undo_payload: Some(json!({ "refund": "re_1" })),
+                duration_ms: 5,
+            },
+        ))
+        .expect("success");
+    assert_eq!(
+        story.state().execution.undo_payload,
+        Some(json!({ "refund": "re_1" }))
+    );
+}
+
+#[test]
+fn retryable_failures_retry_until_max_attempts_then_fail_for_good() {
+    let mut story = approved(auto_executing(2));
+    story.start(2).expect("attempt 1");
+    assert_eq!(story.fail(1, true, 3), Ok(vec!["ExecutionFailed"]));
+    assert!(
+        matches!(story.last(), ActionEvent::ExecutionFailed(f) if f.will_retry && f.attempt == 1)
+    );
+    assert_eq!(story.status(), ActionStatus::Approved);
+    assert_eq!(story.start(4), Ok(vec!["ExecutionStarted"]));
+    assert!(matches!(story.last(), ActionEvent::ExecutionStarted(s) if s.attempt == 2));
+    assert_eq!(story.fail(2, true, 5), Ok(vec!["ExecutionFailed"]));
+    assert!(matches!(story.last(), ActionEvent::ExecutionFailed(f) if !f.will_retry));
+    assert_eq!(story.status(), ActionStatus::Failed);
+    assert_eq!(
+        story.state().execution.last_error.as_deref(),
+        Some("gateway timeout")
+    );
+    assert_eq!(story.start(6).map_err(|e| e.code()), Err("invalid_state"));
+}
+
+#[test]
+fn a_non_retryable_failure_fails_at_once() {
+    let mut story = approved(auto_executing(5));
+    story.start(2).expect("start");
+    story.fail(1, false, 3).expect("fail");
+    assert_eq!(story.status(), ActionStatus::Failed);
+}
+
+#[test]
+fn an_expired_lease_is_reclaimed_with_the_same_execution_key() {
+    let mut story = approved(auto_executing(3));
+    story.start(2).expect("attempt 1, lease until 62");
+    assert_eq!(
+        story.start(61),
+        Err(ActionError::AlreadyExecuting { attempt: 1 })
+    );
+    assert_eq!(
+        story.start(62),
+        Ok(vec!["ExecutionFailed", "ExecutionStarted"])
+    );
+    let keys: Vec<_> = story
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ActionEvent::ExecutionStarted(s) => Some((s.attempt, s.execution_key.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!((keys[0].0, keys[1].0), (1, 2));
+    assert_eq!(keys[0].1, keys[1].1);
+    // The first executor's late outcome is refused; the current attempt's is recorded.
+    assert_eq!(
+        story.succeed(1, 70),
+        Err(ActionError::StaleAttempt {
+            attempt: 1,
+            current: 2
+        })
+    );
+    assert_eq!(story.succeed(2, 71), Ok(vec!["ExecutionSucceeded"]));
+}
+
+#[test]
+fn a_lease_lost_on_the_last_attempt_fails_the_action() {
+    let mut story = approved(auto_executing(1));
+    story.start(2).expect("attempt 1");
+    assert_eq!(story.start(100), Ok(vec!["ExecutionFailed"]));
+    assert_eq!(story.status(), ActionStatus::Failed);
+}
+
+// ---------------------------------------------------------------- stored contract
+
+#[test]
+fn events_round_trip_through_json_and_fold_to_the_same_state() {
+    let mut story = approved(auto_executing(3));
+    story.start(2).expect("start");
+    story.fail(1, true, 3).expect("fail");
+    story.start(4).expect("start");
+    story.succeed(2, 5).expect("succeed");
+    let stored = serde_json::to_value(&story.events).expect("serialize");
+    let loaded: Vec<ActionEvent> = serde_json::from_value(stored).expect("deserialize");
+    assert_eq!(loaded, story.events);
+    assert_eq!(Action::from_events(&loaded), story.action);
+}
+
+#[test]
+fn the_stored_shape_of_a_lifecycle_is_stable() {
+    let mut story = Story::submitted(json!({
+        "stages": [{ "rules": [{ "type": "role", "role": "finance_ops", "min_approvals": 1 }] }],
+        "timeout_seconds": 600,
+        "escalation_role": "cfo",
+        "auto_execute": true
+    }));
+    story.expire(600).expect("escalate");
+    story
+        .run(ActionCommand::CastVote(CastVote {
+            context: context(&finance("fay"), 700),
+            vote: Approve,
+            comment: Some(Comment::parse("matches the ticket").unwrap_or_else(|e| panic!("{e}"))),
+        }))
+        .expect("vote");
+    story.start(701).expect("start");
+    story.succeed(1, 702).expect("succeed");
+    insta::assert_json_snapshot!(story.events);
+}

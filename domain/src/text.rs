@@ -1,0 +1,295 @@
+//! Human text and bounded lists, checked on construction.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::{ParseError, UserId};
+
+/// Text a person reads: no control characters except newline and tab.
+fn is_readable(value: &str) -> bool {
+    value
+        .chars()
+        .all(|c| c == '\n' || c == '\t' || !c.is_control())
+}
+
+macro_rules! bounded_text {
+    ($(#[$meta:meta])* $name:ident, $field:literal, min = $min:expr, max = $max:expr) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(#[schemars(length(min = $min, max = $max))] String);
+
+        impl $name {
+            pub fn parse(value: impl Into<String>) -> Result<Self, ParseError> {
+                const MIN: usize = $min;
+                let value = value.into();
+                let length = value.chars().count();
+                if MIN > 0 && (length < MIN || value.trim().chars().count() < MIN) {
+                    return Err(ParseError::new($field, "must not be empty"));
+                }
+                if length > $max {
+                    return Err(ParseError::new(
+                        $field,
+                        format!("must be at most {} characters", $max),
+                    ));
+                }
+                if !is_readable(&value) {
+                    return Err(ParseError::new($field, "must not contain control characters"));
+                }
+                Ok(Self(value))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ParseError;
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                Self::parse(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                value.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+bounded_text!(
+    /// What the action does, in words an approver understands ("Send weekly update email to 120
+    /// leads").
+    Summary, "summary", min = 1, max = 500
+);
+bounded_text!(
+    /// Free description (impact, scope); may be empty.
+    #[derive(Default)]
+    Text, "text", min = 0, max = 2000
+);
+bounded_text!(
+    /// A marker the submitter attaches (`pii`, `financial`, `customer-visible`).
+    Flag, "flags", min = 1, max = 64
+);
+bounded_text!(
+    /// Where the submission comes from (`board`, `automated-agent`, `billing-service`).
+    Source, "source", min = 1, max = 128
+);
+bounded_text!(
+    /// A voter's or canceller's explanation.
+    Comment, "comment", min = 1, max = 2000
+);
+
+impl Source {
+    /// The source recorded when a submitter names none.
+    pub fn api() -> Self {
+        Self("api".to_owned())
+    }
+}
+
+/// A list with at least one element.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<T>", into = "Vec<T>")]
+#[serde(bound(
+    serialize = "T: Serialize + Clone",
+    deserialize = "T: Deserialize<'de>"
+))]
+pub struct NonEmpty<T>(Vec<T>);
+
+impl<T> NonEmpty<T> {
+    pub fn new(items: Vec<T>) -> Result<Self, ParseError> {
+        if items.is_empty() {
+            return Err(ParseError::new("", "must not be empty"));
+        }
+        Ok(Self(items))
+    }
+
+    pub fn one(item: T) -> Self {
+        Self(vec![item])
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl<T> TryFrom<Vec<T>> for NonEmpty<T> {
+    type Error = ParseError;
+    fn try_from(items: Vec<T>) -> Result<Self, Self::Error> {
+        Self::new(items)
+    }
+}
+
+impl<T> From<NonEmpty<T>> for Vec<T> {
+    fn from(value: NonEmpty<T>) -> Self {
+        value.0
+    }
+}
+
+impl<'a, T> IntoIterator for &'a NonEmpty<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for NonEmpty<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for NonEmpty<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("NonEmpty_{}", T::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "array",
+            "items": generator.subschema_for::<T>(),
+            "minItems": 1,
+        })
+    }
+}
+
+/// A non-empty list of distinct users, in the order given (a pool or a list of required
+/// signers). Duplicates are refused rather than merged: they would change pool arithmetic.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<UserId>", into = "Vec<UserId>")]
+pub struct UserSet(Vec<UserId>);
+
+impl UserSet {
+    pub fn new(users: Vec<UserId>) -> Result<Self, ParseError> {
+        if users.is_empty() {
+            return Err(ParseError::new("", "must list at least one user"));
+        }
+        for (index, user) in users.iter().enumerate() {
+            if users[..index].contains(user) {
+                return Err(ParseError::new(
+                    format!("[{index}]"),
+                    format!("`{user}` is listed twice"),
+                ));
+            }
+        }
+        Ok(Self(users))
+    }
+
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.0.contains(user)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, UserId> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl TryFrom<Vec<UserId>> for UserSet {
+    type Error = ParseError;
+    fn try_from(users: Vec<UserId>) -> Result<Self, Self::Error> {
+        Self::new(users)
+    }
+}
+
+impl From<UserSet> for Vec<UserId> {
+    fn from(value: UserSet) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Debug for UserSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl JsonSchema for UserSet {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "UserSet".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "array",
+            "items": generator.subschema_for::<UserId>(),
+            "minItems": 1,
+            "uniqueItems": true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_must_have_visible_text_and_no_control_characters() {
+        assert!(Summary::parse("Refund order 1042").is_ok());
+        assert_eq!(
+            Summary::parse("   ").expect_err("blank").message,
+            "must not be empty"
+        );
+        assert!(Summary::parse("a\u{0}b").is_err());
+        assert!(Summary::parse("x".repeat(501)).is_err());
+        assert!(Text::parse("").is_ok());
+    }
+
+    #[test]
+    fn user_sets_refuse_duplicates_and_emptiness() {
+        let ana = UserId::parse("ana").expect("valid");
+        let bo = UserId::parse("bo").expect("valid");
+        assert!(UserSet::new(vec![ana.clone(), bo]).is_ok());
+        assert_eq!(
+            UserSet::new(vec![ana.clone(), ana]).expect_err("dup").field,
+            "[1]"
+        );
+        assert!(UserSet::new(vec![]).is_err());
+        assert!(serde_json::from_str::<NonEmpty<u8>>("[]").is_err());
+    }
+}
