@@ -37,7 +37,7 @@ impl ExecutionKey {
 
 impl fmt::Display for ExecutionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 

@@ -1,0 +1,30 @@
+# One gate, run the same way everywhere: `make ci` is what CI and developers run.
+CARGO ?= cargo
+
+.PHONY: run demo test lint fmt schemas ci services
+
+## The service on its embedded default. Until the ledger lands, the in-memory domain demo.
+run: demo
+
+demo:
+	$(CARGO) run -q -p countersign -- demo
+
+## The whole test suite (starts PostgreSQL and NATS first when installed but stopped).
+test: services
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate schemas/*.json from the code (a test fails when they drift).
+schemas:
+	$(CARGO) run -q -p countersign -- schemas --out schemas
+
+services:
+	@scripts/services.sh
+
+ci: lint test
