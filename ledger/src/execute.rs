@@ -1,0 +1,305 @@
+//! Running a command: load, decide, append atomically, retry on conflict.
+
+use std::fmt;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
+use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use postgres_es::PostgresEventRepository;
+use sqlite_es::SqliteEventRepository;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{Backend, Ledger, LedgerAggregate, Metadata};
+
+/// How optimistic-concurrency conflicts are retried: up to `attempts` tries in all, sleeping a
+/// random time between `base` and `base × 2^try` (capped at `max`) between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 40,
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(50),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn pause(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max)
+            .max(self.base);
+        let span = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(fastrand::u64(span / 2..=span))
+    }
+}
+
+/// One committed event with its place in the aggregate and in the global log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent<E> {
+    pub sequence: u64,
+    pub position: i64,
+    pub event: E,
+}
+
+/// What a command changed.
+#[derive(Debug, Clone)]
+pub struct Committed<A: LedgerAggregate>
+where
+    A::Command: Clone,
+{
+    /// The aggregate after the command.
+    pub aggregate: A,
+    /// The events appended, in order (empty when the command changed nothing).
+    pub events: Vec<RecordedEvent<A::Event>>,
+    /// How many times the command was decided (1 without conflicts).
+    pub attempts: u32,
+}
+
+impl<A: LedgerAggregate> Committed<A>
+where
+    A::Command: Clone,
+{
+    /// The global position of the last event appended.
+    pub fn last_position(&self) -> Option<i64> {
+        self.events.last().map(|event| event.position)
+    }
+}
+
+/// Why a command did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError<E: std::error::Error> {
+    /// The domain refused the command; nothing was recorded.
+    #[error(transparent)]
+    Rejected(E),
+    /// Concurrent writers kept changing the aggregate; nothing was recorded.
+    #[error("the aggregate kept changing under {attempts} attempts; nothing was recorded")]
+    Conflict { attempts: u32 },
+    /// The store failed; nothing was recorded (the transaction did not commit).
+    #[error("event store: {0}")]
+    Store(String),
+}
+
+impl<E: std::error::Error> LedgerError<E> {
+    fn store(err: impl fmt::Display) -> Self {
+        Self::Store(err.to_string())
+    }
+
+    fn from_aggregate(err: AggregateError<E>) -> Self {
+        match err {
+            AggregateError::UserError(err) => Self::Rejected(err),
+            AggregateError::AggregateConflict => Self::Conflict { attempts: 1 },
+            other => Self::store(other),
+        }
+    }
+}
+
+enum Attempt<A: LedgerAggregate>
+where
+    A::Command: Clone,
+{
+    Done(A, Vec<(u64, A::Event)>),
+    Conflict,
+}
+
+impl Ledger {
+    /// Runs `command` against the aggregate `id`, appending its events in one transaction.
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Committed<A>, LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        let span = info_span!(
+            "ledger.execute",
+            aggregate = A::TYPE,
+            aggregate_id = id,
+            tenant = %metadata.tenant,
+            actor = %metadata.actor,
+            correlation_id = metadata.correlation_id.as_ref().map(|c| c.as_str()).unwrap_or(""),
+        );
+        async {
+            let retry = A::retry_on_conflict(&command);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let outcome = match &self.backend {
+                    Backend::Postgres(pool) => {
+                        self.attempt::<A, _>(
+                            PostgresEventRepository::new(pool.clone()),
+                            id,
+                            command.clone(),
+                            metadata,
+                        )
+                        .await?
+                    }
+                    Backend::Sqlite(pool) => {
+                        self.attempt::<A, _>(
+                            SqliteEventRepository::new(pool.clone()),
+                            id,
+                            command.clone(),
+                            metadata,
+                        )
+                        .await?
+                    }
+                };
+                match outcome {
+                    Attempt::Done(aggregate, events) => {
+                        let events = self.locate::<A>(id, events).await?;
+                        if !events.is_empty() {
+                            self.appended.notify_waiters();
+                        }
+                        return Ok(Committed {
+                            aggregate,
+                            events,
+                            attempts: attempt,
+                        });
+                    }
+                    Attempt::Conflict if retry && attempt < self.retry.attempts => {
+                        debug!(attempt, "conflict; deciding again");
+                        tokio::time::sleep(self.retry.pause(attempt)).await;
+                    }
+                    Attempt::Conflict => {
+                        warn!(attempts = attempt, "conflict outlived the retries");
+                        return Err(LedgerError::Conflict { attempts: attempt });
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt<A, R>(
+        &self,
+        repo: R,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Attempt<A>, LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+        R: PersistedEventRepository,
+    {
+        // Pure event sourcing only: see the crate documentation.
+        let store =
+            PersistedEventStore::<R, A>::new_event_store(repo).with_upcasters(A::upcasters());
+        let mut context = store
+            .load_aggregate(id)
+            .await
+            .map_err(LedgerError::from_aggregate)?;
+        let first_sequence = context.current_sequence as u64 + 1;
+        let sink = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &(), &sink)
+            .await
+            .map_err(LedgerError::Rejected)?;
+        let events = sink.collect().await;
+        let after = context.aggregate.clone();
+        if events.is_empty() {
+            return Ok(Attempt::Done(after, Vec::new()));
+        }
+        match store.commit(events, context, metadata.to_map()).await {
+            Ok(envelopes) => Ok(Attempt::Done(
+                after,
+                envelopes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, envelope)| (first_sequence + i as u64, envelope.payload))
+                    .collect(),
+            )),
+            Err(AggregateError::AggregateConflict) => Ok(Attempt::Conflict),
+            Err(err) => Err(LedgerError::from_aggregate(err)),
+        }
+    }
+
+    /// Finds the global positions of just-committed events.
+    async fn locate<A>(
+        &self,
+        id: &str,
+        events: Vec<(u64, A::Event)>,
+    ) -> Result<Vec<RecordedEvent<A::Event>>, LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        let Some(first) = events.first().map(|(sequence, _)| *sequence) else {
+            return Ok(Vec::new());
+        };
+        let first = i64::try_from(first).map_err(LedgerError::store)?;
+        let query = "SELECT sequence, position FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
+                      ORDER BY sequence";
+        let rows: Vec<(i64, i64)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_as(query)
+                    .bind(A::TYPE)
+                    .bind(id)
+                    .bind(first)
+                    .fetch_all(pool)
+                    .await
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_as(query)
+                    .bind(A::TYPE)
+                    .bind(id)
+                    .bind(first)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(LedgerError::store)?;
+        Ok(events
+            .into_iter()
+            .zip(rows)
+            .map(|((sequence, event), (_, position))| RecordedEvent {
+                sequence,
+                position,
+                event,
+            })
+            .collect())
+    }
+
+    /// Loads an aggregate by folding its events (upcast to their current versions).
+    pub async fn load<A>(&self, id: &str) -> Result<(A, u64), LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        let context = match &self.backend {
+            Backend::Postgres(pool) => {
+                PersistedEventStore::<_, A>::new_event_store(PostgresEventRepository::new(
+                    pool.clone(),
+                ))
+                .with_upcasters(A::upcasters())
+                .load_aggregate(id)
+                .await
+            }
+            Backend::Sqlite(pool) => {
+                PersistedEventStore::<_, A>::new_event_store(SqliteEventRepository::new(
+                    pool.clone(),
+                ))
+                .with_upcasters(A::upcasters())
+                .load_aggregate(id)
+                .await
+            }
+        }
+        .map_err(LedgerError::from_aggregate)?;
+        Ok((context.aggregate, context.current_sequence as u64))
+    }
+}

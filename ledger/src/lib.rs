@@ -1,0 +1,262 @@
+//! The ledger owns the system of record: the `events` table in PostgreSQL (server mode) or SQLite
+//! (the embedded default), written through cqrs-es, and read back as one gap-safe global log.
+//!
+//! - [`Ledger::execute`] runs a command against an aggregate: load its events, decide, append in
+//!   one transaction with optimistic concurrency, and return the committed events with their
+//!   global positions. Conflicts are retried (bounded, with jitter) and reported when they
+//!   outlive the retries.
+//! - [`Ledger::read_log`] reads every event after a cursor in one total order that is the same
+//!   for every reader and never skips an event committed late (see [`log`]).
+//! - [`Ledger::lock_tailer`] makes sure one instance runs each named tailer.
+//!
+//! cqrs-es is used in pure event-sourcing mode only (`PersistedEventStore::new_event_store`): in
+//! cqrs-es 0.5.0 its snapshot and aggregate-store modes apply each new event twice. Its `Query`
+//! dispatch is not used: it runs in-process after the commit and is lost on a crash, so everything
+//! durable tails the log instead.
+
+mod execute;
+mod lock;
+pub mod log;
+pub mod testing;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use countersign_domain::action::Action;
+use countersign_domain::{CorrelationId, TenantId, UserId};
+use cqrs_es::Aggregate;
+use cqrs_es::persist::EventUpcaster;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::Notify;
+
+pub use execute::{Committed, LedgerError, RecordedEvent, RetryPolicy};
+pub use lock::TailerLock;
+pub use log::{LogCursor, LogWaker, LoggedEvent};
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// An aggregate the ledger stores. Its events are upcast on read by `upcasters()`.
+pub trait LedgerAggregate: Aggregate<Services = ()> + Clone
+where
+    Self::Command: Clone,
+{
+    /// Upcasters from older stored event versions to the current ones, oldest first.
+    fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+        Vec::new()
+    }
+
+    /// Whether a command may be decided again after an optimistic-concurrency conflict.
+    fn retry_on_conflict(_command: &Self::Command) -> bool {
+        true
+    }
+}
+
+/// Every action command is decided from the aggregate's state alone, so deciding it again on
+/// fresh state after a conflict is always safe: a vote is recounted, a deadline re-checked, an
+/// execution claim refused if another executor won, a repeated submission answered
+/// `already_submitted`.
+impl LedgerAggregate for Action {}
+
+/// Where the events live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Server mode.
+    Postgres { url: String },
+    /// The embedded default: one SQLite file.
+    Sqlite { path: PathBuf },
+}
+
+impl StoreConfig {
+    /// `DATABASE_URL` when given, else `<data_dir>/countersign.db`.
+    pub fn from_settings(database_url: Option<&str>, data_dir: &Path) -> Self {
+        match database_url {
+            Some(url) if url.starts_with("sqlite:") => Self::Sqlite {
+                path: PathBuf::from(
+                    url.trim_start_matches("sqlite://")
+                        .trim_start_matches("sqlite:"),
+                ),
+            },
+            Some(url) => Self::Postgres {
+                url: url.to_owned(),
+            },
+            None => Self::Sqlite {
+                path: data_dir.join("countersign.db"),
+            },
+        }
+    }
+}
+
+/// The pool of one of the two stores.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Who and what caused a command: stored as every event's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    pub tenant: TenantId,
+    pub actor: UserId,
+    pub correlation_id: Option<CorrelationId>,
+    pub request_id: Option<String>,
+}
+
+impl Metadata {
+    pub fn new(tenant: TenantId, actor: UserId) -> Self {
+        Self {
+            tenant,
+            actor,
+            correlation_id: None,
+            request_id: None,
+        }
+    }
+
+    fn to_map(&self) -> HashMap<String, String> {
+        let mut map = HashMap::from([
+            ("tenant".to_owned(), self.tenant.to_string()),
+            ("actor".to_owned(), self.actor.to_string()),
+        ]);
+        if let Some(correlation_id) = &self.correlation_id {
+            map.insert("correlation_id".to_owned(), correlation_id.to_string());
+        }
+        if let Some(request_id) = &self.request_id {
+            map.insert("request_id".to_owned(), request_id.clone());
+        }
+        map
+    }
+}
+
+/// The shared handle on the store, used by the gateway, the executor and every tailer.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    backend: Backend,
+    /// Wakes in-process tailers after a commit (the embedded store has no LISTEN/NOTIFY).
+    appended: Arc<Notify>,
+    retry: RetryPolicy,
+    /// Names the store in tailer locks (the SQLite file, or the PostgreSQL URL).
+    identity: String,
+}
+
+impl Ledger {
+    /// Opens the store (creating the SQLite file and its directory when needed). Does not migrate.
+    pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
+        match config {
+            StoreConfig::Postgres { url } => {
+                let options = PgConnectOptions::from_str(url)
+                    .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(32)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                Ok(Self::with_backend(Backend::Postgres(pool), url))
+            }
+            StoreConfig::Sqlite { path } => {
+                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("opening {}", path.display()))?;
+                Ok(Self::with_backend(
+                    Backend::Sqlite(pool),
+                    &path.display().to_string(),
+                ))
+            }
+        }
+    }
+
+    fn with_backend(backend: Backend, identity: &str) -> Self {
+        Self {
+            backend,
+            appended: Arc::new(Notify::new()),
+            retry: RetryPolicy::default(),
+            identity: identity.to_owned(),
+        }
+    }
+
+    /// Replaces the conflict retry policy.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self.backend {
+            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Postgres(pool) => self.migrator().run(pool).await,
+            Backend::Sqlite(pool) => self.migrator().run(pool).await,
+        }
+        .context("applying migrations")
+    }
+
+    /// How many of the code's migrations the database has not applied.
+    pub async fn pending_migrations(&self) -> anyhow::Result<usize> {
+        let query = "SELECT version FROM _sqlx_migrations WHERE success";
+        let applied: Vec<i64> = match &self.backend {
+            Backend::Postgres(pool) => sqlx::query_scalar(query).fetch_all(pool).await,
+            Backend::Sqlite(pool) => sqlx::query_scalar(query).fetch_all(pool).await,
+        }
+        .unwrap_or_default();
+        Ok(self
+            .migrator()
+            .iter()
+            .filter(|migration| !applied.contains(&migration.version))
+            .count())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Backend::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+        .context("the database does not answer")
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+    }
+}

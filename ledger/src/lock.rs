@@ -1,0 +1,118 @@
+//! One active instance per named tailer (projection runner, relay, sealer, executor reactors).
+//!
+//! PostgreSQL: a session advisory lock held on a connection of its own for as long as the tailer
+//! runs; if the process dies, the server drops the session and the lock with it. SQLite: the file
+//! belongs to one process, so an in-process registry is enough.
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex};
+
+use anyhow::Context;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use crate::{Backend, Ledger};
+
+static IN_PROCESS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Held while a tailer runs; dropping it releases the lock.
+#[derive(Debug)]
+pub struct TailerLock {
+    name: String,
+    held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    /// The session holding the advisory lock; closing it releases the lock.
+    Postgres(Option<PgConnection>),
+    InProcess(String),
+}
+
+/// The advisory lock key of a tailer name: the first 8 bytes of its blake3 hash.
+pub fn advisory_key(name: &str) -> i64 {
+    let digest = blake3::hash(format!("countersign tailer {name}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest.as_bytes()[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+impl Ledger {
+    /// Takes the lock for tailer `name`, or returns `None` when another instance holds it.
+    pub async fn lock_tailer(&self, name: &str) -> anyhow::Result<Option<TailerLock>> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let mut connection = pool
+                    .acquire()
+                    .await
+                    .context("connection for a tailer lock")?
+                    .detach();
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(advisory_key(name))
+                    .fetch_one(&mut connection)
+                    .await
+                    .context("pg_try_advisory_lock")?;
+                if !locked {
+                    let _ = connection.close().await;
+                    return Ok(None);
+                }
+                Ok(Some(TailerLock {
+                    name: name.to_owned(),
+                    held: Held::Postgres(Some(connection)),
+                }))
+            }
+            Backend::Sqlite(_) => {
+                let key = format!("{}#{name}", self.identity);
+                let mut held = IN_PROCESS
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("tailer lock registry poisoned"))?;
+                if !held.insert(key.clone()) {
+                    return Ok(None);
+                }
+                Ok(Some(TailerLock {
+                    name: name.to_owned(),
+                    held: Held::InProcess(key),
+                }))
+            }
+        }
+    }
+}
+
+impl TailerLock {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the lock is still held (on PostgreSQL, whether its session is alive).
+    pub async fn is_held(&mut self) -> bool {
+        match &mut self.held {
+            Held::Postgres(Some(connection)) => connection.ping().await.is_ok(),
+            Held::Postgres(None) => false,
+            Held::InProcess(_) => true,
+        }
+    }
+
+    /// Releases the lock now, closing its session cleanly.
+    pub async fn release(mut self) {
+        if let Held::Postgres(connection) = &mut self.held
+            && let Some(connection) = connection.take()
+        {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+impl Drop for TailerLock {
+    fn drop(&mut self) {
+        match &mut self.held {
+            // Dropping the connection closes its socket; the server then ends the session and
+            // releases the advisory lock.
+            Held::Postgres(connection) => drop(connection.take()),
+            Held::InProcess(key) => {
+                if let Ok(mut held) = IN_PROCESS.lock() {
+                    held.remove(key);
+                }
+            }
+        }
+    }
+}

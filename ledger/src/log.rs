@@ -1,0 +1,254 @@
+//! The global log: every event of every aggregate in one total order, read in batches after a
+//! cursor.
+//!
+//! Reading a PostgreSQL table by an identity column alone skips events: a transaction that took
+//! position 7 may commit after one that took position 8, and a reader that already moved past 8
+//! never sees 7. countersign orders the log by (writing transaction id, position) and reads only
+//! rows whose transaction id is below `pg_snapshot_xmin(pg_current_snapshot())` — every
+//! transaction below that horizon has finished — so a row can never appear behind a reader's
+//! cursor. No gap detection, no timeouts. SQLite has one writer at a time, so there position
+//! order is commit order.
+//!
+//! Notifications (`LISTEN countersign_events` on PostgreSQL, an in-process signal on SQLite) only
+//! wake readers early; readers also poll.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::SerializedEvent;
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{FromRow, Row};
+
+use crate::{Backend, Ledger, LedgerAggregate};
+
+/// A place in the log. Compare cursors to compare places.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogCursor {
+    /// The writing transaction (always 0 on SQLite).
+    pub txid: i64,
+    pub position: i64,
+}
+
+/// The beginning of the log.
+impl LogCursor {
+    pub const START: Self = Self {
+        txid: 0,
+        position: 0,
+    };
+}
+
+/// An event as stored, with its place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    pub cursor: LogCursor,
+    pub tenant: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl LoggedEvent {
+    /// The event as the aggregate's current type, upcast from older versions.
+    pub fn decode<A>(&self) -> anyhow::Result<A::Event>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        let mut event = SerializedEvent::new(
+            self.aggregate_id.clone(),
+            usize::try_from(self.sequence).unwrap_or_default(),
+            self.aggregate_type.clone(),
+            self.event_type.clone(),
+            self.event_version.clone(),
+            self.payload.clone(),
+            self.metadata.clone(),
+        );
+        for upcaster in A::upcasters() {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                event = upcaster.upcast(event);
+            }
+        }
+        serde_json::from_value(event.payload).with_context(|| {
+            format!(
+                "decoding {} v{} at position {}",
+                self.event_type, self.event_version, self.cursor.position
+            )
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct LogRow {
+    position: i64,
+    txid: i64,
+    tenant: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+}
+
+const PG_READ: &str = "
+SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
+       event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE (txid, position) > ($1::bigint::text::xid8, $2)
+   AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY txid, position
+ LIMIT $3";
+
+const SQLITE_READ: &str = "
+SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
+       event_type, event_version, payload, metadata, recorded_at
+  FROM events
+ WHERE position > $1
+ ORDER BY position
+ LIMIT $2";
+
+impl Ledger {
+    /// Up to `limit` events after `after`, in log order.
+    pub async fn read_log(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let rows = sqlx::query(PG_READ)
+                    .bind(after.txid)
+                    .bind(after.position)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await
+                    .context("reading the log")?;
+                rows.iter()
+                    .map(|row| {
+                        let base = LogRow::from_row(row)?;
+                        Ok(logged(
+                            base,
+                            row.try_get("payload")?,
+                            row.try_get("metadata")?,
+                            row.try_get("recorded_at")?,
+                        ))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .context("decoding log rows")
+            }
+            Backend::Sqlite(pool) => {
+                let rows = sqlx::query(SQLITE_READ)
+                    .bind(after.position)
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await
+                    .context("reading the log")?;
+                rows.iter()
+                    .map(|row| {
+                        let base = LogRow::from_row(row).context("decoding a log row")?;
+                        let text =
+                            |column: &str| -> anyhow::Result<String> { Ok(row.try_get(column)?) };
+                        let recorded_at = DateTime::parse_from_rfc3339(&text("recorded_at")?)
+                            .context("recorded_at")?
+                            .with_timezone(&Utc);
+                        Ok(logged(
+                            base,
+                            serde_json::from_str(&text("payload")?)?,
+                            serde_json::from_str(&text("metadata")?)?,
+                            recorded_at,
+                        ))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Waits for appends: returns at the latest after `poll`.
+    pub async fn log_waker(&self) -> anyhow::Result<LogWaker> {
+        Ok(match &self.backend {
+            Backend::Postgres(pool) => {
+                let mut listener = PgListener::connect_with(pool)
+                    .await
+                    .context("LISTEN connection")?;
+                listener
+                    .listen("countersign_events")
+                    .await
+                    .context("LISTEN countersign_events")?;
+                LogWaker::Postgres(Box::new(listener))
+            }
+            Backend::Sqlite(_) => LogWaker::InProcess(self.appended.clone()),
+        })
+    }
+
+    /// The newest cursor any reader can reach right now (the end of the readable log).
+    pub async fn log_head(&self) -> anyhow::Result<LogCursor> {
+        let row: Option<(i64, i64)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT txid::text::bigint, position FROM events
+                  WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+                  ORDER BY txid DESC, position DESC LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_as("SELECT 0, position FROM events ORDER BY position DESC LIMIT 1")
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
+        .context("reading the head of the log")?;
+        Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor {
+            txid,
+            position,
+        }))
+    }
+}
+
+fn logged(
+    base: LogRow,
+    payload: Value,
+    metadata: Value,
+    recorded_at: DateTime<Utc>,
+) -> LoggedEvent {
+    LoggedEvent {
+        cursor: LogCursor {
+            txid: base.txid,
+            position: base.position,
+        },
+        tenant: base.tenant,
+        aggregate_type: base.aggregate_type,
+        aggregate_id: base.aggregate_id,
+        sequence: base.sequence,
+        event_type: base.event_type,
+        event_version: base.event_version,
+        payload,
+        metadata,
+        recorded_at,
+    }
+}
+
+/// Wakes a tailer when events may have been appended.
+#[derive(Debug)]
+pub enum LogWaker {
+    Postgres(Box<PgListener>),
+    InProcess(std::sync::Arc<tokio::sync::Notify>),
+}
+
+impl LogWaker {
+    /// Returns when a notification arrives or `poll` passes, whichever is first. A notification
+    /// is only a hint: the caller reads the log either way.
+    pub async fn wait(&mut self, poll: Duration) {
+        match self {
+            Self::Postgres(listener) => {
+                let _ = tokio::time::timeout(poll, listener.recv()).await;
+            }
+            Self::InProcess(notify) => {
+                let _ = tokio::time::timeout(poll, notify.notified()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! The ledger against real stores: every test runs on a fresh PostgreSQL database and on a fresh
+//! SQLite file, except where a test is about PostgreSQL's concurrency alone.
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly where its setup breaks"
+)]
+
+mod fixtures;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use countersign_domain::action::{Action, ActionEvent, ActionStatus};
+use countersign_ledger::testing::TestStore;
+use countersign_ledger::{LedgerError, LogCursor, LoggedEvent, RetryPolicy};
+use fixtures::*;
+
+/// Declares a test that runs once against PostgreSQL and once against SQLite.
+macro_rules! on_both_stores {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let store = countersign_ledger::testing::TestStore::postgres()
+                    .await
+                    .expect("test database");
+                super::$body(&store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let store = countersign_ledger::testing::TestStore::sqlite()
+                    .await
+                    .expect("test file");
+                super::$body(&store).await;
+            }
+        }
+    };
+}
+
+/// Everything readable now.
+async fn read_all(store: &TestStore) -> Vec<LoggedEvent> {
+    let mut cursor = LogCursor::START;
+    let mut all = Vec::new();
+    loop {
+        let batch = store.ledger.read_log(cursor, 100).await.expect("read log");
+        let Some(last) = batch.last() else { return all };
+        cursor = last.cursor;
+        all.extend(batch);
+    }
+}
+
+/// The whole log once the event at `position` is readable. On PostgreSQL the readable horizon is
+/// the oldest transaction running anywhere on the server (other tests' included), so a reader may
+/// have to wait for it, as a tailer would.
+async fn read_through(store: &TestStore, position: i64) -> Vec<LoggedEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = read_all(store).await;
+        if all.iter().any(|event| event.cursor.position == position) {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "position {position} never became readable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------ commands and positions
+
+on_both_stores!(
+    a_command_appends_its_events_with_positions_and_metadata,
+    commands_append
+);
+async fn commands_append(store: &TestStore) {
+    let id = action_id();
+    let committed = store
+        .ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect("submitted");
+    assert_eq!(committed.events.len(), 1);
+    assert_eq!(committed.events[0].sequence, 1);
+    assert_eq!(
+        committed.aggregate.state().map(|s| s.status),
+        Some(ActionStatus::Pending)
+    );
+
+    let voted = store
+        .ledger
+        .execute::<Action>(
+            &id.to_string(),
+            vote(approver("ana"), countersign_domain::quorum::Vote::Approve),
+            &metadata("ana"),
+        )
+        .await
+        .expect("voted");
+    assert_eq!(
+        voted.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert!(
+        voted
+            .events
+            .windows(2)
+            .all(|w| w[0].position < w[1].position)
+    );
+    assert!(voted.events[0].position > committed.events[0].position);
+
+    let log = read_through(store, voted.last_position().expect("position")).await;
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[0].tenant, "acme");
+    assert_eq!(log[0].aggregate_type, "action");
+    assert_eq!(log[0].event_type, "ActionSubmitted");
+    assert_eq!(log[0].event_version, "1");
+    assert_eq!(log[1].metadata["actor"], "ana");
+    assert_eq!(log[1].metadata["correlation_id"], "corr-ledger");
+    assert_eq!(log.last().map(|e| e.cursor.position), voted.last_position());
+    let decoded: Vec<ActionEvent> = log
+        .iter()
+        .map(|e| e.decode::<Action>().expect("decodes"))
+        .collect();
+    assert_eq!(Action::from_events(&decoded), voted.aggregate);
+    assert_eq!(store.ledger.log_head().await.expect("head"), log[3].cursor);
+
+    let (loaded, sequence) = store
+        .ledger
+        .load::<Action>(&id.to_string())
+        .await
+        .expect("load");
+    assert_eq!((loaded, sequence), (voted.aggregate, 4));
+}
+
+on_both_stores!(a_refused_command_records_nothing, refused_records_nothing);
+async fn refused_records_nothing(store: &TestStore) {
+    let id = action_id();
+    let submitted = store
+        .ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect("submitted");
+    let refused = store
+        .ledger
+        .execute::<Action>(
+            &id.to_string(),
+            vote(
+                principal("rita", &["approver"]),
+                countersign_domain::quorum::Vote::Approve,
+            ),
+            &metadata("rita"),
+        )
+        .await
+        .expect_err("self approval refused");
+    assert!(
+        matches!(&refused, LedgerError::Rejected(e) if e.code() == "self_approval_forbidden"),
+        "{refused}"
+    );
+    let again = store
+        .ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect_err("repeat");
+    assert!(
+        matches!(&again, LedgerError::Rejected(e) if e.code() == "already_submitted"),
+        "{again}"
+    );
+    assert_eq!(
+        read_through(store, submitted.last_position().expect("position"))
+            .await
+            .len(),
+        1
+    );
+}
+
+// ------------------------------------------------------------------ append-only
+
+on_both_stores!(events_cannot_be_updated_or_deleted, append_only);
+async fn append_only(store: &TestStore) {
+    let id = action_id();
+    let submitted = store
+        .ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect("submitted");
+    for statement in [
+        "UPDATE events SET event_type = 'ActionApproved'",
+        "UPDATE events SET payload = '{}'",
+        "DELETE FROM events",
+    ] {
+        let err = raw_execute(store, statement).await.expect_err(statement);
+        assert!(
+            err.to_string().contains("append-only"),
+            "{statement}: {err}"
+        );
+    }
+    if store.ledger.kind() == "postgres" {
+        let err = raw_execute(store, "TRUNCATE events")
+            .await
+            .expect_err("truncate");
+        assert!(
+            err.to_string().contains("append-only: TRUNCATE refused"),
+            "{err}"
+        );
+    }
+    let log = read_through(store, submitted.last_position().expect("position")).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].event_type, "ActionSubmitted");
+}
+
+// ------------------------------------------------------------------ the gap-safe log
+
+/// A transaction that appended first but commits last must not be skipped by a reader that
+/// already saw a later transaction's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_commit_is_never_skipped() {
+    let store = TestStore::postgres().await.expect("test database");
+    let pool = pg_pool(&store);
+
+    // A: appends and stays open.
+    let mut a = pool.begin().await.expect("begin A");
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('probe', 'slow', 1, 'Probed', '1', '{}', '{\"tenant\": \"acme\"}')",
+    )
+    .execute(&mut *a)
+    .await
+    .expect("A appends");
+
+    // B: appends and commits while A is open.
+    let id = action_id();
+    let b = store
+        .ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect("B commits");
+    let b_position = b.last_position().expect("position");
+
+    // The reader returns neither: B is behind A in log order, and A is not finished.
+    assert!(
+        store
+            .ledger
+            .read_log(LogCursor::START, 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        store.ledger.log_head().await.expect("head"),
+        LogCursor::START
+    );
+
+    a.commit().await.expect("commit A");
+    let log = read_through(&store, b_position).await;
+    assert_eq!(
+        log.iter()
+            .map(|e| e.aggregate_id.as_str())
+            .collect::<Vec<_>>(),
+        ["slow", id.to_string().as_str()]
+    );
+    assert!(
+        log[0].cursor.position < b_position,
+        "A took the smaller position"
+    );
+    assert!(log[0].cursor < log[1].cursor);
+}
+
+/// A transaction that took its id first but appends last is read first, by every reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn log_order_follows_transactions_not_positions() {
+    let store = TestStore::postgres().await.expect("test database");
+    let pool = pg_pool(&store);
+    let mut early = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *early)
+        .await
+        .expect("take an id");
+
+    let id = action_id();
+    let late = store
+        .ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect("commits");
+    assert!(
+        store
+            .ledger
+            .read_log(LogCursor::START, 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('probe', 'early', 1, 'Probed', '1', '{}', '{\"tenant\": \"acme\"}')",
+    )
+    .execute(&mut *early)
+    .await
+    .expect("appends last");
+    early.commit().await.expect("commit");
+
+    let log = read_through(&store, late.last_position().expect("position")).await;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].aggregate_id, "early");
+    assert!(
+        log[0].cursor.position > log[1].cursor.position,
+        "the earlier transaction has the larger position"
+    );
+}
+
+on_both_stores!(
+    sixty_four_writers_are_read_exactly_once_in_one_order,
+    many_writers
+);
+async fn many_writers(store: &TestStore) {
+    const WRITERS: usize = 64;
+    const ACTIONS_PER_WRITER: usize = 4;
+    let total = WRITERS * ACTIONS_PER_WRITER * 2;
+
+    // A tailer reads while the writers write.
+    let ledger = store.ledger.clone();
+    let tailer = tokio::spawn(async move {
+        let mut waker = ledger.log_waker().await.expect("waker");
+        let mut cursor = LogCursor::START;
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while seen.len() < total && tokio::time::Instant::now() < deadline {
+            let batch = ledger.read_log(cursor, 37).await.expect("read");
+            if let Some(last) = batch.last() {
+                assert!(last.cursor > cursor, "the cursor only moves forward");
+                cursor = last.cursor;
+                seen.extend(batch);
+            } else {
+                waker.wait(Duration::from_millis(50)).await;
+            }
+        }
+        seen
+    });
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let ledger = store.ledger.clone();
+            tokio::spawn(async move {
+                for _ in 0..ACTIONS_PER_WRITER {
+                    let id = action_id();
+                    ledger
+                        .execute::<Action>(
+                            &id.to_string(),
+                            submit(id, any_of(1)),
+                            &metadata("rita"),
+                        )
+                        .await
+                        .expect("submit");
+                    ledger
+                        .execute::<Action>(
+                            &id.to_string(),
+                            cancel(principal("rita", &["requester"])),
+                            &metadata("rita"),
+                        )
+                        .await
+                        .expect("cancel");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+
+    let tailed = tailer.await.expect("tailer");
+    let keys: Vec<(String, i64)> = tailed
+        .iter()
+        .map(|e| (e.aggregate_id.clone(), e.sequence))
+        .collect();
+    assert_eq!(keys.len(), total, "every event read");
+    assert_eq!(
+        keys.iter().collect::<HashSet<_>>().len(),
+        total,
+        "no event read twice"
+    );
+    let positions: Vec<i64> = tailed.iter().map(|e| e.cursor.position).collect();
+    assert_eq!(positions.iter().collect::<HashSet<_>>().len(), total);
+
+    // Within an aggregate, sequences arrive in order.
+    let mut last: BTreeMap<&str, i64> = BTreeMap::new();
+    for event in &tailed {
+        let previous = last
+            .insert(&event.aggregate_id, event.sequence)
+            .unwrap_or(0);
+        assert_eq!(event.sequence, previous + 1);
+    }
+
+    // A reader starting afterwards sees exactly the same order.
+    let last = tailed.last().expect("events").cursor.position;
+    let afterwards: Vec<_> = read_through(store, last)
+        .await
+        .iter()
+        .map(|e| e.cursor)
+        .collect();
+    assert_eq!(
+        afterwards,
+        tailed.iter().map(|e| e.cursor).collect::<Vec<_>>()
+    );
+}
+
+// ------------------------------------------------------------------ concurrency on one aggregate
+
+on_both_stores!(
+    sixteen_concurrent_voters_all_land_and_decide_once,
+    concurrent_voters
+);
+async fn concurrent_voters(store: &TestStore) {
+    const VOTERS: usize = 16;
+    let id = action_id();
+    store
+        .ledger
+        .execute::<Action>(
+            &id.to_string(),
+            submit(id, any_of(VOTERS as u32)),
+            &metadata("rita"),
+        )
+        .await
+        .expect("submit");
+    let voters: Vec<_> = (0..VOTERS)
+        .map(|i| {
+            let ledger = store.ledger.clone();
+            tokio::spawn(async move {
+                let voter = approver(&format!("voter-{i}"));
+                ledger
+                    .execute::<Action>(
+                        &id.to_string(),
+                        vote(voter, countersign_domain::quorum::Vote::Approve),
+                        &metadata(&format!("voter-{i}")),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let (mut attempts, mut last) = (0, 0);
+    for voter in voters {
+        let committed = voter.await.expect("task").expect("every vote lands");
+        attempts += committed.attempts;
+        last = last.max(committed.last_position().expect("position"));
+    }
+
+    let log = read_through(store, last).await;
+    let sequences: Vec<i64> = log.iter().map(|e| e.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=(VOTERS as i64 + 3)).collect::<Vec<_>>(),
+        "dense sequences"
+    );
+    let count = |event_type: &str| log.iter().filter(|e| e.event_type == event_type).count();
+    assert_eq!(count("VoteCast"), VOTERS);
+    assert_eq!(count("ActionApproved"), 1, "decided exactly once");
+    assert_eq!(
+        log.last().map(|e| e.event_type.as_str()),
+        Some("ActionApproved")
+    );
+    let (action, _) = store
+        .ledger
+        .load::<Action>(&id.to_string())
+        .await
+        .expect("load");
+    assert_eq!(
+        action.state().map(|s| s.status),
+        Some(ActionStatus::Approved)
+    );
+    if store.ledger.kind() == "postgres" {
+        assert!(
+            attempts > VOTERS as u32,
+            "concurrent votes conflicted and were retried ({attempts} attempts)"
+        );
+    }
+}
+
+on_both_stores!(
+    a_conflict_outliving_the_retries_is_reported_and_records_nothing,
+    conflicts_reported
+);
+async fn conflicts_reported(store: &TestStore) {
+    const VOTERS: usize = 16;
+    let ledger = store.ledger.clone().with_retry(RetryPolicy {
+        attempts: 1,
+        ..RetryPolicy::default()
+    });
+    let id = action_id();
+    let submitted = ledger
+        .execute::<Action>(
+            &id.to_string(),
+            submit(id, any_of(VOTERS as u32 + 1)),
+            &metadata("rita"),
+        )
+        .await
+        .expect("submit");
+    let voters: Vec<_> = (0..VOTERS)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let voter = approver(&format!("voter-{i}"));
+                ledger
+                    .execute::<Action>(
+                        &id.to_string(),
+                        vote(voter, countersign_domain::quorum::Vote::Approve),
+                        &metadata("v"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let (mut landed, mut conflicted) = (0, 0);
+    let mut last = submitted.last_position().expect("position");
+    for voter in voters {
+        match voter.await.expect("task") {
+            Ok(committed) => {
+                landed += 1;
+                last = last.max(committed.last_position().expect("position"));
+            }
+            Err(LedgerError::Conflict { attempts: 1 }) => conflicted += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(landed + conflicted, VOTERS);
+    let votes = read_through(store, last)
+        .await
+        .iter()
+        .filter(|e| e.event_type == "VoteCast")
+        .count();
+    assert_eq!(
+        votes, landed,
+        "only the votes reported as landed were recorded"
+    );
+}
+
+// ------------------------------------------------------------------ upcasting
+
+on_both_stores!(
+    an_event_stored_at_version_one_is_read_as_version_two,
+    upcasting
+);
+async fn upcasting(store: &TestStore) {
+    raw_execute(
+        store,
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('counter', 'c-1', 1, 'Counted', '1', '{\"Counted\": {\"by\": 5}}', '{\"tenant\": \"acme\"}')",
+    )
+    .await
+    .expect("a version 1 event");
+
+    let (counter, sequence) = store
+        .ledger
+        .load::<Counter>("c-1")
+        .await
+        .expect("load upcasts");
+    assert_eq!(sequence, 1);
+    assert_eq!(counter.total, 5);
+    assert_eq!(
+        counter.units,
+        vec!["items".to_owned()],
+        "the upcaster filled the new field"
+    );
+
+    let counted = store
+        .ledger
+        .execute::<Counter>("c-1", 2, &metadata("x"))
+        .await
+        .expect("count on");
+    let log = read_through(store, counted.last_position().expect("position")).await;
+    assert_eq!(
+        log.iter()
+            .map(|e| e.event_version.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "2"]
+    );
+    let decoded: Vec<CounterEvent> = log
+        .iter()
+        .map(|e| e.decode::<Counter>().expect("decode"))
+        .collect();
+    assert_eq!(
+        decoded,
+        [
+            CounterEvent::Counted {
+                by: 5,
+                unit: "items".into()
+            },
+            CounterEvent::Counted {
+                by: 2,
+                unit: "items".into()
+            }
+        ]
+    );
+}
+
+// ------------------------------------------------------------------ tailer locks and wake-ups
+
+on_both_stores!(one_instance_holds_a_tailer_lock, tailer_locks);
+async fn tailer_locks(store: &TestStore) {
+    let mut first = store
+        .ledger
+        .lock_tailer("projection:inbox")
+        .await
+        .expect("lock")
+        .expect("free");
+    assert!(first.is_held().await);
+    assert!(
+        store
+            .ledger
+            .lock_tailer("projection:inbox")
+            .await
+            .expect("lock")
+            .is_none(),
+        "held elsewhere"
+    );
+    let other = store.ledger.lock_tailer("relay").await.expect("lock");
+    assert!(other.is_some(), "other names are independent");
+    first.release().await;
+    let mut again = None;
+    for _ in 0..100 {
+        again = store
+            .ledger
+            .lock_tailer("projection:inbox")
+            .await
+            .expect("lock");
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "released locks can be taken again");
+}
+
+on_both_stores!(an_append_wakes_a_waiting_tailer, wake_ups);
+async fn wake_ups(store: &TestStore) {
+    let mut waker = store.ledger.log_waker().await.expect("waker");
+    let ledger = store.ledger.clone();
+    let waiting = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        waker.wait(Duration::from_secs(60)).await;
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = action_id();
+    ledger
+        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .await
+        .expect("submit");
+    let waited = waiting.await.expect("waiter");
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by the append, not by the poll ({waited:?})"
+    );
+}
