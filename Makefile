@@ -1,13 +1,19 @@
 # One gate, run the same way everywhere: `make ci` is what CI and developers run.
 CARGO ?= cargo
 
-.PHONY: run demo test lint fmt schemas ci services
+.PHONY: run demo tour test lint fmt schemas ci services
 
-## The service on its embedded default. Until the ledger lands, the in-memory domain demo.
-run: demo
+## The service on its embedded default (SQLite under ./data; set DATABASE_URL for PostgreSQL).
+run:
+	$(CARGO) run -q -p countersign -- serve
 
+## Load the demo tenant into the same store `make run` serves.
 demo:
 	$(CARGO) run -q -p countersign -- demo
+
+## Approvals played in memory, as a timeline.
+tour:
+	$(CARGO) run -q -p countersign -- tour --log-format text
 
 ## The whole test suite (starts PostgreSQL and NATS first when installed but stopped).
 test: services

@@ -1,33 +1,39 @@
-//! `countersign demo`: approvals played in memory through the domain, printed as a timeline.
-//! Every decision shown is made by the same code the service runs.
+//! `countersign demo`: migrates the store and loads a demo tenant like reference 000's seed —
+//! two pending approvals (high and medium risk), one executing, one executed, one rejected with a
+//! comment, one expired. Every action has an idempotency key, so a second run finds it and adds
+//! nothing.
 
 use std::io::Write;
 
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Duration, Utc};
 use countersign_domain::action::{
-    Action, ActionCommand, ActionEvent, CastVote, CommandContext, ExpireAction,
+    Action, ActionCommand, ActionError, CastVote, CommandContext, ExpireAction,
     RecordExecutionSuccess, RequestExecution, StartExecution, SubmitAction,
 };
 use countersign_domain::policy::{Policy, Requirements, resolve};
 use countersign_domain::quorum::Vote;
 use countersign_domain::risk::assess;
 use countersign_domain::submission::Submission;
-use countersign_domain::{ActionId, Comment, Principal, Role, TenantId, TenantMode, UserId};
+use countersign_domain::{
+    ActionId, Comment, IdempotencyKey, Principal, Role, TenantId, TenantMode, UserId,
+};
+use countersign_ledger::{Ledger, LedgerError, Metadata};
 use serde_json::{Value, json};
 
+use crate::store::StoreArgs;
+
 const POLICIES: &str = include_str!("../../docs/examples/policies.json");
+pub const DEMO_TENANT: &str = "demo";
 
-struct Demo {
-    tenant: TenantId,
-    policies: Vec<Policy>,
-    start: DateTime<Utc>,
-    json: bool,
-    out: std::io::Stdout,
-}
-
-struct Played {
-    action: Action,
+/// The demo tenant's people.
+pub struct People {
+    pub owner: Principal,
+    pub admin: Principal,
+    pub fay: Principal,
+    pub felix: Principal,
+    pub requester: Principal,
+    pub auditor: Principal,
 }
 
 fn principal(id: &str, roles: &[&str]) -> anyhow::Result<Principal> {
@@ -38,42 +44,76 @@ fn principal(id: &str, roles: &[&str]) -> anyhow::Result<Principal> {
     Ok(Principal::new(UserId::parse(id)?, roles))
 }
 
-impl Demo {
-    fn context(&self, by: &Principal, minutes: i64) -> CommandContext {
+impl People {
+    pub fn all(&self) -> [&Principal; 6] {
+        [
+            &self.owner,
+            &self.admin,
+            &self.fay,
+            &self.felix,
+            &self.requester,
+            &self.auditor,
+        ]
+    }
+
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            owner: principal("olivia", &["owner"])?,
+            admin: principal("adam", &["admin"])?,
+            fay: principal("fay", &["approver", "finance_ops"])?,
+            felix: principal("felix", &["approver", "finance_ops"])?,
+            requester: principal("rita", &["requester"])?,
+            auditor: principal("audrey", &["auditor"])?,
+        })
+    }
+}
+
+struct Loader<'a> {
+    ledger: &'a Ledger,
+    tenant: TenantId,
+    policies: Vec<Policy>,
+    now: DateTime<Utc>,
+}
+
+/// What loading one demo action did.
+enum Loaded {
+    New(ActionId),
+    Existing,
+}
+
+impl Loader<'_> {
+    fn context(&self, by: &Principal, at: DateTime<Utc>) -> CommandContext {
         CommandContext {
             tenant: self.tenant.clone(),
             by: by.clone(),
-            at: self.start + Duration::minutes(minutes),
+            at,
             correlation_id: None,
         }
     }
 
-    fn title(&mut self, title: &str) -> anyhow::Result<()> {
-        if !self.json {
-            writeln!(self.out, "\n== {title}")?;
-        }
-        Ok(())
+    async fn run(&self, id: ActionId, command: ActionCommand) -> anyhow::Result<()> {
+        let by = command.context().by.id.clone();
+        let name = command.name();
+        self.ledger
+            .execute::<Action>(
+                &id.to_string(),
+                command,
+                &Metadata::new(self.tenant.clone(), by),
+            )
+            .await
+            .map(drop)
+            .map_err(|err| anyhow!("{name} on demo action {id}: {err}"))
     }
 
-    fn record(&mut self, played: &mut Played, command: ActionCommand) -> anyhow::Result<()> {
-        let events = played
-            .action
-            .decide(command)
-            .map_err(|err| anyhow!("{} ({})", err, err.code()))?;
-        for event in events {
-            self.print(&event)?;
-            played.action.apply(event);
-        }
-        Ok(())
-    }
-
-    fn submit(
-        &mut self,
-        number: u128,
+    async fn submit(
+        &self,
+        key: &str,
         requester: &Principal,
+        minutes_ago: i64,
         submission: Value,
-        mode: TenantMode,
-    ) -> anyhow::Result<Played> {
+    ) -> anyhow::Result<Loaded> {
+        let key = IdempotencyKey::parse(key)?;
+        let id = ActionId::for_idempotency_key(&self.tenant, &key);
         let submission: Submission =
             serde_json::from_value(submission).context("demo submission")?;
         let risk = assess(&submission);
@@ -82,244 +122,258 @@ impl Demo {
             &submission.facts(&requester.id, &risk),
             &Requirements::builtin_default(),
         );
-        let mut played = Played {
-            action: Action::default(),
-        };
         let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
-            context: self.context(requester, 0),
-            action_id: ActionId::from_uuid(uuid::Uuid::from_u128(number)),
+            context: self.context(requester, self.now - Duration::minutes(minutes_ago)),
+            action_id: id,
             submission,
-            mode,
+            mode: TenantMode::RequireApproval,
             policy,
-            idempotency_key: None,
+            idempotency_key: Some(key.clone()),
         }));
-        self.record(&mut played, command)?;
-        Ok(played)
+        let metadata = Metadata::new(self.tenant.clone(), requester.id.clone());
+        match self
+            .ledger
+            .execute::<Action>(&id.to_string(), command, &metadata)
+            .await
+        {
+            Ok(_) => Ok(Loaded::New(id)),
+            Err(LedgerError::Rejected(ActionError::AlreadySubmitted { .. })) => {
+                Ok(Loaded::Existing)
+            }
+            Err(err) => Err(anyhow!("submitting demo action {key}: {err}")),
+        }
     }
 
-    fn vote(
-        &mut self,
-        played: &mut Played,
+    async fn vote(
+        &self,
+        id: ActionId,
         voter: &Principal,
         vote: Vote,
-        minutes: i64,
+        minutes_ago: i64,
         comment: &str,
     ) -> anyhow::Result<()> {
         let command = ActionCommand::CastVote(CastVote {
-            context: self.context(voter, minutes),
+            context: self.context(voter, self.now - Duration::minutes(minutes_ago)),
             vote,
             comment: Some(Comment::parse(comment)?),
         });
-        self.record(played, command)
+        self.run(id, command).await
     }
 
-    fn execute(&mut self, played: &mut Played, minutes: i64, result: Value) -> anyhow::Result<()> {
+    async fn start(
+        &self,
+        id: ActionId,
+        minutes_ago: i64,
+        lease_seconds: u32,
+    ) -> anyhow::Result<()> {
         let executor = principal("executor:demo", &[])?;
-        self.record(
-            played,
-            ActionCommand::StartExecution(StartExecution {
-                context: self.context(&executor, minutes),
-                lease_seconds: 60,
-            }),
-        )?;
-        self.record(
-            played,
-            ActionCommand::RecordExecutionSuccess(RecordExecutionSuccess {
-                context: self.context(&executor, minutes),
-                attempt: 1,
-                result,
-                undo_payload: None,
-                duration_ms: 180,
-            }),
-        )
-    }
-
-    fn print(&mut self, event: &ActionEvent) -> anyhow::Result<()> {
-        if self.json {
-            writeln!(self.out, "{}", serde_json::to_string(event)?)?;
-            return Ok(());
-        }
-        let context = event.context();
-        let detail = match event {
-            ActionEvent::ActionSubmitted(e) => format!(
-                "{} \"{}\" · risk {} ({}) · policy {}",
-                e.action_type,
-                e.submission.summary,
-                e.risk.score.value(),
-                e.risk.level,
-                e.policy.name
-            ),
-            ActionEvent::VoteCast(e) => format!(
-                "{:?} in stage {}{}",
-                e.vote,
-                e.stage + 1,
-                e.comment
-                    .as_ref()
-                    .map(|c| format!(": \"{c}\""))
-                    .unwrap_or_default()
-            ),
-            ActionEvent::StageApproved(e) => format!(
-                "stage {} approved ({} for, {} against, {} abstaining)",
-                e.stage + 1,
-                e.tally.approvals,
-                e.tally.rejections,
-                e.tally.abstentions
-            ),
-            ActionEvent::ActionApproved(e) => format!("approved ({:?})", e.reason),
-            ActionEvent::ActionRejected(e) => format!("rejected ({:?})", e.reason),
-            ActionEvent::ActionEscalated(e) => format!(
-                "escalated to {} · new deadline {}",
-                e.escalation_role,
-                e.expires_at.format("%H:%M")
-            ),
-            ActionEvent::ActionExpired(_) => "expired".to_owned(),
-            ActionEvent::ActionCancelled(_) => "cancelled".to_owned(),
-            ActionEvent::ExecutionRequested(_) => "execution requested".to_owned(),
-            ActionEvent::ExecutionStarted(e) => {
-                format!(
-                    "attempt {} · key {}…",
-                    e.attempt,
-                    &e.execution_key.as_str()[..12]
-                )
-            }
-            ActionEvent::ExecutionSucceeded(e) => {
-                format!("succeeded in {} ms: {}", e.duration_ms, e.result)
-            }
-            ActionEvent::ExecutionFailed(e) => format!("failed: {}", e.error),
-            ActionEvent::ExecutionSkipped(e) => format!("skipped ({:?})", e.reason),
-        };
-        writeln!(
-            self.out,
-            "{}  {:<18} {:<19} {}",
-            context.at.format("%m-%d %H:%M"),
-            context.actor,
-            event.event_type(),
-            detail
-        )?;
-        Ok(())
+        let command = ActionCommand::StartExecution(StartExecution {
+            context: self.context(&executor, self.now - Duration::minutes(minutes_ago)),
+            lease_seconds,
+        });
+        self.run(id, command).await
     }
 }
 
-pub fn run(json: bool) -> anyhow::Result<()> {
-    let mut demo = Demo {
-        tenant: TenantId::parse("demo")?,
+/// Loads the demo tenant; returns how many actions were new.
+pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let loader = Loader {
+        ledger,
+        tenant: TenantId::parse(DEMO_TENANT)?,
         policies: serde_json::from_str(POLICIES).context("docs/examples/policies.json")?,
-        start: DateTime::parse_from_rfc3339("2026-11-02T09:00:00Z")?.with_timezone(&Utc),
-        json,
-        out: std::io::stdout(),
+        now,
     };
-    let ops_bot = principal("ops-bot", &["requester"])?;
-    let fay = principal("fay", &["finance_ops"])?;
-    let fox = principal("fox", &["finance_ops"])?;
-    let carla = principal("carla", &["cfo"])?;
+    let mut new = 0;
 
-    demo.title("High value payout: two finance_ops approvals at a 60% ratio")?;
-    let mut payout = demo.submit(
-        1,
-        &ops_bot,
-        json!({
-            "module": "payouts", "capability": "pause",
-            "payload": { "merchant": "m-42", "amount": 1_000_000, "currency": "XOF" },
-            "summary": "Pause payout of 1,000,000 XOF to merchant m-42",
-            "flags": ["financial"], "source": "automated-agent", "risk_tag": "high",
-        }),
-        TenantMode::RequireApproval,
-    )?;
-    demo.vote(
-        &mut payout,
-        &fay,
-        Vote::Approve,
-        12,
-        "matches the fraud ticket",
-    )?;
-    demo.vote(
-        &mut payout,
-        &fox,
-        Vote::Approve,
-        20,
-        "confirmed with the merchant",
-    )?;
-    let requester = demo.context(&ops_bot, 21);
-    demo.record(
-        &mut payout,
-        ActionCommand::RequestExecution(RequestExecution { context: requester }),
-    )?;
-    demo.execute(&mut payout, 22, json!({ "paused": true }))?;
+    // Pending, high risk.
+    if let Loaded::New(_) = loader
+        .submit("demo-refund-batch", &people.requester, 95, json!({
+            "module": "billing", "capability": "refund-batch",
+            "payload": { "orders": 42, "campaign": "black-friday", "total": { "amount": 18_430.5, "currency": "EUR" } },
+            "summary": "Refund 42 orders from the failed Black Friday campaign",
+            "connectors": ["stripe", "shopify"], "impact": "mass refund to 42 customers",
+            "scope": "one store", "risk_tag": "high", "flags": ["financial", "pii"], "source": "automated-agent",
+            "undo_payload": { "recharge_orders": 42 },
+        }))
+        .await?
+    {
+        new += 1;
+    }
 
-    demo.title("Merchant freeze: a risk analyst, then half of compliance, auto-executed")?;
-    let mut freeze = demo.submit(
-        2,
-        &ops_bot,
-        json!({
-            "module": "merchants", "capability": "freeze",
-            "payload": { "merchant": "m-77" }, "summary": "Freeze merchant m-77 pending review",
-            "impact": "blocks all payouts of one merchant", "source": "board",
-        }),
-        TenantMode::RequireApproval,
-    )?;
-    demo.vote(
-        &mut freeze,
-        &principal("raj", &["risk_ops"])?,
-        Vote::Approve,
-        5,
-        "chargeback spike",
-    )?;
-    demo.vote(
-        &mut freeze,
-        &principal("compliance-amara", &[])?,
-        Vote::Approve,
-        30,
-        "agreed",
-    )?;
-    demo.vote(
-        &mut freeze,
-        &principal("compliance-boris", &[])?,
-        Vote::Abstain,
-        35,
-        "conflict of interest",
-    )?;
-    demo.execute(&mut freeze, 36, json!({ "frozen": true }))?;
+    // Pending, medium risk.
+    if let Loaded::New(_) = loader
+        .submit("demo-weekly-update", &people.requester, 30, json!({
+            "module": "email", "capability": "send",
+            "payload": { "template": "weekly-update", "audience": "leads-active", "recipients": 120 },
+            "summary": "Send weekly update email to 120 leads",
+            "connectors": ["gmail", "hubspot"], "impact": "120 emails sent", "scope": "active leads",
+            "risk_tag": "medium", "flags": ["pii"], "source": "board",
+        }))
+        .await?
+    {
+        new += 1;
+    }
 
-    demo.title("Low risk action in auto mode: approved at submission")?;
-    let mut tag = demo.submit(
-        3,
-        &ops_bot,
-        json!({
-            "module": "crm", "capability": "tag-contact",
-            "payload": { "contact": 7, "tag": "vip" }, "summary": "Tag contact 7 as VIP", "source": "board",
-        }),
-        TenantMode::Auto,
-    )?;
-    demo.execute(&mut tag, 1, json!({ "tagged": true }))?;
+    // Executing: approved by the owner, an executor holds the lease.
+    if let Loaded::New(id) = loader
+        .submit(
+            "demo-contact-sync",
+            &people.requester,
+            50,
+            json!({
+                "module": "crm", "capability": "sync-contacts",
+                "payload": { "from": "hubspot", "to": "salesforce", "contacts": 3200 },
+                "summary": "Sync 3,200 contacts from HubSpot to Salesforce",
+                "connectors": ["hubspot", "salesforce"], "impact": "3,200 contact records updated",
+                "scope": "sales pipeline", "source": "board",
+            }),
+        )
+        .await?
+    {
+        loader
+            .vote(
+                id,
+                &people.owner,
+                Vote::Approve,
+                40,
+                "mapping checked with sales ops",
+            )
+            .await?;
+        loader
+            .run(
+                id,
+                ActionCommand::RequestExecution(RequestExecution {
+                    context: loader.context(&people.requester, now - Duration::minutes(39)),
+                }),
+            )
+            .await?;
+        loader.start(id, 2, 3600).await?;
+        new += 1;
+    }
 
-    demo.title("High value payout nobody answers: escalated to the CFO, then expired")?;
-    let mut stale = demo.submit(
-        4,
-        &ops_bot,
-        json!({
-            "module": "payouts", "capability": "pause",
-            "payload": { "merchant": "m-91", "amount": 2_500_000, "currency": "XOF" },
-            "summary": "Pause payout of 2,500,000 XOF to merchant m-91", "source": "automated-agent",
-        }),
-        TenantMode::RequireApproval,
-    )?;
-    let deadlines = principal("system:deadlines", &[])?;
-    let first = demo.context(&deadlines, 60);
-    demo.record(
-        &mut stale,
-        ActionCommand::ExpireAction(ExpireAction { context: first }),
-    )?;
-    demo.vote(
-        &mut stale,
-        &carla,
-        Vote::Abstain,
-        90,
-        "need the merchant file first",
-    )?;
-    let second = demo.context(&deadlines, 120);
-    demo.record(
-        &mut stale,
-        ActionCommand::ExpireAction(ExpireAction { context: second }),
-    )?;
+    // Executed: the high-value payout policy, two finance_ops approvals.
+    if let Loaded::New(id) = loader
+        .submit(
+            "demo-payout-pause",
+            &people.requester,
+            300,
+            json!({
+                "module": "payouts", "capability": "pause",
+                "payload": { "merchant": "m-42", "amount": 1_000_000, "currency": "XOF" },
+                "summary": "Pause payout of 1,000,000 XOF to merchant m-42",
+                "connectors": ["wave"], "flags": ["financial"], "source": "automated-agent",
+            }),
+        )
+        .await?
+    {
+        loader
+            .vote(
+                id,
+                &people.fay,
+                Vote::Approve,
+                290,
+                "matches the fraud ticket",
+            )
+            .await?;
+        loader
+            .vote(
+                id,
+                &people.felix,
+                Vote::Approve,
+                280,
+                "confirmed with the merchant",
+            )
+            .await?;
+        loader
+            .run(
+                id,
+                ActionCommand::RequestExecution(RequestExecution {
+                    context: loader.context(&people.admin, now - Duration::minutes(279)),
+                }),
+            )
+            .await?;
+        loader.start(id, 278, 60).await?;
+        let executor = principal("executor:demo", &[])?;
+        loader
+            .run(
+                id,
+                ActionCommand::RecordExecutionSuccess(RecordExecutionSuccess {
+                    context: loader.context(&executor, now - Duration::minutes(278)),
+                    attempt: 1,
+                    result: json!({ "paused": true, "payout": "po_8842" }),
+                    undo_payload: Some(json!({ "merchant": "m-42", "resume": "po_8842" })),
+                    duration_ms: 412,
+                }),
+            )
+            .await?;
+        new += 1;
+    }
+
+    // Rejected with a comment.
+    if let Loaded::New(id) = loader
+        .submit(
+            "demo-delete-leads",
+            &people.requester,
+            200,
+            json!({
+                "module": "crm", "capability": "delete-leads",
+                "payload": { "segment": "stale-2024", "count": 3200 },
+                "summary": "Delete 3,200 stale leads", "impact": "mass deletion of lead records",
+                "flags": ["pii"], "source": "automated-agent",
+            }),
+        )
+        .await?
+    {
+        loader
+            .vote(
+                id,
+                &people.admin,
+                Vote::Reject,
+                180,
+                "these leads are still in an active nurture campaign",
+            )
+            .await?;
+        new += 1;
+    }
+
+    // Expired: nobody answered within the default 24 hours.
+    if let Loaded::New(id) = loader
+        .submit("demo-quarantine", &people.requester, 60 * 26, json!({
+            "module": "mailbox", "capability": "quarantine",
+            "payload": { "mailbox": "support@", "messages": 40 },
+            "summary": "Move 40 emails to quarantine", "connectors": ["gmail"], "source": "automated-agent",
+        }))
+        .await?
+    {
+        let deadlines = principal("system:deadlines", &[])?;
+        loader.run(id, ActionCommand::ExpireAction(ExpireAction { context: loader.context(&deadlines, now - Duration::minutes(60)) })).await?;
+        new += 1;
+    }
+    Ok(new)
+}
+
+pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
+    let ledger = store.open_migrated().await?;
+    let people = People::new()?;
+    let new = load(&ledger, &people, Utc::now()).await?;
+    ledger.close().await;
+    let mut out = std::io::stdout();
+    if new == 0 {
+        writeln!(
+            out,
+            "The demo tenant `{DEMO_TENANT}` was already loaded; nothing added."
+        )?;
+    } else {
+        writeln!(
+            out,
+            "Loaded {new} demo actions into tenant `{DEMO_TENANT}` ({}).",
+            crate::store::describe(&store.config())
+        )?;
+    }
+    writeln!(out, "Demo users:")?;
+    for person in people.all() {
+        let roles: Vec<&str> = person.roles.iter().map(Role::as_str).collect();
+        writeln!(out, "  {:<8} {}", person.id, roles.join(", "))?;
+    }
     Ok(())
 }

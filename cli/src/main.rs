@@ -2,26 +2,48 @@
 
 mod demo;
 mod schemas;
+mod serve;
 mod simulate;
+mod store;
+mod telemetry;
+mod tour;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// countersign — an event-sourced approval ledger.
+use crate::serve::ServeArgs;
+use crate::store::StoreArgs;
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, Parser)]
 #[command(name = "countersign", version, about, long_about = None)]
 struct Cli {
+    /// Log format on standard error.
+    #[arg(
+        long,
+        env = "COUNTERSIGN_LOG_FORMAT",
+        value_enum,
+        default_value = "json",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Walk through approvals in memory: reference 002's three policies, votes, stages,
-    /// escalation, auto-approval and execution, printed as a timeline of events.
-    Demo {
+    /// Run the HTTP service (migrates the store first). Embedded SQLite unless DATABASE_URL is set.
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(StoreArgs),
+    /// Load the demo tenant (pending, executing, executed, rejected and expired actions).
+    Demo(StoreArgs),
+    /// Walk through approvals in memory: reference 002's policies, votes, stages, escalation,
+    /// auto-approval and execution, printed as a timeline of events.
+    Tour {
         /// Print the events as JSON lines instead of a timeline.
         #[arg(long)]
         json: bool,
@@ -49,19 +71,24 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Demo { json } => demo::run(json),
+        Command::Tour { json } => tour::run(json),
         Command::Simulate {
             policies,
             requester,
             submission,
         } => simulate::run(policies.as_deref(), &requester, &submission),
         Command::Schemas { out, check } => schemas::run(&out, check),
+        Command::Serve(args) => block_on(serve::run(&args)),
+        Command::Migrate(store) => block_on(store::migrate(&store)),
+        Command::Demo(store) => block_on(demo::run(&store)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // The one place errors reach the terminal: the chain, outermost first.
+            tracing::error!(error = format!("{err:#}"), "command failed");
+            // The one place errors reach a person at the terminal: the chain, outermost first.
             let _ = std::io::Write::write_fmt(
                 &mut std::io::stderr(),
                 format_args!("countersign: {err:#}\n"),
@@ -69,4 +96,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn block_on<F: Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }

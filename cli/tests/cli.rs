@@ -34,7 +34,7 @@ fn stderr(output: &Output) -> String {
 fn help_lists_the_subcommands() {
     let output = countersign(&["--help"]);
     assert!(output.status.success());
-    for command in ["demo", "simulate", "schemas"] {
+    for command in ["serve", "migrate", "demo", "tour", "simulate", "schemas"] {
         assert!(
             stdout(&output).contains(command),
             "{command} missing from --help"
@@ -77,8 +77,8 @@ fn schema_drift_is_reported_naming_the_file() {
 }
 
 #[test]
-fn the_demo_events_fold_into_the_outcomes_it_narrates() {
-    let output = countersign(&["demo", "--json"]);
+fn the_tour_events_fold_into_the_outcomes_it_narrates() {
+    let output = countersign(&["tour", "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let mut histories: BTreeMap<String, Vec<ActionEvent>> = BTreeMap::new();
     for line in stdout(&output).lines() {

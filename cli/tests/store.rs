@@ -1,0 +1,258 @@
+//! `migrate`, `demo` and `serve` against real stores, driven through the binary.
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly where its setup breaks"
+)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use countersign_domain::action::{Action, ActionEvent, ActionStatus, Rejection};
+use countersign_ledger::testing::TestStore;
+use countersign_ledger::{Ledger, LogCursor, StoreConfig};
+
+fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("countersign runs")
+}
+
+async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
+    let mut events: BTreeMap<String, Vec<ActionEvent>> = BTreeMap::new();
+    let mut cursor = LogCursor::START;
+    let mut count = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let batch = ledger.read_log(cursor, 500).await.expect("read");
+        let Some(last) = batch.last() else {
+            // On PostgreSQL other tests' open transactions can hold the horizon back briefly.
+            if count > 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        cursor = last.cursor;
+        count += batch.len();
+        for event in batch {
+            events
+                .entry(event.aggregate_id.clone())
+                .or_default()
+                .push(event.decode::<Action>().expect("decodes"));
+        }
+    }
+    (
+        count,
+        events
+            .into_iter()
+            .map(|(id, events)| (id, Action::from_events(&events)))
+            .collect(),
+    )
+}
+
+fn statuses(actions: &BTreeMap<String, Action>) -> Vec<ActionStatus> {
+    let mut statuses: Vec<_> = actions
+        .values()
+        .map(|a| a.state().expect("submitted").status)
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+async fn check_demo_loads_once(args: &[&str], envs: &[(&str, &str)], config: StoreConfig) {
+    let first = countersign(args, envs);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("Loaded 6 demo actions"));
+    let second = countersign(args, envs);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(String::from_utf8_lossy(&second.stdout).contains("nothing added"));
+
+    let ledger = Ledger::open(&config).await.expect("open");
+    let (events, actions) = actions(&ledger).await;
+    assert_eq!(
+        statuses(&actions),
+        [
+            ActionStatus::Pending,
+            ActionStatus::Pending,
+            ActionStatus::Executing,
+            ActionStatus::Executed,
+            ActionStatus::Rejected,
+            ActionStatus::Expired
+        ]
+    );
+    let levels: Vec<_> = actions
+        .values()
+        .filter(|a| a.state().expect("state").status == ActionStatus::Pending)
+        .map(|a| a.state().expect("state").risk.level.as_str())
+        .collect();
+    assert_eq!(levels.len(), 2);
+    assert!(
+        levels.contains(&"high") && levels.contains(&"medium"),
+        "{levels:?}"
+    );
+    let rejected = actions
+        .values()
+        .find(|a| a.state().expect("state").status == ActionStatus::Rejected)
+        .expect("rejected");
+    let ballot = rejected.state().expect("state").ballots[0]
+        .values()
+        .next()
+        .expect("a vote");
+    assert!(ballot.comment.is_some(), "the rejection has a comment");
+    assert_eq!(
+        rejected
+            .state()
+            .expect("state")
+            .decision
+            .as_ref()
+            .and_then(|d| d.rejection.clone()),
+        Some(Rejection::Ratio)
+    );
+    assert!(events > 6);
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn demo_loads_the_embedded_store_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    check_demo_loads_once(
+        &["demo", "--data-dir", data],
+        &[],
+        StoreConfig::Sqlite {
+            path: dir.path().join("countersign.db"),
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn demo_loads_postgres_once() {
+    let store = TestStore::postgres().await.expect("database");
+    let url = store.location();
+    check_demo_loads_once(&["demo"], &[("DATABASE_URL", &url)], store.config.clone()).await;
+}
+
+#[tokio::test]
+async fn migrate_applies_the_migrations_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    for _ in 0..2 {
+        let output = countersign(&["migrate", "--data-dir", data], &[]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let ledger = Ledger::open(&StoreConfig::Sqlite {
+        path: dir.path().join("countersign.db"),
+    })
+    .await
+    .expect("open");
+    assert_eq!(ledger.pending_migrations().await.expect("migrations"), 0);
+}
+
+#[test]
+fn bad_settings_are_refused_naming_the_problem() {
+    let bad_listen = countersign(&["serve", "--listen", "localhost"], &[]);
+    assert!(!bad_listen.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_listen.stderr).contains("--listen"),
+        "{}",
+        String::from_utf8_lossy(&bad_listen.stderr)
+    );
+
+    let bad_url = countersign(
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:notaport/none")],
+    );
+    assert!(!bad_url.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_url.stderr)
+            .contains("DATABASE_URL is not a valid PostgreSQL URL"),
+        "{}",
+        String::from_utf8_lossy(&bad_url.stderr)
+    );
+}
+
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_health_and_readiness_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().expect("utf-8"),
+        ])
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let log: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (log["fields"]["message"] == "countersign listening")
+                .then(|| log["fields"]["address"].as_str().map(str::to_owned))?
+        })
+        .expect("a JSON log line with the address");
+
+    assert_eq!(http_get(&address, "/healthz").0, 200);
+    let (status, body) = http_get(&address, "/readyz");
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""store":"sqlite""#), "{body}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "graceful shutdown exits 0");
+    assert!(
+        lines
+            .map_while(Result::ok)
+            .any(|line| line.contains("shutting down"))
+    );
+}
