@@ -1,7 +1,7 @@
 # One gate, run the same way everywhere: `make ci` is what CI and developers run.
 CARGO ?= cargo
 
-.PHONY: run demo tour test lint fmt schemas ci services
+.PHONY: run demo tour test lint fmt schemas ci services bench
 
 ## The service on its embedded default (SQLite under ./data; set DATABASE_URL for PostgreSQL).
 run:
@@ -32,5 +32,9 @@ schemas:
 
 services:
 	@scripts/services.sh
+
+## Benchmarks beside their baselines (release build, loopback, about 3 minutes); writes docs/performance.md.
+bench: services
+	$(CARGO) run --release -q -p countersign-bench -- ledger
 
 ci: lint test

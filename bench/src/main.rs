@@ -1,0 +1,64 @@
+//! `countersign-bench`: measures countersign beside a baseline taken in the same run on the same
+//! database, and writes the figures into `docs/performance.md`. Loopback only, bounded in time.
+
+mod ledger;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "countersign-bench", about)]
+struct Cli {
+    /// A PostgreSQL server; each bench creates and drops its own database there.
+    #[arg(long, env = "BENCH_SERVER_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    server: String,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Runs per figure (the report gives the median and the spread).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The report to update (only this bench's section is replaced).
+    #[arg(long, default_value = "docs/performance.md")]
+    out: PathBuf,
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum Bench {
+    /// Append throughput of the ledger at 1, 16 and 64 writers, beside pgbench single-row INSERTs.
+    Ledger,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("countersign-bench: {err}\n"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = ledger::Settings {
+        server: cli.server.clone(),
+        seconds: cli.seconds,
+        runs: cli.runs,
+    };
+    let result = runtime.block_on(async {
+        let section = match cli.bench {
+            Bench::Ledger => ledger::run(&settings).await?,
+        };
+        report::write_section(&cli.out, &section)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("countersign-bench: {err:#}\n"));
+            ExitCode::FAILURE
+        }
+    }
+}
