@@ -45,8 +45,12 @@ struct Database {
 impl Database {
     async fn create(server: &str) -> anyhow::Result<Self> {
         let name = format!("countersign_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(server).await.context("connecting to the bench server")?;
-        admin.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+        let mut admin = PgConnection::connect(server)
+            .await
+            .context("connecting to the bench server")?;
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await?;
         let _ = admin.close().await;
         let Some((base, _)) = server.rsplit_once('/') else {
             bail!("the server URL has no database name");
@@ -69,17 +73,33 @@ impl Database {
 
 /// pgbench: `clients` connections each committing single-row INSERTs of an event-sized row into a
 /// table shaped like `events` (same columns and indexes, no triggers).
-fn pgbench(url: &str, clients: usize, seconds: u64, script: &std::path::Path) -> anyhow::Result<f64> {
+fn pgbench(
+    url: &str,
+    clients: usize,
+    seconds: u64,
+    script: &std::path::Path,
+) -> anyhow::Result<f64> {
     let output = Command::new("pgbench")
         .args(["-n", "-M", "prepared", "-f"])
         .arg(script)
-        .args(["-c", &clients.to_string(), "-j", &clients.min(4).to_string(), "-T", &seconds.to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(4).to_string(),
+            "-T",
+            &seconds.to_string(),
+        ])
         .arg(url)
         .output()
         .context("running pgbench (Debian package postgresql-client)")?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        bail!("pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     text.lines()
         .find_map(|line| line.strip_prefix("tps = "))
@@ -148,15 +168,22 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
 }
 
 async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
-    let ledger = Ledger::open(&StoreConfig::Postgres { url: database.url.clone() }).await?;
+    let ledger = Ledger::open(&StoreConfig::Postgres {
+        url: database.url.clone(),
+    })
+    .await?;
     ledger.migrate().await?;
     let mut connection = PgConnection::connect(&database.url).await?;
     connection
         .execute("CREATE TABLE bench_events (LIKE events INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING INDEXES INCLUDING IDENTITY)")
         .await
         .context("creating the pgbench table")?;
-    let version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&mut connection).await?;
-    let payload = serde_json::to_string(&json!({ "ActionSubmitted": { "submission": submission()? } }))?.replace('\'', "''");
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut connection)
+        .await?;
+    let payload =
+        serde_json::to_string(&json!({ "ActionSubmitted": { "submission": submission()? } }))?
+            .replace('\'', "''");
     let script = std::env::temp_dir().join(format!("{}.sql", database.name));
     std::fs::write(
         &script,
@@ -167,14 +194,21 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
     )?;
 
     let sqlite_dir = std::env::temp_dir().join(format!("{}-sqlite", database.name));
-    let embedded = Ledger::open(&StoreConfig::Sqlite { path: sqlite_dir.join("bench.db") }).await?;
+    let embedded = Ledger::open(&StoreConfig::Sqlite {
+        path: sqlite_dir.join("bench.db"),
+    })
+    .await?;
     embedded.migrate().await?;
 
     let mut rows = Vec::new();
     for clients in CONCURRENCY {
         let (mut baseline, mut ours, mut sqlite) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..settings.runs {
-            eprintln_progress(&format!("ledger: {clients} writers, run {}/{}", run + 1, settings.runs));
+            eprintln_progress(&format!(
+                "ledger: {clients} writers, run {}/{}",
+                run + 1,
+                settings.runs
+            ));
             baseline.push(pgbench(&database.url, clients, settings.seconds, &script)?);
             ours.push(ledger_appends(&ledger, clients, settings.seconds).await?);
             sqlite.push(ledger_appends(&embedded, clients, settings.seconds).await?);
@@ -202,7 +236,10 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
          committing one INSERT of the same row per transaction into a copy of the `events` table \
          (prepared statements, no triggers).\n"
     );
-    let _ = writeln!(markdown, "| writers | pgbench INSERT/s | countersign commands/s (PostgreSQL) | ratio | countersign commands/s (embedded SQLite) |");
+    let _ = writeln!(
+        markdown,
+        "| writers | pgbench INSERT/s | countersign commands/s (PostgreSQL) | ratio | countersign commands/s (embedded SQLite) |"
+    );
     let _ = writeln!(markdown, "| ---: | ---: | ---: | ---: | ---: |");
     for (clients, baseline, ours, sqlite) in &rows {
         let _ = writeln!(
@@ -220,7 +257,10 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
          costs one; the gateway issue's target (2× bare cqrs-es, half of pgbench at 16 clients) will \
          need fewer round trips per command (group commit, one INSERT … RETURNING)."
     );
-    Ok(Section { id: "ledger-appends", markdown })
+    Ok(Section {
+        id: "ledger-appends",
+        markdown,
+    })
 }
 
 fn eprintln_progress(message: &str) {

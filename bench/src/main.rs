@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 #[command(name = "countersign-bench", about)]
 struct Cli {
     /// A PostgreSQL server; each bench creates and drops its own database there.
-    #[arg(long, env = "BENCH_SERVER_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "BENCH_SERVER_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     server: String,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
@@ -36,10 +40,16 @@ enum Bench {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
-            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("countersign-bench: {err}\n"));
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("countersign-bench: {err}\n"),
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -57,7 +67,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("countersign-bench: {err:#}\n"));
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("countersign-bench: {err:#}\n"),
+            );
             ExitCode::FAILURE
         }
     }

@@ -25,7 +25,10 @@ impl Figure {
     pub fn show(&self, decimals: usize) -> String {
         let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{:.decimals$} ({min:.decimals$}–{max:.decimals$})", self.median())
+        format!(
+            "{:.decimals$} ({min:.decimals$}–{max:.decimals$})",
+            self.median()
+        )
     }
 }
 

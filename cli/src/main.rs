@@ -1,6 +1,7 @@
 //! `countersign`: one binary for the approval ledger's service, workers and tools.
 
 mod demo;
+mod projections;
 mod schemas;
 mod serve;
 mod simulate;
@@ -39,6 +40,12 @@ enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(StoreArgs),
+    /// Inspect or rebuild the read models.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
+    /// Show a tenant's inbox, an action's state and its audit timeline as of a past moment,
+    /// folded from the log (live tables are not touched).
+    Replay(projections::ReplayArgs),
     /// Load the demo tenant (pending, executing, executed, rejected and expired actions).
     Demo(StoreArgs),
     /// Walk through approvals in memory: reference 002's policies, votes, stages, escalation,
@@ -83,6 +90,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => block_on(serve::run(&args)),
         Command::Migrate(store) => block_on(store::migrate(&store)),
         Command::Demo(store) => block_on(demo::run(&store)),
+        Command::Projections(command) => block_on(projections::run(command)),
+        Command::Replay(args) => block_on(projections::replay_command(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Args;
 use countersign_gateway::{AppState, app};
+use countersign_projections::{ProjectionStore, Supervisor};
 
 use crate::store::StoreArgs;
 
@@ -19,6 +20,10 @@ pub struct ServeArgs {
 
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let ledger = args.store.open_migrated().await?;
+    let projections = ProjectionStore::open(&args.store.config()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let supervisor =
+        tokio::spawn(Supervisor::new(ledger.clone(), projections.clone()).run(stopped));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -34,6 +39,16 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     .await
     .context("serving HTTP")?;
     tracing::info!("shutting down");
+    let _ = stop.send(true);
+    match supervisor.await {
+        Ok(Err(err)) => tracing::warn!(
+            error = format!("{err:#}"),
+            "projections stopped with an error"
+        ),
+        Err(err) => tracing::warn!(error = %err, "projections task failed"),
+        Ok(Ok(())) => {}
+    }
+    projections.close().await;
     ledger.close().await;
     Ok(())
 }

@@ -256,3 +256,142 @@ fn serve_answers_health_and_readiness_and_stops_on_sigterm() {
             .any(|line| line.contains("shutting down"))
     );
 }
+
+#[test]
+fn projections_rebuild_status_and_replay_through_the_cli() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    assert!(
+        countersign(&["demo", "--data-dir", data], &[])
+            .status
+            .success()
+    );
+
+    let first = countersign(&["projections", "rebuild", "all", "--data-dir", data], &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(text.contains("actions: generation 1 live with"), "{text}");
+    assert!(text.contains("audit: generation 1 live with"), "{text}");
+
+    let second = countersign(
+        &["projections", "rebuild", "actions", "--data-dir", data],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        text.contains("actions: generation 2 live") && text.contains("1 old generation(s) dropped"),
+        "{text}"
+    );
+
+    let status = countersign(&["projections", "status", "--data-dir", data], &[]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    let live: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains(" live "))
+        .collect();
+    assert_eq!(live.len(), 2, "{text}");
+    assert!(
+        live.iter().all(|line| line.trim_end().ends_with(" 0")),
+        "no lag: {text}"
+    );
+
+    let replayed = countersign(
+        &[
+            "replay",
+            "--tenant",
+            "demo",
+            "--position",
+            "1000000",
+            "--json",
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let now: serde_json::Value = serde_json::from_slice(&replayed.stdout).expect("json");
+    assert_eq!(
+        now["inbox"].as_array().map(Vec::len),
+        Some(2),
+        "two pending demo actions"
+    );
+
+    let first_id = now["inbox"][0]["id"].as_str().expect("id").to_owned();
+    let long_ago = countersign(
+        &[
+            "replay",
+            "--tenant",
+            "demo",
+            "--at",
+            "2000-01-01T00:00:00Z",
+            "--json",
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    let then: serde_json::Value = serde_json::from_slice(&long_ago.stdout).expect("json");
+    assert_eq!(then["events"], 0);
+
+    let timeline = countersign(
+        &[
+            "replay",
+            "--tenant",
+            "demo",
+            "--position",
+            "1000000",
+            "--action",
+            &first_id,
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&timeline.stdout);
+    assert!(
+        text.contains("Audit timeline") && text.contains("ActionSubmitted"),
+        "{text}"
+    );
+
+    for (args, complaint) in [
+        (
+            vec!["projections", "rebuild", "inbox"],
+            "unknown projection `inbox`",
+        ),
+        (vec!["replay", "--tenant", "demo"], "--position"),
+        (
+            vec!["replay", "--tenant", "Demo Co", "--position", "3"],
+            "--tenant",
+        ),
+        (
+            vec![
+                "replay",
+                "--tenant",
+                "demo",
+                "--position",
+                "3",
+                "--action",
+                "nope",
+            ],
+            "did not exist",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--data-dir", data]);
+        let output = countersign(&args, &[]);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(complaint),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

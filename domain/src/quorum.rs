@@ -132,6 +132,32 @@ impl StageContext<'_> {
             || self.holds_escalation_role(roles)
     }
 
+    /// Who may vote in the stage: the roles whose holders may, and the users listed by name.
+    /// A principal may vote when they hold one of the roles or are one of the users (and are
+    /// not the requester, unless self-approval is allowed).
+    pub fn electorate(&self) -> (BTreeSet<Role>, BTreeSet<UserId>) {
+        let mut roles = BTreeSet::new();
+        let mut users = BTreeSet::new();
+        for rule in &self.stage.rules {
+            match rule {
+                Rule::Any { roles: named, .. } if named.is_empty() => {
+                    roles.extend(Rule::default_any_roles());
+                }
+                Rule::Any { roles: named, .. } => roles.extend(named.iter().cloned()),
+                Rule::Role { role, .. } => {
+                    roles.insert(role.clone());
+                }
+                Rule::Percentage { pool: listed, .. } | Rule::SpecificUsers { users: listed } => {
+                    users.extend(listed.iter().cloned());
+                }
+            }
+        }
+        roles.extend(self.stage.veto.roles.iter().cloned());
+        users.extend(self.stage.veto.users.iter().cloned());
+        roles.extend(self.escalation_role.cloned());
+        (roles, users)
+    }
+
     /// Whether this user could ever vote in the stage (excludes the requester without
     /// self-approval).
     fn may_vote(&self, voter: &UserId) -> bool {
@@ -461,6 +487,47 @@ mod tests {
             judge(&stage, &[("a", &[], Abstain)]),
             Rejected(StageRejection::Unreachable)
         );
+    }
+
+    #[test]
+    fn the_electorate_lists_exactly_who_is_eligible() {
+        let stage = stage(json!({
+            "rules": [
+                { "type": "any", "min_approvals": 1 },
+                { "type": "specific_users", "users": ["cfo"] }
+            ],
+            "veto": { "roles": ["legal"], "users": ["ceo"] }
+        }));
+        let requester = user("requester");
+        let cfo_role = Role::parse("cfo").expect("role");
+        let context = StageContext {
+            stage: &stage,
+            requester: &requester,
+            allow_self_approval: false,
+            escalation_role: Some(&cfo_role),
+        };
+        let (roles, users) = context.electorate();
+        assert_eq!(
+            roles.iter().map(Role::as_str).collect::<Vec<_>>(),
+            ["admin", "approver", "cfo", "legal", "owner"]
+        );
+        assert_eq!(
+            users.iter().map(UserId::as_str).collect::<Vec<_>>(),
+            ["ceo", "cfo"]
+        );
+        for (voter, held) in [
+            ("x", vec!["approver"]),
+            ("y", vec!["auditor"]),
+            ("cfo", vec![]),
+            ("z", vec!["cfo"]),
+        ] {
+            let held: BTreeSet<Role> = held
+                .into_iter()
+                .map(|r| Role::parse(r).expect("role"))
+                .collect();
+            let listed = users.contains(&user(voter)) || held.iter().any(|r| roles.contains(r));
+            assert_eq!(context.is_eligible(&user(voter), &held), listed, "{voter}");
+        }
     }
 
     #[test]

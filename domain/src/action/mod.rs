@@ -113,6 +113,26 @@ pub struct RunningAttempt {
     pub lease_until: Timestamp,
 }
 
+/// How one execution attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Running,
+    Succeeded { duration_ms: u64 },
+    Failed { error: String, retryable: bool },
+}
+
+/// One execution attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub executor: UserId,
+    pub started_at: Timestamp,
+    #[serde(flatten)]
+    pub outcome: AttemptOutcome,
+    pub finished_at: Option<Timestamp>,
+}
+
 /// Everything known about running the action.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecutionState {
@@ -125,6 +145,11 @@ pub struct ExecutionState {
     pub result: Option<Value>,
     pub undo_payload: Option<Value>,
     pub duration_ms: Option<u64>,
+    /// Every attempt, in order.
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+    /// When the action was skipped in safe mode.
+    pub skipped_at: Option<Timestamp>,
 }
 
 /// How the vote-collecting part of an action's life ended.
@@ -208,6 +233,25 @@ impl ActionState {
             && self
                 .stage_context(self.stage)
                 .is_some_and(|context| context.is_eligible(&voter.id, &voter.roles))
+    }
+
+    /// Who may vote in the current stage while the action is open: roles and listed users.
+    pub fn electorate(
+        &self,
+    ) -> Option<(
+        std::collections::BTreeSet<crate::Role>,
+        std::collections::BTreeSet<UserId>,
+    )> {
+        if !self.status.is_open() {
+            return None;
+        }
+        self.stage_context(self.stage)
+            .map(|context| context.electorate())
+    }
+
+    /// Who has voted in the current stage.
+    pub fn current_voters(&self) -> impl Iterator<Item = &UserId> {
+        self.current_ballots().into_iter().flat_map(BTreeMap::keys)
     }
 
     /// Whether the executor should run this action now.
@@ -427,6 +471,13 @@ impl ActionState {
             ActionEvent::ExecutionStarted(started) => {
                 self.status = ActionStatus::Executing;
                 self.execution.attempts = started.attempt;
+                self.execution.history.push(AttemptRecord {
+                    attempt: started.attempt,
+                    executor: started.context.actor.clone(),
+                    started_at: started.context.at,
+                    outcome: AttemptOutcome::Running,
+                    finished_at: None,
+                });
                 self.execution.running = Some(RunningAttempt {
                     attempt: started.attempt,
                     executor: started.context.actor,
@@ -435,6 +486,13 @@ impl ActionState {
                 });
             }
             ActionEvent::ExecutionSucceeded(succeeded) => {
+                self.finish_attempt(
+                    succeeded.attempt,
+                    succeeded.context.at,
+                    AttemptOutcome::Succeeded {
+                        duration_ms: succeeded.duration_ms,
+                    },
+                );
                 self.status = ActionStatus::Executed;
                 self.execution.running = None;
                 self.execution.result = Some(succeeded.result);
@@ -444,6 +502,14 @@ impl ActionState {
                 self.execution.duration_ms = Some(succeeded.duration_ms);
             }
             ActionEvent::ExecutionFailed(failed) => {
+                self.finish_attempt(
+                    failed.attempt,
+                    failed.context.at,
+                    AttemptOutcome::Failed {
+                        error: failed.error.clone(),
+                        retryable: failed.retryable,
+                    },
+                );
                 self.status = if failed.will_retry {
                     ActionStatus::Approved
                 } else {
@@ -452,7 +518,23 @@ impl ActionState {
                 self.execution.running = None;
                 self.execution.last_error = Some(failed.error);
             }
-            ActionEvent::ExecutionSkipped(_) => self.status = ActionStatus::Skipped,
+            ActionEvent::ExecutionSkipped(skipped) => {
+                self.status = ActionStatus::Skipped;
+                self.execution.skipped_at = Some(skipped.context.at);
+            }
+        }
+    }
+
+    fn finish_attempt(&mut self, attempt: u32, at: Timestamp, outcome: AttemptOutcome) {
+        if let Some(record) = self
+            .execution
+            .history
+            .iter_mut()
+            .rev()
+            .find(|record| record.attempt == attempt)
+        {
+            record.outcome = outcome;
+            record.finished_at = Some(at);
         }
     }
 }

@@ -1,0 +1,192 @@
+//! Read models: the inbox, action detail, audit trail, stats and history, folded from the log.
+//!
+//! Each projection tails the ledger's log from its own checkpoint and writes its rows and its
+//! checkpoint in one transaction, so every event is applied exactly once, whatever crashes
+//! happen. A projection lives in numbered *generations* of tables (`p_actions_g3`, …): a new
+//! generation is built from the start of the log beside the live one — when the code's version
+//! changes, or on demand — and reads switch to it atomically once it has caught up. The rows are
+//! a pure function of the events (see [`rows`]), so a rebuild is identical, row for row, to the
+//! incrementally maintained tables, and [`replay`] can fold the same rows in memory up to any
+//! past moment.
+//!
+//! Both stores are reached through sqlx's `Any` driver with portable SQL (`$n` placeholders,
+//! `TEXT`/`BIGINT` columns, times as microseconds since the epoch). On PostgreSQL every
+//! projection table also has row-level security keyed on the `countersign.tenant` setting, for
+//! the `countersign_reader` role that reads run as.
+
+mod apply;
+pub mod query;
+pub mod replay;
+pub mod rows;
+mod runner;
+mod store;
+
+pub use query::{
+    ActionDetail, AuditEntry, InboxFilter, InboxItem, InboxPage, InboxSort, QueryError,
+    TenantStats, VoteRecord,
+};
+pub use runner::{Outcome, Runner, Supervisor, rebuild};
+pub use store::{Generation, GenerationState, ProjectionStore};
+
+/// The projections countersign maintains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Projection {
+    /// One row per action (inbox, detail, requester history), who may vote on open actions,
+    /// and per-tenant stats counters.
+    Actions,
+    /// One row per event (audit trail) and per vote (voter history).
+    Audit,
+}
+
+impl Projection {
+    pub const ALL: [Self; 2] = [Self::Actions, Self::Audit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Actions => "actions",
+            Self::Audit => "audit",
+        }
+    }
+
+    /// The shape version the code writes. Bump it when the tables or the rows change: `serve`
+    /// then builds a new generation beside the live one and switches to it when caught up.
+    pub fn version(self) -> i64 {
+        match self {
+            Self::Actions => 1,
+            Self::Audit => 1,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|projection| projection.name() == name)
+    }
+
+    /// The tables of one generation.
+    pub fn tables(self, generation: i64) -> Vec<String> {
+        let stems: &[&str] = match self {
+            Self::Actions => &["actions", "eligibility", "stats"],
+            Self::Audit => &["audit", "votes"],
+        };
+        stems
+            .iter()
+            .map(|stem| format!("p_{stem}_g{generation}"))
+            .collect()
+    }
+
+    /// DDL creating one generation's tables (portable; RLS is added separately on PostgreSQL).
+    fn ddl(self, g: i64) -> Vec<String> {
+        match self {
+            Self::Actions => vec![
+                format!(
+                    "CREATE TABLE p_actions_g{g} (
+                        action_id TEXT NOT NULL PRIMARY KEY,
+                        tenant TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        action_type TEXT NOT NULL,
+                        module TEXT NOT NULL,
+                        capability TEXT NOT NULL,
+                        summary TEXT NOT NULL,
+                        requested_by TEXT NOT NULL,
+                        risk_score BIGINT NOT NULL,
+                        risk_level TEXT NOT NULL,
+                        stage BIGINT NOT NULL,
+                        escalations BIGINT NOT NULL,
+                        allow_self_approval BIGINT NOT NULL,
+                        submitted_at BIGINT NOT NULL,
+                        expires_at BIGINT NOT NULL,
+                        decided_at BIGINT,
+                        position BIGINT NOT NULL,
+                        state TEXT NOT NULL
+                    )"
+                ),
+                format!(
+                    "CREATE INDEX p_actions_g{g}_created ON p_actions_g{g} (tenant, status, submitted_at, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX p_actions_g{g}_risk ON p_actions_g{g} (tenant, status, risk_score, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX p_actions_g{g}_deadline ON p_actions_g{g} (tenant, status, expires_at, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX p_actions_g{g}_requester ON p_actions_g{g} (tenant, requested_by, submitted_at, action_id)"
+                ),
+                format!(
+                    "CREATE TABLE p_eligibility_g{g} (
+                        action_id TEXT NOT NULL,
+                        tenant TEXT NOT NULL,
+                        kind TEXT NOT NULL,
+                        principal TEXT NOT NULL,
+                        PRIMARY KEY (action_id, kind, principal)
+                    )"
+                ),
+                format!(
+                    "CREATE INDEX p_eligibility_g{g}_principal ON p_eligibility_g{g} (tenant, kind, principal, action_id)"
+                ),
+                format!(
+                    "CREATE TABLE p_stats_g{g} (
+                        tenant TEXT NOT NULL,
+                        metric TEXT NOT NULL,
+                        key TEXT NOT NULL,
+                        value BIGINT NOT NULL,
+                        PRIMARY KEY (tenant, metric, key)
+                    )"
+                ),
+            ],
+            Self::Audit => vec![
+                format!(
+                    "CREATE TABLE p_audit_g{g} (
+                        action_id TEXT NOT NULL,
+                        sequence BIGINT NOT NULL,
+                        tenant TEXT NOT NULL,
+                        position BIGINT NOT NULL,
+                        event_type TEXT NOT NULL,
+                        event_version TEXT NOT NULL,
+                        actor TEXT NOT NULL,
+                        at BIGINT NOT NULL,
+                        recorded_at BIGINT NOT NULL,
+                        correlation_id TEXT,
+                        content TEXT NOT NULL,
+                        PRIMARY KEY (action_id, sequence)
+                    )"
+                ),
+                format!("CREATE INDEX p_audit_g{g}_tenant ON p_audit_g{g} (tenant, position)"),
+                format!(
+                    "CREATE TABLE p_votes_g{g} (
+                        action_id TEXT NOT NULL,
+                        sequence BIGINT NOT NULL,
+                        tenant TEXT NOT NULL,
+                        voter TEXT NOT NULL,
+                        stage BIGINT NOT NULL,
+                        vote TEXT NOT NULL,
+                        comment TEXT,
+                        roles TEXT NOT NULL,
+                        at BIGINT NOT NULL,
+                        PRIMARY KEY (action_id, sequence)
+                    )"
+                ),
+                format!(
+                    "CREATE INDEX p_votes_g{g}_voter ON p_votes_g{g} (tenant, voter, at, action_id)"
+                ),
+            ],
+        }
+    }
+}
+
+impl std::fmt::Display for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Microseconds since the epoch: how projection tables store instants on both stores.
+pub fn micros(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// The instant stored as microseconds since the epoch.
+pub fn instant(micros: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}

@@ -1,0 +1,284 @@
+//! The rows of every projection, as pure functions of the folded action state and the events.
+//! The database runner and the in-memory replay both use these, so they agree by construction.
+
+use countersign_domain::action::{ActionEvent, ActionState, ActionStatus};
+use countersign_ledger::LoggedEvent;
+
+use crate::micros;
+
+/// One action: what the inbox filters and sorts on, plus the folded state the detail is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRow {
+    pub action_id: String,
+    pub tenant: String,
+    pub status: &'static str,
+    pub action_type: String,
+    pub module: String,
+    pub capability: String,
+    pub summary: String,
+    pub requested_by: String,
+    pub risk_score: i64,
+    pub risk_level: &'static str,
+    pub stage: i64,
+    pub escalations: i64,
+    pub allow_self_approval: i64,
+    pub submitted_at: i64,
+    pub expires_at: i64,
+    pub decided_at: Option<i64>,
+    /// Global position of the last event folded in.
+    pub position: i64,
+    /// The folded `ActionState`, as JSON.
+    pub state: String,
+}
+
+impl ActionRow {
+    pub fn from_state(state: &ActionState, position: i64) -> anyhow::Result<Self> {
+        Ok(Self {
+            action_id: state.id.to_string(),
+            tenant: state.tenant.to_string(),
+            status: state.status.as_str(),
+            action_type: state.action_type.to_string(),
+            module: state.submission.module.to_string(),
+            capability: state.submission.capability.to_string(),
+            summary: state.submission.summary.to_string(),
+            requested_by: state.requester.id.to_string(),
+            risk_score: i64::from(state.risk.score.value()),
+            risk_level: state.risk.level.as_str(),
+            stage: i64::from(state.stage),
+            escalations: i64::from(state.escalations),
+            allow_self_approval: i64::from(state.policy.requirements.allow_self_approval),
+            submitted_at: micros(state.submitted_at),
+            expires_at: micros(state.expires_at),
+            decided_at: state.decision.as_ref().map(|decision| micros(decision.at)),
+            position,
+            state: serde_json::to_string(state)?,
+        })
+    }
+}
+
+/// Who may vote on an open action (`role`, `user`) and who already has in its current stage
+/// (`voted`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EligibilityRow {
+    pub action_id: String,
+    pub tenant: String,
+    pub kind: &'static str,
+    pub principal: String,
+}
+
+pub fn eligibility(state: &ActionState) -> Vec<EligibilityRow> {
+    let Some((roles, users)) = state.electorate() else {
+        return Vec::new();
+    };
+    let row = |kind, principal: String| EligibilityRow {
+        action_id: state.id.to_string(),
+        tenant: state.tenant.to_string(),
+        kind,
+        principal,
+    };
+    roles
+        .iter()
+        .map(|role| row("role", role.to_string()))
+        .chain(users.iter().map(|user| row("user", user.to_string())))
+        .chain(
+            state
+                .current_voters()
+                .map(|voter| row("voted", voter.to_string())),
+        )
+        .collect()
+}
+
+/// One event in an action's audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub action_id: String,
+    pub sequence: i64,
+    pub tenant: String,
+    pub position: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub actor: String,
+    pub at: i64,
+    pub recorded_at: i64,
+    pub correlation_id: Option<String>,
+    /// The event's fields, as JSON.
+    pub content: String,
+}
+
+pub fn audit_row(logged: &LoggedEvent, event: &ActionEvent) -> anyhow::Result<AuditRow> {
+    let context = event.context();
+    let stored = serde_json::to_value(event)?;
+    let content = stored.get(event.event_type()).cloned().unwrap_or(stored);
+    Ok(AuditRow {
+        action_id: logged.aggregate_id.clone(),
+        sequence: logged.sequence,
+        tenant: logged.tenant.clone(),
+        position: logged.cursor.position,
+        event_type: logged.event_type.clone(),
+        event_version: logged.event_version.clone(),
+        actor: context.actor.to_string(),
+        at: micros(context.at),
+        recorded_at: micros(logged.recorded_at),
+        correlation_id: context.correlation_id.as_ref().map(ToString::to_string),
+        content: serde_json::to_string(&content)?,
+    })
+}
+
+/// One vote, for the voter's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoteRow {
+    pub action_id: String,
+    pub sequence: i64,
+    pub tenant: String,
+    pub voter: String,
+    pub stage: i64,
+    pub vote: &'static str,
+    pub comment: Option<String>,
+    /// The voter's roles, as a JSON array.
+    pub roles: String,
+    pub at: i64,
+}
+
+pub fn vote_row(logged: &LoggedEvent, event: &ActionEvent) -> anyhow::Result<Option<VoteRow>> {
+    let ActionEvent::VoteCast(cast) = event else {
+        return Ok(None);
+    };
+    Ok(Some(VoteRow {
+        action_id: logged.aggregate_id.clone(),
+        sequence: logged.sequence,
+        tenant: logged.tenant.clone(),
+        voter: cast.context.actor.to_string(),
+        stage: i64::from(cast.stage),
+        vote: match cast.vote {
+            countersign_domain::quorum::Vote::Approve => "approve",
+            countersign_domain::quorum::Vote::Reject => "reject",
+            countersign_domain::quorum::Vote::Abstain => "abstain",
+        },
+        comment: cast.comment.as_ref().map(ToString::to_string),
+        roles: serde_json::to_string(&cast.voter_roles)?,
+        at: micros(cast.context.at),
+    }))
+}
+
+/// Stats counters, keyed by (metric, key). Every counter changes by a difference between the
+/// state before and after some events, so the totals do not depend on batch boundaries.
+pub mod metric {
+    /// Current number of actions per status.
+    pub const STATUS: &str = "status";
+    /// Submissions per risk level.
+    pub const RISK: &str = "risk";
+    /// Submissions per module.
+    pub const MODULE: &str = "module";
+    /// Decisions by outcome (`approved`, `rejected`, `expired`, `cancelled`), decisions taken by
+    /// the deadline (`timed_out`), escalated actions (`escalated`), and submissions (`submitted`).
+    pub const OUTCOME: &str = "outcome";
+    /// Finished executions (`succeeded`, `failed`, `skipped`).
+    pub const EXECUTION: &str = "execution";
+    /// Decision latency histogram: bucket index → count (see [`super::latency_bucket`]).
+    pub const LATENCY: &str = "latency";
+    /// Votes cast (`cast`), and decided actions that received at least one vote (`decided_with_votes`).
+    pub const VOTES: &str = "votes";
+}
+
+/// Growth factor between latency bucket bounds: answers are within 10%.
+const BUCKET_GROWTH: f64 = 1.1;
+
+/// The bucket of a decision latency in seconds: bucket `i` holds latencies up to
+/// `1.1^i` seconds (bucket 0: up to one second).
+pub fn latency_bucket(seconds: f64) -> i64 {
+    if seconds <= 1.0 {
+        return 0;
+    }
+    (seconds.ln() / BUCKET_GROWTH.ln()).ceil() as i64
+}
+
+/// The upper bound, in seconds, of a latency bucket.
+pub fn latency_bucket_bound(bucket: i64) -> f64 {
+    BUCKET_GROWTH.powi(i32::try_from(bucket).unwrap_or(i32::MAX))
+}
+
+/// How the counters change between two states of one action; `votes_cast` is the number of
+/// `VoteCast` events between them.
+pub fn stats_delta(
+    before: Option<&ActionState>,
+    after: &ActionState,
+    votes_cast: i64,
+) -> Vec<(&'static str, String, i64)> {
+    let mut delta = Vec::new();
+    match before {
+        None => {
+            delta.push((metric::OUTCOME, "submitted".to_owned(), 1));
+            delta.push((metric::RISK, after.risk.level.as_str().to_owned(), 1));
+            delta.push((metric::MODULE, after.submission.module.to_string(), 1));
+            delta.push((metric::STATUS, after.status.as_str().to_owned(), 1));
+        }
+        Some(before) if before.status != after.status => {
+            delta.push((metric::STATUS, before.status.as_str().to_owned(), -1));
+            delta.push((metric::STATUS, after.status.as_str().to_owned(), 1));
+        }
+        Some(_) => {}
+    }
+    let was_decided = before.is_some_and(|state| state.decision.is_some());
+    if let (false, Some(decision)) = (was_decided, &after.decision) {
+        delta.push((metric::OUTCOME, decision.status.as_str().to_owned(), 1));
+        let timed_out = decision.status == ActionStatus::Expired
+            || decision.rejection == Some(countersign_domain::action::Rejection::Timeout);
+        if timed_out {
+            delta.push((metric::OUTCOME, "timed_out".to_owned(), 1));
+        }
+        if decision.status != ActionStatus::Cancelled {
+            let seconds = (decision.at - after.submitted_at).num_milliseconds() as f64 / 1000.0;
+            delta.push((
+                metric::LATENCY,
+                latency_bucket(seconds.max(0.0)).to_string(),
+                1,
+            ));
+        }
+        let voted = after.ballots.iter().any(|stage| !stage.is_empty());
+        if voted {
+            delta.push((metric::VOTES, "decided_with_votes".to_owned(), 1));
+        }
+    }
+    if before.is_none_or(|state| state.escalations == 0) && after.escalations > 0 {
+        delta.push((metric::OUTCOME, "escalated".to_owned(), 1));
+    }
+    let finished = |state: &ActionState| {
+        matches!(
+            state.status,
+            ActionStatus::Executed | ActionStatus::Failed | ActionStatus::Skipped
+        )
+    };
+    if before.is_none_or(|state| !finished(state)) && finished(after) {
+        let outcome = match after.status {
+            ActionStatus::Executed => "succeeded",
+            ActionStatus::Failed => "failed",
+            _ => "skipped",
+        };
+        delta.push((metric::EXECUTION, outcome.to_owned(), 1));
+    }
+    if votes_cast > 0 {
+        delta.push((metric::VOTES, "cast".to_owned(), votes_cast));
+    }
+    delta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_bound_their_latencies_within_ten_percent() {
+        for seconds in [0.2, 1.0, 1.05, 2.0, 59.0, 3600.0, 86_400.0 * 3.0] {
+            let bucket = latency_bucket(seconds);
+            let upper = latency_bucket_bound(bucket);
+            assert!(
+                upper >= seconds - 1e-9,
+                "{seconds} above its bucket {upper}"
+            );
+            assert!(
+                seconds <= 1.0 || upper <= seconds * BUCKET_GROWTH + 1e-9,
+                "{seconds} → {upper}"
+            );
+        }
+    }
+}

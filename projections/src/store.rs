@@ -1,0 +1,340 @@
+//! The projection tables and their registry.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use countersign_ledger::{LogCursor, StoreConfig};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::Projection;
+
+/// Where a generation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationState {
+    /// Being built from the start of the log; not read.
+    Building,
+    /// Serving reads.
+    Live,
+    /// Replaced; its tables are dropped shortly after.
+    Retired,
+}
+
+impl GenerationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Live => "live",
+            Self::Retired => "retired",
+        }
+    }
+
+    fn parse(value: &str) -> Self {
+        match value {
+            "live" => Self::Live,
+            "building" => Self::Building,
+            _ => Self::Retired,
+        }
+    }
+}
+
+/// One generation of a projection's tables, with its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub projection: Projection,
+    pub generation: i64,
+    pub version: i64,
+    pub state: GenerationState,
+    pub checkpoint: LogCursor,
+    /// Events applied so far.
+    pub events: i64,
+    pub updated_at: i64,
+}
+
+/// The projection tables of one store, reached through sqlx's `Any` driver.
+#[derive(Debug, Clone)]
+pub struct ProjectionStore {
+    pub(crate) pool: AnyPool,
+    pub(crate) postgres: bool,
+    /// Whether reads can run as `countersign_reader` under row-level security.
+    pub(crate) reader_role: bool,
+}
+
+fn now_micros() -> i64 {
+    crate::micros(chrono::Utc::now())
+}
+
+impl ProjectionStore {
+    /// Opens the projection tables of the ledger's store (which must be migrated).
+    pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
+        install_default_drivers();
+        let (url, postgres) = match config {
+            StoreConfig::Postgres { url } => (url.clone(), true),
+            StoreConfig::Sqlite { path } => (format!("sqlite://{}", path.display()), false),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 16 } else { 4 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        connection.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .context("opening the projection store")?;
+        let reader_role = postgres
+            && sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = 'countersign_reader'")
+                .fetch_optional(&pool)
+                .await?
+                .is_some();
+        Ok(Self {
+            pool,
+            postgres,
+            reader_role,
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// Every generation of a projection, oldest first.
+    pub async fn generations(&self, projection: Projection) -> anyhow::Result<Vec<Generation>> {
+        let rows = sqlx::query(
+            "SELECT generation, version, state, checkpoint_txid, checkpoint_position, events, updated_at
+               FROM projections WHERE name = $1 ORDER BY generation",
+        )
+        .bind(projection.name())
+        .fetch_all(&self.pool)
+        .await
+        .context("reading the projection registry")?;
+        rows.iter()
+            .map(|row| {
+                Ok(Generation {
+                    projection,
+                    generation: row.try_get(0)?,
+                    version: row.try_get(1)?,
+                    state: GenerationState::parse(&row.try_get::<String, _>(2)?),
+                    checkpoint: LogCursor {
+                        txid: row.try_get(3)?,
+                        position: row.try_get(4)?,
+                    },
+                    events: row.try_get(5)?,
+                    updated_at: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn generation(
+        &self,
+        projection: Projection,
+        generation: i64,
+    ) -> anyhow::Result<Option<Generation>> {
+        Ok(self
+            .generations(projection)
+            .await?
+            .into_iter()
+            .find(|candidate| candidate.generation == generation))
+    }
+
+    /// The generation serving reads.
+    pub async fn live(&self, projection: Projection) -> anyhow::Result<Option<Generation>> {
+        Ok(self
+            .generations(projection)
+            .await?
+            .into_iter()
+            .find(|generation| generation.state == GenerationState::Live))
+    }
+
+    /// Creates the next generation's tables and registers it, in one transaction.
+    pub async fn create_generation(
+        &self,
+        projection: Projection,
+        state: GenerationState,
+    ) -> anyhow::Result<Generation> {
+        let mut tx = self.pool.begin().await?;
+        let next: i64 =
+            sqlx::query("SELECT COALESCE(MAX(generation), 0) + 1 FROM projections WHERE name = $1")
+                .bind(projection.name())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO projections (name, generation, version, state, checkpoint_txid, checkpoint_position,
+                                      events, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, 0, 0, 0, $5, $6)",
+        )
+        .bind(projection.name())
+        .bind(next)
+        .bind(projection.version())
+        .bind(state.as_str())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .context("registering a generation (another instance may have created it)")?;
+        for statement in projection.ddl(next) {
+            tx.execute(statement.as_str())
+                .await
+                .with_context(|| format!("creating {projection} generation {next}"))?;
+        }
+        if self.postgres {
+            for table in projection.tables(next) {
+                for statement in row_level_security(&table, self.reader_role) {
+                    tx.execute(statement.as_str())
+                        .await
+                        .with_context(|| format!("securing {table}"))?;
+                }
+            }
+        }
+        tx.commit().await?;
+        tracing::info!(
+            projection = projection.name(),
+            generation = next,
+            version = projection.version(),
+            state = state.as_str(),
+            "projection generation created"
+        );
+        Ok(Generation {
+            projection,
+            generation: next,
+            version: projection.version(),
+            state,
+            checkpoint: LogCursor::START,
+            events: 0,
+            updated_at: now,
+        })
+    }
+
+    /// Makes `generation` the one that serves reads and retires the previous one, atomically.
+    pub async fn promote(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_micros();
+        sqlx::query("UPDATE projections SET state = 'retired', updated_at = $1 WHERE name = $2 AND state = 'live' AND generation <> $3")
+            .bind(now)
+            .bind(projection.name())
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        let promoted = sqlx::query("UPDATE projections SET state = 'live', updated_at = $1 WHERE name = $2 AND generation = $3 AND state <> 'retired'")
+            .bind(now)
+            .bind(projection.name())
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        if promoted.rows_affected() != 1 {
+            bail!(
+                "{projection} generation {generation} cannot be promoted: it is retired or unknown"
+            );
+        }
+        tx.commit().await?;
+        tracing::info!(
+            projection = projection.name(),
+            generation,
+            "projection generation live"
+        );
+        Ok(())
+    }
+
+    /// Drops the tables of retired generations; returns how many generations were dropped.
+    pub async fn drop_retired(&self, projection: Projection) -> anyhow::Result<usize> {
+        let retired: Vec<i64> = self
+            .generations(projection)
+            .await?
+            .into_iter()
+            .filter(|generation| generation.state == GenerationState::Retired)
+            .map(|generation| generation.generation)
+            .collect();
+        for generation in &retired {
+            let mut tx = self.pool.begin().await?;
+            for table in projection.tables(*generation) {
+                tx.execute(format!("DROP TABLE IF EXISTS {table}").as_str())
+                    .await?;
+            }
+            sqlx::query("DELETE FROM projections WHERE name = $1 AND generation = $2")
+                .bind(projection.name())
+                .bind(*generation)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(
+                projection = projection.name(),
+                generation,
+                "retired projection generation dropped"
+            );
+        }
+        Ok(retired.len())
+    }
+
+    /// Deletes the registry row and tables of a generation that never went live (a failed build).
+    pub async fn discard(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE projections SET state = 'retired' WHERE name = $1 AND generation = $2 AND state = 'building'")
+            .bind(projection.name())
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.drop_retired(projection).await.map(drop)
+    }
+
+    /// Every row of a generation's tables, as text, in primary-key order: for comparing a
+    /// rebuild with the incrementally maintained tables.
+    pub async fn dump(
+        &self,
+        projection: Projection,
+        generation: i64,
+    ) -> anyhow::Result<Vec<Vec<String>>> {
+        let mut dump = Vec::new();
+        for table in projection.tables(generation) {
+            let order = if table.starts_with("p_stats") {
+                "tenant, metric, key"
+            } else if table.starts_with("p_eligibility") {
+                "action_id, kind, principal"
+            } else if table.starts_with("p_actions") {
+                "action_id"
+            } else {
+                "action_id, sequence"
+            };
+            for row in sqlx::query(&format!("SELECT * FROM {table} ORDER BY {order}"))
+                .fetch_all(&self.pool)
+                .await?
+            {
+                let mut values = vec![table.split("_g").next().unwrap_or_default().to_owned()];
+                for index in 0..row.len() {
+                    let value = match row.try_get::<Option<i64>, _>(index) {
+                        Ok(number) => number.map(|n| n.to_string()),
+                        Err(_) => row.try_get::<Option<String>, _>(index)?,
+                    };
+                    values.push(value.unwrap_or_else(|| "NULL".to_owned()));
+                }
+                dump.push(values);
+            }
+        }
+        Ok(dump)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Row-level security for one projection table: `countersign_reader` sees only the rows of the
+/// tenant named by the `countersign.tenant` setting.
+fn row_level_security(table: &str, reader_role: bool) -> Vec<String> {
+    let mut statements = vec![format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")];
+    if reader_role {
+        statements.push(format!(
+            "CREATE POLICY {table}_tenant ON {table} FOR SELECT TO countersign_reader
+                 USING (tenant = current_setting('countersign.tenant', true))"
+        ));
+        statements.push(format!("GRANT SELECT ON {table} TO countersign_reader"));
+    }
+    statements
+}
