@@ -35,6 +35,6 @@ services:
 
 ## Benchmarks beside their baselines (release build, loopback, about 3 minutes); writes docs/performance.md.
 bench: services
-	$(CARGO) run --release -q -p countersign-bench -- ledger
+	$(CARGO) run --release -q -p countersign-bench -- all
 
 ci: lint test

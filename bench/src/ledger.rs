@@ -15,9 +15,9 @@ use countersign_ledger::{Ledger, Metadata, StoreConfig};
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::report::{Figure, Section, machine};
+use crate::report::{Figure, Section, machine, progress};
 
-pub struct Settings {
+pub(crate) struct Settings {
     pub server: String,
     pub seconds: u64,
     pub runs: usize,
@@ -26,7 +26,7 @@ pub struct Settings {
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
 /// A submission the size of a typical one (about 1 KiB stored).
-fn submission() -> anyhow::Result<Submission> {
+pub(crate) fn submission() -> anyhow::Result<Submission> {
     Ok(serde_json::from_value(json!({
         "module": "billing", "capability": "refund",
         "payload": { "order": 1042, "amount": { "value": 25.5, "currency": "EUR" }, "reason": "damaged in transit" },
@@ -36,14 +36,14 @@ fn submission() -> anyhow::Result<Submission> {
     }))?)
 }
 
-struct Database {
+pub(crate) struct Database {
     server: String,
-    name: String,
-    url: String,
+    pub(crate) name: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    async fn create(server: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(server: &str) -> anyhow::Result<Self> {
         let name = format!("countersign_bench_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(server)
             .await
@@ -62,7 +62,7 @@ impl Database {
         })
     }
 
-    async fn drop_now(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop_now(self) -> anyhow::Result<()> {
         let mut admin = PgConnection::connect(&self.server).await?;
         admin
             .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
@@ -204,7 +204,7 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
     for clients in CONCURRENCY {
         let (mut baseline, mut ours, mut sqlite) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..settings.runs {
-            eprintln_progress(&format!(
+            progress(&format!(
                 "ledger: {clients} writers, run {}/{}",
                 run + 1,
                 settings.runs
@@ -261,8 +261,4 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
         id: "ledger-appends",
         markdown,
     })
-}
-
-fn eprintln_progress(message: &str) {
-    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{message}\n"));
 }

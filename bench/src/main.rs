@@ -2,6 +2,7 @@
 //! database, and writes the figures into `docs/performance.md`. Loopback only, bounded in time.
 
 mod ledger;
+mod projections;
 mod report;
 
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ struct Cli {
 enum Bench {
     /// Append throughput of the ledger at 1, 16 and 64 writers, beside pgbench single-row INSERTs.
     Ledger,
+    /// Projection rebuild rate beside the log read rate, and projection lag under load.
+    Projections,
+    /// Every bench above, in order.
+    All,
 }
 
 fn main() -> ExitCode {
@@ -59,10 +64,18 @@ fn main() -> ExitCode {
         runs: cli.runs,
     };
     let result = runtime.block_on(async {
-        let section = match cli.bench {
-            Bench::Ledger => ledger::run(&settings).await?,
+        let sections = match cli.bench {
+            Bench::Ledger => vec![ledger::run(&settings).await?],
+            Bench::Projections => vec![projections::run(&settings).await?],
+            Bench::All => vec![
+                ledger::run(&settings).await?,
+                projections::run(&settings).await?,
+            ],
         };
-        report::write_section(&cli.out, &section)
+        for section in &sections {
+            report::write_section(&cli.out, section)?;
+        }
+        anyhow::Ok(())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -84,3 +84,8 @@ pub fn write_section(path: &Path, section: &Section) -> anyhow::Result<()> {
     };
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
 }
+
+/// A progress line on standard error.
+pub fn progress(message: &str) {
+    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{message}\n"));
+}
