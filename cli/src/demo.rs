@@ -370,10 +370,36 @@ pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
             crate::store::describe(&store.config())
         )?;
     }
-    writeln!(out, "Demo users:")?;
-    for person in people.all() {
-        let roles: Vec<&str> = person.roles.iter().map(Role::as_str).collect();
-        writeln!(out, "  {:<8} {}", person.id, roles.join(", "))?;
+    let keys = crate::auth::ensure_dev_keys(&store.data_dir)?;
+    let secret = keys.jwt_hs256_secret.as_bytes();
+    writeln!(
+        out,
+        "Development keys: {} (serve picks them up; never use them in production).",
+        store.data_dir.join("dev-keys.json").display()
+    )?;
+    writeln!(
+        out,
+        "Tokens, valid 30 days (export one as TOKEN and send `Authorization: Bearer $TOKEN`):"
+    )?;
+    let mut users: Vec<(&str, String, Vec<&str>)> = people
+        .all()
+        .into_iter()
+        .map(|person| {
+            (
+                DEMO_TENANT,
+                person.id.to_string(),
+                person.roles.iter().map(Role::as_str).collect(),
+            )
+        })
+        .collect();
+    users.push(("globex", "gus".to_owned(), vec!["owner"]));
+    for (tenant, user, roles) in users {
+        let token = crate::auth::token(secret, &user, tenant, &roles, 30 * 86_400)?;
+        writeln!(
+            out,
+            "  {user:<7} {tenant:<7} {:<28} {token}",
+            roles.join(",")
+        )?;
     }
     Ok(())
 }

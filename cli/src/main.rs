@@ -1,5 +1,6 @@
 //! `countersign`: one binary for the approval ledger's service, workers and tools.
 
+mod auth;
 mod demo;
 mod projections;
 mod schemas;
@@ -40,6 +41,11 @@ enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate(StoreArgs),
+    /// Mint a development JWT (HS256) for a user.
+    Token(auth::TokenArgs),
+    /// Create, list or revoke a tenant's API keys.
+    #[command(subcommand)]
+    ApiKeys(auth::ApiKeysCommand),
     /// Inspect or rebuild the read models.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -91,6 +97,8 @@ fn main() -> ExitCode {
         Command::Migrate(store) => block_on(store::migrate(&store)),
         Command::Demo(store) => block_on(demo::run(&store)),
         Command::Projections(command) => block_on(projections::run(command)),
+        Command::Token(args) => auth::token_command(&args),
+        Command::ApiKeys(command) => block_on(auth::api_keys_command(command)),
         Command::Replay(args) => block_on(projections::replay_command(&args)),
     };
     match result {

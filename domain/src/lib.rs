@@ -9,6 +9,7 @@
 //! - [`quorum`] counts the votes of one stage.
 //! - [`action`] is the `Action` aggregate: commands, events, decide and apply.
 //! - [`canonical`] gives the canonical JSON and the execution key.
+//! - [`tenant`] holds a tenant's policies, settings and API keys as aggregates.
 
 pub mod action;
 pub mod canonical;
@@ -19,6 +20,7 @@ pub mod quorum;
 pub mod risk;
 pub mod schema;
 pub mod submission;
+pub mod tenant;
 mod text;
 
 pub use ids::{

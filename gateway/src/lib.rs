@@ -1,18 +1,163 @@
-//! The HTTP gateway. `app(state)` builds the whole router, so tests drive it with `oneshot` and
-//! `serve` binds it to a socket.
+//! The HTTP gateway: the `/v1` API with authentication, roles and tenant isolation, its OpenAPI
+//! document, health, readiness and metrics. [`app`] builds the whole router, so tests drive it
+//! with `oneshot` and `serve` binds it to a socket. Handlers stay thin: extract, build a command,
+//! call the ledger or a projection, map the result (see [`error`] for the error policy).
 
-mod health;
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod hub;
+pub mod routes;
+mod service;
 
-use axum::Router;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aide::axum::ApiRouter;
+use aide::openapi::{Info, OpenApi};
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::{Extension, Router};
 use countersign_ledger::Ledger;
+use countersign_projections::ProjectionStore;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AuthConfig, Authenticator, Caller, Claims, mint_hs256};
+pub use hub::EventHub;
+
+/// Limits the gateway enforces on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 256 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub ledger: Ledger,
+    pub projections: ProjectionStore,
+    pub auth: Authenticator,
+    pub hub: EventHub,
+    pub limits: Limits,
+    pub metrics: Option<PrometheusHandle>,
+    pub metrics_token: Option<String>,
+}
+
+fn api_routes() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .merge(routes::actions::router())
+        .merge(routes::policies::router())
+        .merge(routes::tenant::router())
+}
+
+fn describe(api: &mut OpenApi) {
+    api.info = Info {
+        title: "countersign".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: Some(
+            "An event-sourced approval ledger. Authenticate with `Authorization: Bearer <JWT or API key>`; \
+             errors are RFC 9457 problem+json with a stable `code`. See docs/api.md."
+                .into(),
+        ),
+        ..Info::default()
+    };
+    api.components
+        .get_or_insert_with(Default::default)
+        .security_schemes
+        .insert(
+            "bearer".into(),
+            aide::openapi::ReferenceOr::Item(aide::openapi::SecurityScheme::Http {
+                scheme: "bearer".into(),
+                bearer_format: Some(
+                    "JWT or countersign API key (csk.<tenant>.<id>.<secret>)".into(),
+                ),
+                description: None,
+                extensions: Default::default(),
+            }),
+        );
+}
+
+/// The OpenAPI document of the `/v1` API.
+pub fn openapi() -> OpenApi {
+    let mut api = OpenApi::default();
+    let _ = api_routes().finish_api(&mut api);
+    describe(&mut api);
+    api
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "countersign_http_request_duration_seconds",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
-    Router::new().merge(health::router()).with_state(state)
+    let mut api = OpenApi::default();
+    let limits = state.limits;
+    let v1 = api_routes().finish_api(&mut api);
+    describe(&mut api);
+    Router::new()
+        .merge(v1)
+        .merge(routes::docs::router())
+        .merge(routes::health::router())
+        .layer(Extension(Arc::new(api)))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.body_bytes))
+        .layer(axum::middleware::from_fn(record_metrics))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default();
+                let correlation_id = request
+                    .headers()
+                    .get(&extract::CORRELATION_ID)
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or(request_id);
+                tracing::info_span!(
+                    "http",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id,
+                    correlation_id,
+                    tenant = tracing::field::Empty,
+                    principal = tracing::field::Empty,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
 }

@@ -48,6 +48,8 @@ impl RetryPolicy {
 pub struct RecordedEvent<E> {
     pub sequence: u64,
     pub position: i64,
+    /// The writing transaction (0 on SQLite): with `position`, the event's place in log order.
+    pub txid: i64,
     pub event: E,
 }
 
@@ -72,6 +74,18 @@ where
     /// The global position of the last event appended.
     pub fn last_position(&self) -> Option<i64> {
         self.events.last().map(|event| event.position)
+    }
+
+    /// Where the last event appended sits in the log: a reader whose cursor has reached this has
+    /// seen every event of the command.
+    pub fn last_cursor(&self) -> Option<crate::LogCursor> {
+        self.events
+            .iter()
+            .map(|event| crate::LogCursor {
+                txid: event.txid,
+                position: event.position,
+            })
+            .max()
     }
 }
 
@@ -242,34 +256,40 @@ impl Ledger {
             return Ok(Vec::new());
         };
         let first = i64::try_from(first).map_err(LedgerError::store)?;
-        let query = "SELECT sequence, position FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
-                      ORDER BY sequence";
-        let rows: Vec<(i64, i64)> = match &self.backend {
+        let rows: Vec<(i64, i64, i64)> = match &self.backend {
             Backend::Postgres(pool) => {
-                sqlx::query_as(query)
-                    .bind(A::TYPE)
-                    .bind(id)
-                    .bind(first)
-                    .fetch_all(pool)
-                    .await
+                sqlx::query_as(
+                    "SELECT sequence, position, txid::text::bigint FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
+                      ORDER BY sequence",
+                )
+                .bind(A::TYPE)
+                .bind(id)
+                .bind(first)
+                .fetch_all(pool)
+                .await
             }
             Backend::Sqlite(pool) => {
-                sqlx::query_as(query)
-                    .bind(A::TYPE)
-                    .bind(id)
-                    .bind(first)
-                    .fetch_all(pool)
-                    .await
+                sqlx::query_as(
+                    "SELECT sequence, position, 0 FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
+                      ORDER BY sequence",
+                )
+                .bind(A::TYPE)
+                .bind(id)
+                .bind(first)
+                .fetch_all(pool)
+                .await
             }
         }
         .map_err(LedgerError::store)?;
         Ok(events
             .into_iter()
             .zip(rows)
-            .map(|((sequence, event), (_, position))| RecordedEvent {
+            .map(|((sequence, event), (_, position, txid))| RecordedEvent {
                 sequence,
                 position,
+                txid,
                 event,
             })
             .collect())

@@ -64,6 +64,12 @@ where
 /// `already_submitted`.
 impl LedgerAggregate for Action {}
 
+/// A tenant's policies, settings and API keys: every command is decided on the stream's current
+/// state, so a retry after a conflict decides again on fresh state.
+impl LedgerAggregate for countersign_domain::tenant::PolicySet {}
+impl LedgerAggregate for countersign_domain::tenant::TenantSettings {}
+impl LedgerAggregate for countersign_domain::tenant::ApiKeys {}
+
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {

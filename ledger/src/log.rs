@@ -96,13 +96,15 @@ struct LogRow {
     event_version: String,
 }
 
+// ORDER BY names the table's columns: the output alias `txid` is a bigint, and ordering by it
+// would defeat the (txid, position) index and sort every remaining row on each batch.
 const PG_READ: &str = "
 SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata, recorded_at
   FROM events
  WHERE (txid, position) > ($1::bigint::text::xid8, $2)
    AND txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY txid, position
+ ORDER BY events.txid, events.position
  LIMIT $3";
 
 const SQLITE_READ: &str = "
@@ -145,23 +147,71 @@ impl Ledger {
                     .fetch_all(pool)
                     .await
                     .context("reading the log")?;
-                rows.iter()
-                    .map(|row| {
-                        let base = LogRow::from_row(row).context("decoding a log row")?;
-                        let text =
-                            |column: &str| -> anyhow::Result<String> { Ok(row.try_get(column)?) };
-                        let recorded_at = DateTime::parse_from_rfc3339(&text("recorded_at")?)
-                            .context("recorded_at")?
-                            .with_timezone(&Utc);
-                        Ok(logged(
-                            base,
-                            serde_json::from_str(&text("payload")?)?,
-                            serde_json::from_str(&text("metadata")?)?,
-                            recorded_at,
-                        ))
-                    })
-                    .collect()
+                rows.iter().map(sqlite_logged).collect()
             }
+        }
+    }
+
+    /// Every stored event of one aggregate, in sequence order, with when it was recorded (for
+    /// history: the policy in force at a past moment).
+    pub async fn events_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
+        let mut events = Vec::new();
+        let mut after = -1;
+        // Reuse the log decoding by reading this aggregate's rows in sequence order.
+        loop {
+            let batch = match &self.backend {
+                Backend::Postgres(pool) => {
+                    let rows = sqlx::query(
+                        "SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
+                                event_type, event_version, payload, metadata, recorded_at
+                           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                          ORDER BY sequence LIMIT 1000",
+                    )
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after)
+                    .fetch_all(pool)
+                    .await
+                    .context("reading an aggregate's events")?;
+                    rows.iter()
+                        .map(|row| {
+                            let base = LogRow::from_row(row)?;
+                            Ok(logged(
+                                base,
+                                row.try_get("payload")?,
+                                row.try_get("metadata")?,
+                                row.try_get("recorded_at")?,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()?
+                }
+                Backend::Sqlite(pool) => {
+                    let rows = sqlx::query(
+                        "SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
+                                event_type, event_version, payload, metadata, recorded_at
+                           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                          ORDER BY sequence LIMIT 1000",
+                    )
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after)
+                    .fetch_all(pool)
+                    .await
+                    .context("reading an aggregate's events")?;
+                    rows.iter()
+                        .map(sqlite_logged)
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                }
+            };
+            let Some(last) = batch.last() else {
+                return Ok(events);
+            };
+            after = last.sequence;
+            events.extend(batch);
         }
     }
 
@@ -206,6 +256,20 @@ impl Ledger {
             position,
         }))
     }
+}
+
+fn sqlite_logged(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LoggedEvent> {
+    let base = LogRow::from_row(row).context("decoding a log row")?;
+    let text = |column: &str| -> anyhow::Result<String> { Ok(row.try_get(column)?) };
+    let recorded_at = DateTime::parse_from_rfc3339(&text("recorded_at")?)
+        .context("recorded_at")?
+        .with_timezone(&Utc);
+    Ok(logged(
+        base,
+        serde_json::from_str(&text("payload")?)?,
+        serde_json::from_str(&text("metadata")?)?,
+        recorded_at,
+    ))
 }
 
 fn logged(

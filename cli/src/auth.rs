@@ -1,0 +1,345 @@
+//! Key material for the service (`serve`), development keys and tokens (`demo`, `token`), and
+//! API key administration from the command line (`api-keys`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use countersign_domain::tenant::{ApiKeyCommand, ApiKeys, TenantCommandContext};
+use countersign_domain::{Principal, Role, TenantId, UserId};
+use countersign_gateway::auth::digest;
+use countersign_gateway::routes::tenant::new_key_material;
+use countersign_gateway::{AuthConfig, Claims, mint_hs256};
+use countersign_ledger::Metadata;
+use jsonwebtoken::jwk::JwkSet;
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreArgs;
+
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// HS256 secret for JWTs (any string; at least 32 bytes recommended).
+    #[arg(long, env = "COUNTERSIGN_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// A JWKS file of RS256/EdDSA public keys for JWTs.
+    #[arg(long, env = "COUNTERSIGN_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "COUNTERSIGN_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "COUNTERSIGN_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// 64 hex digits keying the digests API keys are stored as; without it API keys are off.
+    #[arg(long, env = "COUNTERSIGN_API_KEY_SECRET", hide_env_values = true)]
+    pub api_key_secret: Option<String>,
+    /// Use the development keys `countersign demo` wrote to <data-dir>/dev-keys.json, if present.
+    #[arg(long, env = "COUNTERSIGN_DEV_KEYS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dev_keys: bool,
+}
+
+/// Development key material, written by `countersign demo` beside the embedded store.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DevKeys {
+    pub jwt_hs256_secret: String,
+    pub api_key_secret: String,
+}
+
+fn dev_keys_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("dev-keys.json")
+}
+
+fn random_hex() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The development keys under `data_dir`, created on first use.
+pub fn ensure_dev_keys(data_dir: &Path) -> anyhow::Result<DevKeys> {
+    let path = dev_keys_path(data_dir);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid", path.display()));
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let keys = DevKeys {
+        jwt_hs256_secret: random_hex(),
+        api_key_secret: random_hex(),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&keys)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(keys)
+}
+
+impl AuthArgs {
+    /// The key material: flags and environment first, then the development keys.
+    pub fn config(&self, store: &StoreArgs) -> anyhow::Result<AuthConfig> {
+        let dev = if self.dev_keys {
+            let path = dev_keys_path(&store.data_dir);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    tracing::warn!(path = %path.display(), "using development keys written by `countersign demo`; configure real keys in production");
+                    Some(
+                        serde_json::from_str::<DevKeys>(&text)
+                            .with_context(|| format!("{} is not valid", path.display()))?,
+                    )
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let hs256_secret = self
+            .jwt_hs256_secret
+            .clone()
+            .or_else(|| dev.as_ref().map(|keys| keys.jwt_hs256_secret.clone()))
+            .map(String::into_bytes);
+        if hs256_secret
+            .as_ref()
+            .is_some_and(|secret| secret.len() < 16)
+        {
+            bail!("--jwt-hs256-secret must be at least 16 bytes");
+        }
+        let jwks = match &self.jwks_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Some(
+                    serde_json::from_str::<JwkSet>(&text)
+                        .with_context(|| format!("{} is not a JWKS document", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let api_key_secret = match self
+            .api_key_secret
+            .clone()
+            .or_else(|| dev.as_ref().map(|keys| keys.api_key_secret.clone()))
+        {
+            Some(hex) => Some(
+                AuthConfig::parse_key(&hex)
+                    .map_err(|err| anyhow::anyhow!("--api-key-secret {err}"))?,
+            ),
+            None => None,
+        };
+        Ok(AuthConfig {
+            hs256_secret,
+            jwks,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            api_key_secret,
+        })
+    }
+}
+
+/// A token for `subject` valid for `ttl_seconds`.
+pub fn token(
+    secret: &[u8],
+    subject: &str,
+    tenant: &str,
+    roles: &[&str],
+    ttl_seconds: i64,
+) -> anyhow::Result<String> {
+    let now = chrono::Utc::now().timestamp();
+    mint_hs256(
+        secret,
+        &Claims {
+            sub: subject.to_owned(),
+            tenant: tenant.to_owned(),
+            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+            exp: now + ttl_seconds,
+            iat: Some(now),
+            iss: None,
+            aud: None,
+        },
+    )
+    .map_err(|err| anyhow::anyhow!("minting a token: {err}"))
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// The user (`sub` claim).
+    #[arg(long)]
+    pub sub: String,
+    #[arg(long)]
+    pub tenant: String,
+    /// Comma-separated roles.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub ttl_seconds: i64,
+}
+
+/// `countersign token`: mints a development HS256 token.
+pub fn token_command(args: &TokenArgs) -> anyhow::Result<()> {
+    TenantId::parse(args.tenant.as_str()).context("--tenant")?;
+    UserId::parse(args.sub.as_str()).context("--sub")?;
+    for role in &args.roles {
+        Role::parse(role.as_str()).context("--roles")?;
+    }
+    let config = args.auth.config(&args.store)?;
+    let secret = config
+        .hs256_secret
+        .context("no HS256 secret: set COUNTERSIGN_JWT_HS256_SECRET or run `countersign demo` for development keys")?;
+    let roles: Vec<&str> = args.roles.iter().map(String::as_str).collect();
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        token(&secret, &args.sub, &args.tenant, &roles, args.ttl_seconds)?
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create a key; its secret is printed once.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated roles the key holds.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+fn operator() -> anyhow::Result<Principal> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
+    Ok(Principal::new(
+        UserId::parse(format!("cli:{user}")).unwrap_or(UserId::parse("cli:operator")?),
+        [Role::owner()],
+    ))
+}
+
+async fn run_key_command(
+    store: &StoreArgs,
+    tenant: &TenantId,
+    command: ApiKeyCommand,
+) -> anyhow::Result<ApiKeys> {
+    let ledger = store.open_migrated().await?;
+    let by = operator()?;
+    let committed = ledger
+        .execute::<ApiKeys>(
+            tenant.as_str(),
+            command,
+            &Metadata::new(tenant.clone(), by.id),
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    ledger.close().await;
+    Ok(committed.aggregate)
+}
+
+pub async fn api_keys_command(command: ApiKeysCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout();
+    match command {
+        ApiKeysCommand::Create {
+            store,
+            auth,
+            tenant,
+            name,
+            roles,
+        } => {
+            let tenant = TenantId::parse(tenant).context("--tenant")?;
+            let roles = roles
+                .iter()
+                .map(|role| Role::parse(role.as_str()))
+                .collect::<Result<_, _>>()
+                .context("--roles")?;
+            let secret_key = auth
+                .config(&store)?
+                .api_key_secret
+                .context("no API key secret: set COUNTERSIGN_API_KEY_SECRET (64 hex digits)")?;
+            let (key_id, secret) = new_key_material();
+            let command = ApiKeyCommand::CreateApiKey {
+                context: TenantCommandContext {
+                    tenant: tenant.clone(),
+                    by: operator()?,
+                    at: chrono::Utc::now(),
+                    correlation_id: None,
+                },
+                key_id: key_id.clone(),
+                name,
+                roles,
+                digest: digest(&secret_key, &secret).to_hex().to_string(),
+            };
+            run_key_command(&store, &tenant, command).await?;
+            writeln!(
+                out,
+                "key id {key_id}; the secret is shown once:\ncsk.{tenant}.{key_id}.{secret}"
+            )?;
+        }
+        ApiKeysCommand::List { store, tenant } => {
+            let tenant = TenantId::parse(tenant).context("--tenant")?;
+            let ledger = store.open_migrated().await?;
+            let (keys, _) = ledger
+                .load::<ApiKeys>(tenant.as_str())
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
+            for key in keys.keys.values() {
+                let roles: Vec<&str> = key.roles.iter().map(Role::as_str).collect();
+                let state = key.revoked_at.map_or_else(
+                    || "active".to_owned(),
+                    |at| format!("revoked {}", at.to_rfc3339()),
+                );
+                writeln!(
+                    out,
+                    "{}  {:<24} {:<30} {}",
+                    key.key_id,
+                    key.name,
+                    roles.join(","),
+                    state
+                )?;
+            }
+        }
+        ApiKeysCommand::Revoke {
+            store,
+            tenant,
+            key_id,
+        } => {
+            let tenant = TenantId::parse(tenant).context("--tenant")?;
+            let command = ApiKeyCommand::RevokeApiKey {
+                context: TenantCommandContext {
+                    tenant: tenant.clone(),
+                    by: operator()?,
+                    at: chrono::Utc::now(),
+                    correlation_id: None,
+                },
+                key_id: key_id.clone(),
+            };
+            run_key_command(&store, &tenant, command).await?;
+            writeln!(out, "revoked {key_id}")?;
+        }
+    }
+    Ok(())
+}

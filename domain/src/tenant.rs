@@ -1,0 +1,761 @@
+//! A tenant's configuration as event-sourced aggregates, one stream each per tenant (aggregate
+//! id = the tenant id): its approval policies (`policy_set`), its settings (`tenant_settings`:
+//! mode and default policy) and its API keys (`api_keys`). Every change is an event, so the
+//! policy in force at any past moment can be reconstructed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::criteria::Criteria;
+use crate::policy::{Policy, Requirements};
+use crate::{CorrelationId, PolicyId, Principal, Role, TenantId, TenantMode, Timestamp, UserId};
+
+/// Who, when and why, for tenant-level events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantEventContext {
+    pub tenant: TenantId,
+    pub actor: UserId,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationId>,
+}
+
+/// Who asks, for which tenant, when (tenant-level commands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TenantCommandContext {
+    pub tenant: TenantId,
+    pub by: Principal,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<CorrelationId>,
+}
+
+impl TenantCommandContext {
+    fn event_context(&self) -> TenantEventContext {
+        TenantEventContext {
+            tenant: self.tenant.clone(),
+            actor: self.by.id.clone(),
+            at: self.at,
+            correlation_id: self.correlation_id.clone(),
+        }
+    }
+}
+
+/// Why a tenant-level command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// Handling: 409.
+    #[error("policy `{0}` already exists")]
+    PolicyExists(PolicyId),
+    /// Handling: 404.
+    #[error("policy `{0}` not found")]
+    PolicyNotFound(PolicyId),
+    /// The command names another tenant than the stream's. Handling: 404.
+    #[error("not found")]
+    WrongTenant,
+    /// Handling: 409.
+    #[error("API key `{0}` already exists")]
+    ApiKeyExists(String),
+    /// Handling: 404.
+    #[error("API key `{0}` not found")]
+    ApiKeyNotFound(String),
+    /// The update names a version that is no longer the current one. Handling: 409.
+    #[error("policy `{id}` is at version {current}, not {expected}")]
+    StaleVersion {
+        id: PolicyId,
+        current: u32,
+        expected: u32,
+    },
+}
+
+impl TenantError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PolicyExists(_) => "policy_exists",
+            Self::PolicyNotFound(_) => "policy_not_found",
+            Self::WrongTenant => "not_found",
+            Self::ApiKeyExists(_) => "api_key_exists",
+            Self::ApiKeyNotFound(_) => "api_key_not_found",
+            Self::StaleVersion { .. } => "stale_version",
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------ policies
+
+/// A policy's editable fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDraft {
+    pub name: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "match_all")]
+    pub criteria: Criteria,
+    pub requirements: Requirements,
+}
+
+fn match_all() -> Criteria {
+    Criteria::always()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum PolicyCommand {
+    CreatePolicy {
+        context: TenantCommandContext,
+        id: PolicyId,
+        draft: PolicyDraft,
+    },
+    /// Replaces a policy's fields; `expected_version` guards against lost updates.
+    UpdatePolicy {
+        context: TenantCommandContext,
+        id: PolicyId,
+        draft: PolicyDraft,
+        expected_version: Option<u32>,
+    },
+    DeletePolicy {
+        context: TenantCommandContext,
+        id: PolicyId,
+    },
+}
+
+impl PolicyCommand {
+    fn context(&self) -> &TenantCommandContext {
+        match self {
+            Self::CreatePolicy { context, .. }
+            | Self::UpdatePolicy { context, .. }
+            | Self::DeletePolicy { context, .. } => context,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum PolicyEvent {
+    PolicyCreated {
+        #[serde(flatten)]
+        context: TenantEventContext,
+        policy: Policy,
+    },
+    PolicyUpdated {
+        #[serde(flatten)]
+        context: TenantEventContext,
+        policy: Policy,
+    },
+    PolicyDeleted {
+        #[serde(flatten)]
+        context: TenantEventContext,
+        id: PolicyId,
+        version: u32,
+    },
+}
+
+impl cqrs_es::DomainEvent for PolicyEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::PolicyCreated { .. } => "PolicyCreated",
+            Self::PolicyUpdated { .. } => "PolicyUpdated",
+            Self::PolicyDeleted { .. } => "PolicyDeleted",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A tenant's policies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicySet {
+    pub tenant: Option<TenantId>,
+    pub policies: BTreeMap<PolicyId, Policy>,
+}
+
+impl PolicySet {
+    pub fn list(&self) -> Vec<Policy> {
+        self.policies.values().cloned().collect()
+    }
+
+    fn check_tenant(&self, context: &TenantCommandContext) -> Result<(), TenantError> {
+        match &self.tenant {
+            Some(tenant) if *tenant != context.tenant => Err(TenantError::WrongTenant),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn decide(&self, command: PolicyCommand) -> Result<Vec<PolicyEvent>, TenantError> {
+        self.check_tenant(command.context())?;
+        Ok(match command {
+            PolicyCommand::CreatePolicy { context, id, draft } => {
+                if self.policies.contains_key(&id) {
+                    return Err(TenantError::PolicyExists(id));
+                }
+                vec![PolicyEvent::PolicyCreated {
+                    policy: Policy {
+                        id,
+                        version: 1,
+                        name: draft.name,
+                        priority: draft.priority,
+                        criteria: draft.criteria,
+                        requirements: draft.requirements,
+                        created_at: context.at,
+                    },
+                    context: context.event_context(),
+                }]
+            }
+            PolicyCommand::UpdatePolicy {
+                context,
+                id,
+                draft,
+                expected_version,
+            } => {
+                let current = self
+                    .policies
+                    .get(&id)
+                    .ok_or_else(|| TenantError::PolicyNotFound(id.clone()))?;
+                if let Some(expected) = expected_version.filter(|v| *v != current.version) {
+                    return Err(TenantError::StaleVersion {
+                        id,
+                        current: current.version,
+                        expected,
+                    });
+                }
+                let policy = Policy {
+                    id,
+                    version: current.version + 1,
+                    name: draft.name,
+                    priority: draft.priority,
+                    criteria: draft.criteria,
+                    requirements: draft.requirements,
+                    created_at: current.created_at,
+                };
+                if policy.name == current.name
+                    && policy.priority == current.priority
+                    && policy.criteria == current.criteria
+                    && policy.requirements == current.requirements
+                {
+                    return Ok(Vec::new());
+                }
+                vec![PolicyEvent::PolicyUpdated {
+                    context: context.event_context(),
+                    policy,
+                }]
+            }
+            PolicyCommand::DeletePolicy { context, id } => {
+                let current = self
+                    .policies
+                    .get(&id)
+                    .ok_or_else(|| TenantError::PolicyNotFound(id.clone()))?;
+                vec![PolicyEvent::PolicyDeleted {
+                    context: context.event_context(),
+                    version: current.version,
+                    id,
+                }]
+            }
+        })
+    }
+
+    pub fn apply(&mut self, event: PolicyEvent) {
+        match event {
+            PolicyEvent::PolicyCreated { context, policy }
+            | PolicyEvent::PolicyUpdated { context, policy } => {
+                self.tenant = Some(context.tenant);
+                self.policies.insert(policy.id.clone(), policy);
+            }
+            PolicyEvent::PolicyDeleted { id, .. } => {
+                self.policies.remove(&id);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------ settings
+
+/// A tenant's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub mode: TenantMode,
+    /// What applies when no policy matches.
+    pub default_requirements: Requirements,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: TenantMode::RequireApproval,
+            default_requirements: Requirements::builtin_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum SettingsCommand {
+    UpdateSettings {
+        context: TenantCommandContext,
+        settings: Settings,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum SettingsEvent {
+    SettingsUpdated {
+        #[serde(flatten)]
+        context: TenantEventContext,
+        settings: Settings,
+    },
+}
+
+impl cqrs_es::DomainEvent for SettingsEvent {
+    fn event_type(&self) -> String {
+        "SettingsUpdated".to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A tenant's settings stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantSettings {
+    pub tenant: Option<TenantId>,
+    pub settings: Settings,
+}
+
+impl TenantSettings {
+    pub fn decide(&self, command: SettingsCommand) -> Result<Vec<SettingsEvent>, TenantError> {
+        let SettingsCommand::UpdateSettings { context, settings } = command;
+        if self
+            .tenant
+            .as_ref()
+            .is_some_and(|tenant| *tenant != context.tenant)
+        {
+            return Err(TenantError::WrongTenant);
+        }
+        if self.tenant.is_some() && settings == self.settings {
+            return Ok(Vec::new());
+        }
+        Ok(vec![SettingsEvent::SettingsUpdated {
+            context: context.event_context(),
+            settings,
+        }])
+    }
+
+    pub fn apply(&mut self, event: SettingsEvent) {
+        let SettingsEvent::SettingsUpdated { context, settings } = event;
+        self.tenant = Some(context.tenant);
+        self.settings = settings;
+    }
+}
+
+// ------------------------------------------------------------------------------------ API keys
+
+/// An API key as stored: never the secret, only its keyed digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub name: String,
+    pub roles: BTreeSet<Role>,
+    /// Hex of the keyed blake3 digest of the secret.
+    pub digest: String,
+    pub created_by: UserId,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiKeyCommand {
+    CreateApiKey {
+        context: TenantCommandContext,
+        key_id: String,
+        name: String,
+        roles: BTreeSet<Role>,
+        digest: String,
+    },
+    RevokeApiKey {
+        context: TenantCommandContext,
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiKeyEvent {
+    ApiKeyCreated {
+        #[serde(flatten)]
+        context: TenantEventContext,
+        key_id: String,
+        name: String,
+        roles: BTreeSet<Role>,
+        digest: String,
+    },
+    ApiKeyRevoked {
+        #[serde(flatten)]
+        context: TenantEventContext,
+        key_id: String,
+    },
+}
+
+impl cqrs_es::DomainEvent for ApiKeyEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::ApiKeyCreated { .. } => "ApiKeyCreated",
+            Self::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A tenant's API keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiKeys {
+    pub tenant: Option<TenantId>,
+    pub keys: BTreeMap<String, ApiKeyRecord>,
+}
+
+impl ApiKeys {
+    pub fn decide(&self, command: ApiKeyCommand) -> Result<Vec<ApiKeyEvent>, TenantError> {
+        let context = match &command {
+            ApiKeyCommand::CreateApiKey { context, .. }
+            | ApiKeyCommand::RevokeApiKey { context, .. } => context,
+        };
+        if self
+            .tenant
+            .as_ref()
+            .is_some_and(|tenant| *tenant != context.tenant)
+        {
+            return Err(TenantError::WrongTenant);
+        }
+        Ok(match command {
+            ApiKeyCommand::CreateApiKey {
+                context,
+                key_id,
+                name,
+                roles,
+                digest,
+            } => {
+                if self.keys.contains_key(&key_id) {
+                    return Err(TenantError::ApiKeyExists(key_id));
+                }
+                vec![ApiKeyEvent::ApiKeyCreated {
+                    context: context.event_context(),
+                    key_id,
+                    name,
+                    roles,
+                    digest,
+                }]
+            }
+            ApiKeyCommand::RevokeApiKey { context, key_id } => match self.keys.get(&key_id) {
+                None => return Err(TenantError::ApiKeyNotFound(key_id)),
+                Some(key) if key.revoked_at.is_some() => Vec::new(),
+                Some(_) => vec![ApiKeyEvent::ApiKeyRevoked {
+                    context: context.event_context(),
+                    key_id,
+                }],
+            },
+        })
+    }
+
+    pub fn apply(&mut self, event: ApiKeyEvent) {
+        match event {
+            ApiKeyEvent::ApiKeyCreated {
+                context,
+                key_id,
+                name,
+                roles,
+                digest,
+            } => {
+                self.tenant = Some(context.tenant);
+                self.keys.insert(
+                    key_id.clone(),
+                    ApiKeyRecord {
+                        key_id,
+                        name,
+                        roles,
+                        digest,
+                        created_by: context.actor,
+                        created_at: context.at,
+                        revoked_at: None,
+                    },
+                );
+            }
+            ApiKeyEvent::ApiKeyRevoked { context, key_id } => {
+                if let Some(key) = self.keys.get_mut(&key_id) {
+                    key.revoked_at = Some(context.at);
+                }
+            }
+        }
+    }
+}
+
+macro_rules! tenant_aggregate {
+    ($aggregate:ty, $type:literal, $command:ty, $event:ty) => {
+        impl cqrs_es::Aggregate for $aggregate {
+            /// Stored aggregate type: never rename.
+            const TYPE: &'static str = $type;
+            type Command = $command;
+            type Event = $event;
+            type Error = TenantError;
+            type Services = ();
+
+            async fn handle(
+                &mut self,
+                command: Self::Command,
+                _services: &Self::Services,
+                sink: &cqrs_es::event_sink::EventSink<Self>,
+            ) -> Result<(), Self::Error> {
+                for event in self.decide(command)? {
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+
+            fn apply(&mut self, event: Self::Event) {
+                Self::apply(self, event);
+            }
+        }
+    };
+}
+
+tenant_aggregate!(PolicySet, "policy_set", PolicyCommand, PolicyEvent);
+tenant_aggregate!(
+    TenantSettings,
+    "tenant_settings",
+    SettingsCommand,
+    SettingsEvent
+);
+tenant_aggregate!(ApiKeys, "api_keys", ApiKeyCommand, ApiKeyEvent);
+
+/// Parses a policy draft from JSON, naming the offending path (criteria paths included).
+pub fn parse_draft(document: &Value) -> Result<PolicyDraft, crate::ParseError> {
+    serde_path_to_error::deserialize(document).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner().to_string();
+        crate::ParseError::new(if path == "." { String::new() } else { path }, inner)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Role;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn context(tenant: &str, seconds: i64) -> TenantCommandContext {
+        TenantCommandContext {
+            tenant: TenantId::parse(tenant).expect("tenant"),
+            by: Principal::new(UserId::parse("ada").expect("user"), [Role::admin()]),
+            at: chrono::Utc
+                .timestamp_opt(1_800_000_000 + seconds, 0)
+                .single()
+                .expect("time"),
+            correlation_id: None,
+        }
+    }
+
+    fn draft(name: &str, priority: i32) -> PolicyDraft {
+        parse_draft(&json!({
+            "name": name, "priority": priority, "criteria": { "module": "billing" },
+            "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 2 }] }] }
+        }))
+        .expect("draft")
+    }
+
+    fn run(set: &mut PolicySet, command: PolicyCommand) -> Result<usize, TenantError> {
+        let events = set.decide(command)?;
+        let count = events.len();
+        for event in events {
+            set.apply(event);
+        }
+        Ok(count)
+    }
+
+    #[test]
+    fn policies_are_created_versioned_on_update_and_deleted() {
+        let mut set = PolicySet::default();
+        let id = PolicyId::parse("refunds").expect("id");
+        run(
+            &mut set,
+            PolicyCommand::CreatePolicy {
+                context: context("acme", 0),
+                id: id.clone(),
+                draft: draft("Refunds", 5),
+            },
+        )
+        .expect("create");
+        assert_eq!(set.policies[&id].version, 1);
+        assert_eq!(
+            run(
+                &mut set,
+                PolicyCommand::CreatePolicy {
+                    context: context("acme", 1),
+                    id: id.clone(),
+                    draft: draft("Again", 1)
+                }
+            ),
+            Err(TenantError::PolicyExists(id.clone()))
+        );
+        run(
+            &mut set,
+            PolicyCommand::UpdatePolicy {
+                context: context("acme", 2),
+                id: id.clone(),
+                draft: draft("Refunds v2", 9),
+                expected_version: Some(1),
+            },
+        )
+        .expect("update");
+        let updated = &set.policies[&id];
+        assert_eq!(
+            (updated.version, updated.priority, updated.name.as_str()),
+            (2, 9, "Refunds v2")
+        );
+        assert_eq!(
+            updated.created_at,
+            context("acme", 0).at,
+            "creation time is kept for priority ties"
+        );
+        assert_eq!(
+            run(
+                &mut set,
+                PolicyCommand::UpdatePolicy {
+                    context: context("acme", 3),
+                    id: id.clone(),
+                    draft: draft("x", 1),
+                    expected_version: Some(1)
+                }
+            )
+            .map_err(|e| e.code()),
+            Err("stale_version")
+        );
+        assert_eq!(
+            run(
+                &mut set,
+                PolicyCommand::UpdatePolicy {
+                    context: context("acme", 4),
+                    id: id.clone(),
+                    draft: draft("Refunds v2", 9),
+                    expected_version: None
+                }
+            ),
+            Ok(0),
+            "an identical update records nothing"
+        );
+        run(
+            &mut set,
+            PolicyCommand::DeletePolicy {
+                context: context("acme", 5),
+                id: id.clone(),
+            },
+        )
+        .expect("delete");
+        assert!(set.policies.is_empty());
+        assert_eq!(
+            run(
+                &mut set,
+                PolicyCommand::DeletePolicy {
+                    context: context("acme", 6),
+                    id: id.clone()
+                }
+            )
+            .map_err(|e| e.code()),
+            Err("policy_not_found")
+        );
+        assert_eq!(
+            run(
+                &mut set,
+                PolicyCommand::CreatePolicy {
+                    context: context("globex", 7),
+                    id,
+                    draft: draft("x", 1)
+                }
+            ),
+            Err(TenantError::WrongTenant)
+        );
+    }
+
+    #[test]
+    fn invalid_drafts_name_the_offending_path() {
+        let err = parse_draft(&json!({ "name": "x", "criteria": { "risk.lvl": "high" }, "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } }))
+            .expect_err("invalid criteria");
+        assert!(err.to_string().contains("criteria.risk.lvl"), "{err}");
+        let err = parse_draft(&json!({ "name": "x", "requirements": { "stages": [] } }))
+            .expect_err("no stages");
+        assert_eq!(err.field, "requirements.stages");
+    }
+
+    #[test]
+    fn settings_and_api_keys_fold_their_events() {
+        let mut settings = TenantSettings::default();
+        assert_eq!(settings.settings.mode, TenantMode::RequireApproval);
+        let update = Settings {
+            mode: TenantMode::Safe,
+            default_requirements: Requirements::builtin_default(),
+        };
+        for event in settings
+            .decide(SettingsCommand::UpdateSettings {
+                context: context("acme", 0),
+                settings: update.clone(),
+            })
+            .expect("update")
+        {
+            settings.apply(event);
+        }
+        assert_eq!(settings.settings.mode, TenantMode::Safe);
+        assert!(
+            settings
+                .decide(SettingsCommand::UpdateSettings {
+                    context: context("acme", 1),
+                    settings: update
+                })
+                .expect("same")
+                .is_empty()
+        );
+
+        let mut keys = ApiKeys::default();
+        let create = ApiKeyCommand::CreateApiKey {
+            context: context("acme", 0),
+            key_id: "k1".into(),
+            name: "billing service".into(),
+            roles: [Role::parse("requester").expect("role")].into(),
+            digest: "ab".repeat(32),
+        };
+        for event in keys.decide(create).expect("create") {
+            keys.apply(event);
+        }
+        for event in keys
+            .decide(ApiKeyCommand::RevokeApiKey {
+                context: context("acme", 1),
+                key_id: "k1".into(),
+            })
+            .expect("revoke")
+        {
+            keys.apply(event);
+        }
+        assert!(keys.keys["k1"].revoked_at.is_some());
+        assert!(
+            keys.decide(ApiKeyCommand::RevokeApiKey {
+                context: context("acme", 2),
+                key_id: "k1".into()
+            })
+            .expect("again")
+            .is_empty()
+        );
+        assert_eq!(
+            keys.decide(ApiKeyCommand::RevokeApiKey {
+                context: context("acme", 2),
+                key_id: "k9".into()
+            })
+            .map_err(|e| e.code()),
+            Err("api_key_not_found")
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Each resource module exposes `router()`; `crate::app` merges them.
+
+pub mod actions;
+pub mod docs;
+pub mod health;
+pub mod policies;
+pub mod tenant;

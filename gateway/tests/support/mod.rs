@@ -1,0 +1,230 @@
+//! A running app on a fresh store: projections and the event hub run as in `serve`; requests go
+//! through the router with `oneshot`.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use countersign_gateway::{
+    AppState, AuthConfig, Authenticator, Claims, EventHub, Limits, app, mint_hs256,
+};
+use countersign_ledger::LogCursor;
+use countersign_ledger::testing::TestStore;
+use countersign_projections::{ProjectionStore, Supervisor};
+use serde_json::Value;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+pub const SECRET: &[u8] = b"test-secret-for-countersign-gateway";
+pub const API_KEY_SECRET: [u8; 32] = [7; 32];
+
+pub struct TestApp {
+    pub store: TestStore,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or_default()
+    }
+
+    pub fn token(&self) -> Option<String> {
+        self.headers
+            .get("x-consistency-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+pub fn token(user: &str, tenant: &str, roles: &[&str]) -> String {
+    token_with(user, tenant, roles, chrono::Utc::now().timestamp() + 3600)
+}
+
+pub fn token_with(user: &str, tenant: &str, roles: &[&str], exp: i64) -> String {
+    mint_hs256(
+        SECRET,
+        &Claims {
+            sub: user.to_owned(),
+            tenant: tenant.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            exp,
+            iat: None,
+            iss: None,
+            aud: None,
+        },
+    )
+    .expect("token")
+}
+
+impl TestApp {
+    pub async fn spawn(kind: &str) -> Self {
+        Self::with_auth(
+            kind,
+            AuthConfig {
+                hs256_secret: Some(SECRET.to_vec()),
+                api_key_secret: Some(API_KEY_SECRET),
+                ..AuthConfig::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn with_auth(kind: &str, auth: AuthConfig) -> Self {
+        let store = TestStore::of_kind(kind).await.expect("store");
+        let projections = ProjectionStore::open(&store.config)
+            .await
+            .expect("projections");
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(
+            Supervisor::new(store.ledger.clone(), projections.clone()).run(stopped.clone()),
+        );
+        let hub = EventHub::new();
+        tokio::spawn(hub.clone().run(store.ledger.clone(), stopped));
+        let state = AppState {
+            ledger: store.ledger.clone(),
+            projections,
+            auth: Authenticator::new(auth),
+            hub,
+            limits: Limits {
+                body_bytes: 64 * 1024,
+                ..Limits::default()
+            },
+            metrics: None,
+            metrics_token: Some("metrics-secret".into()),
+        };
+        // Wait for the projections to exist, as a deployed service would before taking traffic.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while state
+            .projections
+            .live(countersign_projections::Projection::Audit)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            || state
+                .projections
+                .live(countersign_projections::Projection::Actions)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "projections never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { store, state, stop }
+    }
+
+    pub async fn raw(&self, request: Request<Body>) -> Answer {
+        let response = app(self.state.clone())
+            .oneshot(request)
+            .await
+            .expect("response");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = to_bytes(response.into_body(), 4 << 20).await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("request");
+        self.raw(request).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// Every event in the store (waiting for the readable horizon to pass `at_least` events).
+    pub async fn event_count(&self) -> usize {
+        let mut cursor = LogCursor::START;
+        let mut count = 0;
+        loop {
+            let batch = self.store.ledger.read_log(cursor, 1000).await.expect("log");
+            let Some(last) = batch.last() else {
+                return count;
+            };
+            cursor = last.cursor;
+            count += batch.len();
+        }
+    }
+
+    /// The number of committed events, once every one is readable.
+    pub async fn settled_event_count(&self) -> usize {
+        let head = self.store.ledger.log_head().await.expect("head");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let count = self.event_count().await;
+            let committed = self.committed_events().await;
+            if count == committed {
+                return count;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{count} of {committed} events readable (head {head:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn committed_events(&self) -> usize {
+        let sql = "SELECT COUNT(*) FROM events";
+        let count: i64 = match self.store.ledger.backend() {
+            countersign_ledger::Backend::Postgres(pool) => {
+                sqlx::query_scalar(sql).fetch_one(pool).await
+            }
+            countersign_ledger::Backend::Sqlite(pool) => {
+                sqlx::query_scalar(sql).fetch_one(pool).await
+            }
+        }
+        .expect("count");
+        usize::try_from(count).unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
