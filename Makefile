@@ -1,7 +1,7 @@
 # One gate, run the same way everywhere: `make ci` is what CI and developers run.
 CARGO ?= cargo
 
-.PHONY: run demo tour test lint fmt schemas ci services bench
+.PHONY: run demo tour test lint fmt schemas ci services bench fuzz-api
 
 ## The service on its embedded default (SQLite under ./data; set DATABASE_URL for PostgreSQL).
 run:
@@ -38,3 +38,7 @@ bench: services
 	$(CARGO) run --release -q -p countersign-bench -- all
 
 ci: lint test
+
+## schemathesis against the served /openapi.json for a bounded time (FUZZ_SECONDS, default 300).
+fuzz-api:
+	scripts/fuzz-api.sh

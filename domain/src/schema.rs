@@ -7,8 +7,9 @@ use crate::action::{ActionCommand, ActionEvent, ActionState};
 use crate::policy::{Policy, Requirements};
 use crate::risk::RiskAssessment;
 use crate::submission::Submission;
+use crate::tenant::{ApiKeyCommand, ApiKeyEvent, PolicyCommand, PolicyEvent, Settings, SettingsCommand, SettingsEvent};
 
-fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
+pub fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
     (file, schema_for!(T))
 }
 
@@ -22,6 +23,13 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<Requirements>("requirements.json"),
         named::<RiskAssessment>("risk-assessment.json"),
         named::<Submission>("submission.json"),
+        named::<PolicyCommand>("policy-command.json"),
+        named::<PolicyEvent>("policy-event.json"),
+        named::<SettingsCommand>("settings-command.json"),
+        named::<SettingsEvent>("settings-event.json"),
+        named::<Settings>("settings.json"),
+        named::<ApiKeyCommand>("api-key-command.json"),
+        named::<ApiKeyEvent>("api-key-event.json"),
     ]
 }
 
