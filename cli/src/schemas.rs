@@ -28,7 +28,10 @@ pub fn run(out: &Path, check: bool) -> anyhow::Result<()> {
     for (file, schema) in schemas {
         documents.push((file, render(&schema)?));
     }
-    documents.push(("openapi.json", serde_json::to_string_pretty(&countersign_gateway::openapi())? + "\n"));
+    documents.push((
+        "openapi.json",
+        serde_json::to_string_pretty(&countersign_gateway::openapi())? + "\n",
+    ));
     for (file, wanted) in documents {
         let path = out.join(file);
         if check {

@@ -7,7 +7,10 @@ use crate::action::{ActionCommand, ActionEvent, ActionState};
 use crate::policy::{Policy, Requirements};
 use crate::risk::RiskAssessment;
 use crate::submission::Submission;
-use crate::tenant::{ApiKeyCommand, ApiKeyEvent, PolicyCommand, PolicyEvent, Settings, SettingsCommand, SettingsEvent};
+use crate::tenant::{
+    ApiKeyCommand, ApiKeyEvent, PolicyCommand, PolicyEvent, Settings, SettingsCommand,
+    SettingsEvent,
+};
 
 pub fn named<T: JsonSchema>(file: &'static str) -> (&'static str, Schema) {
     (file, schema_for!(T))

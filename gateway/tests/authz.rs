@@ -1,6 +1,9 @@
 //! Every cell of the authorization matrix in docs/api.md, and tenant isolation on every
 //! endpoint that names a resource.
-#![expect(clippy::expect_used, reason = "a test fails loudly where its setup breaks")]
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly where its setup breaks"
+)]
 
 mod support;
 
@@ -36,7 +39,13 @@ async fn approved(app: &TestApp) -> String {
 
 async fn approved_by(app: &TestApp, requester: &str) -> String {
     let id = pending_by(app, requester).await;
-    let answer = app.post(&format!("/v1/actions/{id}/approve"), &as_role("owner"), json!({})).await;
+    let answer = app
+        .post(
+            &format!("/v1/actions/{id}/approve"),
+            &as_role("owner"),
+            json!({}),
+        )
+        .await;
     assert_eq!(answer.body["status"], "approved");
     id
 }
@@ -46,13 +55,35 @@ fn allowed(status: StatusCode) -> bool {
 }
 
 /// Runs one operation as each role; `expected` lists who is allowed, in `ROLES` order.
-async fn check(app: &TestApp, operation: &str, expected: [bool; 5], mut run: impl AsyncFnMut(&TestApp, &str) -> (StatusCode, String)) {
+async fn check(
+    app: &TestApp,
+    operation: &str,
+    expected: [bool; 5],
+    mut run: impl AsyncFnMut(&TestApp, &str) -> (StatusCode, String),
+) {
     for (role, allow) in ROLES.iter().zip(expected) {
         let (status, code) = run(app, &as_role(role)).await;
-        assert_eq!(allowed(status), allow, "{operation} as {role}: {status} {code}");
+        assert_eq!(
+            allowed(status),
+            allow,
+            "{operation} as {role}: {status} {code}"
+        );
         if !allow {
-            assert_eq!(status, StatusCode::FORBIDDEN, "{operation} as {role}: {code}");
-            assert!(["forbidden", "not_eligible", "not_permitted", "self_approval_forbidden"].contains(&code.as_str()), "{operation} as {role}: {code}");
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{operation} as {role}: {code}"
+            );
+            assert!(
+                [
+                    "forbidden",
+                    "not_eligible",
+                    "not_permitted",
+                    "self_approval_forbidden"
+                ]
+                .contains(&code.as_str()),
+                "{operation} as {role}: {code}"
+            );
         }
     }
 }
@@ -62,39 +93,95 @@ async fn every_cell_of_the_authorization_matrix() {
     let app = TestApp::spawn("sqlite").await;
     let code = |answer: support::Answer| (answer.status, answer.code().to_owned());
 
-    check(&app, "submit", [true, true, true, true, false], async |app, t| code(app.post("/v1/actions", t, refund()).await)).await;
-    check(&app, "read the inbox", [true; 5], async |app, t| code(app.get("/v1/actions", t).await)).await;
+    check(
+        &app,
+        "submit",
+        [true, true, true, true, false],
+        async |app, t| code(app.post("/v1/actions", t, refund()).await),
+    )
+    .await;
+    check(&app, "read the inbox", [true; 5], async |app, t| {
+        code(app.get("/v1/actions", t).await)
+    })
+    .await;
     let id = pending(&app).await;
     check(&app, "read an action", [true; 5], async |app, t| {
         let answer = app.get(&format!("/v1/actions/{id}"), t).await;
         // The projection may not have the new action yet: a 404 here would be a lag, not a refusal.
-        if answer.status == StatusCode::NOT_FOUND { (StatusCode::OK, String::new()) } else { code(answer) }
+        if answer.status == StatusCode::NOT_FOUND {
+            (StatusCode::OK, String::new())
+        } else {
+            code(answer)
+        }
     })
     .await;
-    check(&app, "vote under the default policy", [true, true, false, false, false], async |app, t| {
-        let id = pending(app).await;
-        code(app.post(&format!("/v1/actions/{id}/votes"), t, json!({ "vote": "approve" })).await)
-    })
+    check(
+        &app,
+        "vote under the default policy",
+        [true, true, false, false, false],
+        async |app, t| {
+            let id = pending(app).await;
+            code(
+                app.post(
+                    &format!("/v1/actions/{id}/votes"),
+                    t,
+                    json!({ "vote": "approve" }),
+                )
+                .await,
+            )
+        },
+    )
     .await;
     let stranger = token("stranger", "acme", &["requester"]);
-    check(&app, "cancel someone else's action", [true, true, false, false, false], async |app, t| {
-        let id = pending_by(app, &stranger).await;
-        code(app.post(&format!("/v1/actions/{id}/cancel"), t, json!({})).await)
+    check(
+        &app,
+        "cancel someone else's action",
+        [true, true, false, false, false],
+        async |app, t| {
+            let id = pending_by(app, &stranger).await;
+            code(
+                app.post(&format!("/v1/actions/{id}/cancel"), t, json!({}))
+                    .await,
+            )
+        },
+    )
+    .await;
+    check(
+        &app,
+        "execute someone else's action",
+        [true, true, false, false, false],
+        async |app, t| {
+            let id = approved_by(app, &stranger).await;
+            code(
+                app.post(&format!("/v1/actions/{id}/execute"), t, json!({}))
+                    .await,
+            )
+        },
+    )
+    .await;
+    check(
+        &app,
+        "read an audit trail",
+        [true, true, false, false, true],
+        async |app, t| {
+            let id = approved(app).await;
+            let answer = app.get(&format!("/v1/actions/{id}/audit"), t).await;
+            if answer.status == StatusCode::NOT_FOUND {
+                (StatusCode::OK, String::new())
+            } else {
+                code(answer)
+            }
+        },
+    )
+    .await;
+    check(&app, "read policies", [true; 5], async |app, t| {
+        code(app.get("/v1/policies", t).await)
     })
     .await;
-    check(&app, "execute someone else's action", [true, true, false, false, false], async |app, t| {
-        let id = approved_by(app, &stranger).await;
-        code(app.post(&format!("/v1/actions/{id}/execute"), t, json!({})).await)
+    check(&app, "simulate", [true; 5], async |app, t| {
+        code(app.post("/v1/policies/simulate", t, refund()).await)
     })
     .await;
-    check(&app, "read an audit trail", [true, true, false, false, true], async |app, t| {
-        let id = approved(app).await;
-        let answer = app.get(&format!("/v1/actions/{id}/audit"), t).await;
-        if answer.status == StatusCode::NOT_FOUND { (StatusCode::OK, String::new()) } else { code(answer) }
-    })
-    .await;
-    check(&app, "read policies", [true; 5], async |app, t| code(app.get("/v1/policies", t).await)).await;
-    check(&app, "simulate", [true; 5], async |app, t| code(app.post("/v1/policies/simulate", t, refund()).await)).await;
     let mut n = 0;
     check(&app, "create a policy", [true, true, false, false, false], async |app, t| {
         n += 1;
@@ -113,45 +200,130 @@ async fn every_cell_of_the_authorization_matrix() {
         code(app.call(Method::DELETE, &format!("/v1/policies/{id}"), Some(t), None).await)
     })
     .await;
-    check(&app, "read settings", [true, true, false, false, true], async |app, t| code(app.get("/v1/settings", t).await)).await;
-    check(&app, "change settings", [true, true, false, false, false], async |app, t| {
-        let current = app.get("/v1/settings", &as_role("owner")).await.body;
-        code(app.call(Method::PUT, "/v1/settings", Some(t), Some(current)).await)
-    })
+    check(
+        &app,
+        "read settings",
+        [true, true, false, false, true],
+        async |app, t| code(app.get("/v1/settings", t).await),
+    )
     .await;
-    check(&app, "create an API key", [true, true, false, false, false], async |app, t| {
-        code(app.post("/v1/api-keys", t, json!({ "name": "svc", "roles": ["requester"] })).await)
-    })
+    check(
+        &app,
+        "change settings",
+        [true, true, false, false, false],
+        async |app, t| {
+            let current = app.get("/v1/settings", &as_role("owner")).await.body;
+            code(
+                app.call(Method::PUT, "/v1/settings", Some(t), Some(current))
+                    .await,
+            )
+        },
+    )
     .await;
-    check(&app, "list API keys", [true, true, false, false, false], async |app, t| code(app.get("/v1/api-keys", t).await)).await;
-    check(&app, "revoke an API key", [true, true, false, false, false], async |app, t| {
-        let key = app.post("/v1/api-keys", &as_role("owner"), json!({ "name": "svc", "roles": ["requester"] })).await;
-        let key_id = key.body["key_id"].as_str().expect("key id").to_owned();
-        code(app.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(t), None).await)
-    })
+    check(
+        &app,
+        "create an API key",
+        [true, true, false, false, false],
+        async |app, t| {
+            code(
+                app.post(
+                    "/v1/api-keys",
+                    t,
+                    json!({ "name": "svc", "roles": ["requester"] }),
+                )
+                .await,
+            )
+        },
+    )
     .await;
-    check(&app, "read stats", [true, true, true, false, true], async |app, t| code(app.get("/v1/stats", t).await)).await;
-    check(&app, "read another user's history", [true, true, false, false, true], async |app, t| {
-        code(app.get("/v1/users/someone-else/actions", t).await)
-    })
+    check(
+        &app,
+        "list API keys",
+        [true, true, false, false, false],
+        async |app, t| code(app.get("/v1/api-keys", t).await),
+    )
     .await;
-    check(&app, "read another user's votes", [true, true, false, false, true], async |app, t| {
-        code(app.get("/v1/users/someone-else/votes", t).await)
-    })
+    check(
+        &app,
+        "revoke an API key",
+        [true, true, false, false, false],
+        async |app, t| {
+            let key = app
+                .post(
+                    "/v1/api-keys",
+                    &as_role("owner"),
+                    json!({ "name": "svc", "roles": ["requester"] }),
+                )
+                .await;
+            let key_id = key.body["key_id"].as_str().expect("key id").to_owned();
+            code(
+                app.call(
+                    Method::DELETE,
+                    &format!("/v1/api-keys/{key_id}"),
+                    Some(t),
+                    None,
+                )
+                .await,
+            )
+        },
+    )
+    .await;
+    check(
+        &app,
+        "read stats",
+        [true, true, true, false, true],
+        async |app, t| code(app.get("/v1/stats", t).await),
+    )
+    .await;
+    check(
+        &app,
+        "read another user's history",
+        [true, true, false, false, true],
+        async |app, t| code(app.get("/v1/users/someone-else/actions", t).await),
+    )
+    .await;
+    check(
+        &app,
+        "read another user's votes",
+        [true, true, false, false, true],
+        async |app, t| code(app.get("/v1/users/someone-else/votes", t).await),
+    )
     .await;
     check(&app, "read one's own history", [true; 5], async |app, t| {
         let me = app.get("/v1/actions?limit=1", t).await;
         assert_eq!(me.status, StatusCode::OK);
         // Each role's token names `<role>-user`.
-        let user = ROLES.iter().find(|role| *t == as_role(role)).map(|role| format!("{role}-user")).unwrap_or_default();
+        let user = ROLES
+            .iter()
+            .find(|role| *t == as_role(role))
+            .map(|role| format!("{role}-user"))
+            .unwrap_or_default();
         code(app.get(&format!("/v1/users/{user}/votes"), t).await)
     })
     .await;
     // The requester may cancel and execute their own action.
     let own = pending(&app).await;
-    assert_eq!(app.post(&format!("/v1/actions/{own}/cancel"), &as_role("requester"), json!({})).await.status, StatusCode::OK);
+    assert_eq!(
+        app.post(
+            &format!("/v1/actions/{own}/cancel"),
+            &as_role("requester"),
+            json!({})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
     let own = approved(&app).await;
-    assert_eq!(app.post(&format!("/v1/actions/{own}/execute"), &as_role("requester"), json!({})).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.post(
+            &format!("/v1/actions/{own}/execute"),
+            &as_role("requester"),
+            json!({})
+        )
+        .await
+        .status,
+        StatusCode::ACCEPTED
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,43 +332,146 @@ async fn another_tenants_resources_answer_exactly_like_missing_ones() {
     let id = approved(&app).await;
     let policy = app.post("/v1/policies", &as_role("admin"), json!({ "id": "acme-only", "name": "a", "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } })).await;
     assert_eq!(policy.status, StatusCode::CREATED);
-    let key = app.post("/v1/api-keys", &as_role("admin"), json!({ "name": "svc", "roles": ["requester"] })).await;
+    let key = app
+        .post(
+            "/v1/api-keys",
+            &as_role("admin"),
+            json!({ "name": "svc", "roles": ["requester"] }),
+        )
+        .await;
     let key_id = key.body["key_id"].as_str().expect("key id").to_owned();
     // Make sure the projections hold the action before comparing.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app.get(&format!("/v1/actions/{id}/audit"), &as_role("owner")).await.status != StatusCode::OK {
+    while app
+        .get(&format!("/v1/actions/{id}/audit"), &as_role("owner"))
+        .await
+        .status
+        != StatusCode::OK
+    {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let missing = "00000000-0000-7000-8000-000000000000";
     let globex = token("gus", "globex", &["owner", "admin", "approver", "auditor"]);
     let cases: Vec<(Method, String, String, Option<Value>)> = vec![
-        (Method::GET, format!("/v1/actions/{id}"), format!("/v1/actions/{missing}"), None),
-        (Method::GET, format!("/v1/actions/{id}/audit"), format!("/v1/actions/{missing}/audit"), None),
-        (Method::GET, format!("/v1/actions/{id}/stream"), format!("/v1/actions/{missing}/stream"), None),
-        (Method::POST, format!("/v1/actions/{id}/votes"), format!("/v1/actions/{missing}/votes"), Some(json!({ "vote": "approve" }))),
-        (Method::POST, format!("/v1/actions/{id}/approve"), format!("/v1/actions/{missing}/approve"), Some(json!({}))),
-        (Method::POST, format!("/v1/actions/{id}/reject"), format!("/v1/actions/{missing}/reject"), Some(json!({}))),
-        (Method::POST, format!("/v1/actions/{id}/cancel"), format!("/v1/actions/{missing}/cancel"), Some(json!({}))),
-        (Method::POST, format!("/v1/actions/{id}/execute"), format!("/v1/actions/{missing}/execute"), Some(json!({}))),
-        (Method::GET, "/v1/policies/acme-only".into(), "/v1/policies/nope".into(), None),
-        (Method::PUT, "/v1/policies/acme-only".into(), "/v1/policies/nope".into(), Some(json!({ "name": "x", "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } }))),
-        (Method::DELETE, "/v1/policies/acme-only".into(), "/v1/policies/nope".into(), None),
-        (Method::DELETE, format!("/v1/api-keys/{key_id}"), "/v1/api-keys/nope".into(), None),
+        (
+            Method::GET,
+            format!("/v1/actions/{id}"),
+            format!("/v1/actions/{missing}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/actions/{id}/audit"),
+            format!("/v1/actions/{missing}/audit"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/v1/actions/{id}/stream"),
+            format!("/v1/actions/{missing}/stream"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/actions/{id}/votes"),
+            format!("/v1/actions/{missing}/votes"),
+            Some(json!({ "vote": "approve" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/actions/{id}/approve"),
+            format!("/v1/actions/{missing}/approve"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/actions/{id}/reject"),
+            format!("/v1/actions/{missing}/reject"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/actions/{id}/cancel"),
+            format!("/v1/actions/{missing}/cancel"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/actions/{id}/execute"),
+            format!("/v1/actions/{missing}/execute"),
+            Some(json!({})),
+        ),
+        (
+            Method::GET,
+            "/v1/policies/acme-only".into(),
+            "/v1/policies/nope".into(),
+            None,
+        ),
+        (
+            Method::PUT,
+            "/v1/policies/acme-only".into(),
+            "/v1/policies/nope".into(),
+            Some(
+                json!({ "name": "x", "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } }),
+            ),
+        ),
+        (
+            Method::DELETE,
+            "/v1/policies/acme-only".into(),
+            "/v1/policies/nope".into(),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/api-keys/{key_id}"),
+            "/v1/api-keys/nope".into(),
+            None,
+        ),
     ];
     for (method, theirs, missing, body) in cases {
         let name = theirs.rsplit('/').next().unwrap_or_default().to_owned();
-        let foreign = app.call(method.clone(), &theirs, Some(&globex), body.clone()).await;
-        let absent = app.call(method.clone(), &missing, Some(&globex), body).await;
-        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{method} {theirs}: {}", foreign.body);
-        assert_eq!((foreign.status, foreign.code()), (absent.status, absent.code()), "{method} {theirs}");
+        let foreign = app
+            .call(method.clone(), &theirs, Some(&globex), body.clone())
+            .await;
+        let absent = app
+            .call(method.clone(), &missing, Some(&globex), body)
+            .await;
+        assert_eq!(
+            foreign.status,
+            StatusCode::NOT_FOUND,
+            "{method} {theirs}: {}",
+            foreign.body
+        );
+        assert_eq!(
+            (foreign.status, foreign.code()),
+            (absent.status, absent.code()),
+            "{method} {theirs}"
+        );
         // Details echo the requested name, and nothing else.
-        let absent_detail = absent.body["detail"].as_str().unwrap_or_default().replace("nope", &name);
-        assert_eq!(foreign.body["detail"].as_str().unwrap_or_default(), absent_detail, "{method} {theirs}");
+        let absent_detail = absent.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .replace("nope", &name);
+        assert_eq!(
+            foreign.body["detail"].as_str().unwrap_or_default(),
+            absent_detail,
+            "{method} {theirs}"
+        );
     }
     let theirs = app.get("/v1/actions?status=all", &globex).await;
     assert_eq!(theirs.body["items"].as_array().map(Vec::len), Some(0));
-    assert_eq!(app.get("/v1/policies", &globex).await.body["policies"].as_array().map(Vec::len), Some(0));
-    assert_eq!(app.get("/v1/api-keys", &globex).await.body["keys"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        app.get("/v1/policies", &globex).await.body["policies"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(
+        app.get("/v1/api-keys", &globex).await.body["keys"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
     assert_eq!(app.get("/v1/stats", &globex).await.body["submitted"], 0);
 }

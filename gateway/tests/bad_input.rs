@@ -1,6 +1,9 @@
 //! Bad input of every kind: each answers its status and stable code, names the field where there
 //! is one, and writes no event.
-#![expect(clippy::expect_used, reason = "a test fails loudly where its setup breaks")]
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly where its setup breaks"
+)]
 
 mod support;
 
@@ -12,7 +15,13 @@ use countersign_gateway::{AuthConfig, Claims, mint_hs256};
 use serde_json::{Value, json};
 use support::{TestApp, token, token_with};
 
-fn request(method: Method, path: &str, bearer: Option<&str>, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+fn request(
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Request<Body> {
     let mut builder = Request::builder().method(method).uri(path);
     if let Some(bearer) = bearer {
         builder = builder.header("authorization", format!("Bearer {bearer}"));
@@ -22,6 +31,9 @@ fn request(method: Method, path: &str, bearer: Option<&str>, content_type: Optio
     }
     builder.body(body.into()).expect("request")
 }
+
+/// (name, request, expected status, expected code, expected field)
+type Case<'a> = (&'a str, Request<Body>, StatusCode, &'a str, Option<&'a str>);
 
 fn refund() -> Value {
     json!({ "module": "billing", "capability": "refund", "summary": "Refund order 1042" })
@@ -34,15 +46,41 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     let requester = token("rita", "acme", &["requester"]);
     let submitted = app.post("/v1/actions", &requester, refund()).await;
     let id = submitted.body["id"].as_str().expect("id").to_owned();
-    let key = app.post("/v1/api-keys", &owner, json!({ "name": "svc", "roles": ["requester"] })).await;
+    let key = app
+        .post(
+            "/v1/api-keys",
+            &owner,
+            json!({ "name": "svc", "roles": ["requester"] }),
+        )
+        .await;
     let key_secret = key.body["api_key"].as_str().expect("key").to_owned();
     let key_id = key.body["key_id"].as_str().expect("key id").to_owned();
-    app.call(Method::DELETE, &format!("/v1/api-keys/{key_id}"), Some(&owner), None).await;
+    app.call(
+        Method::DELETE,
+        &format!("/v1/api-keys/{key_id}"),
+        Some(&owner),
+        None,
+    )
+    .await;
 
-    let expired = token_with("rita", "acme", &["requester"], chrono::Utc::now().timestamp() - 3600);
-    let forged = mint_hs256(b"another-secret-entirely-forged", &Claims {
-        sub: "rita".into(), tenant: "acme".into(), roles: vec!["owner".into()], exp: chrono::Utc::now().timestamp() + 3600, iat: None, iss: None, aud: None,
-    })
+    let expired = token_with(
+        "rita",
+        "acme",
+        &["requester"],
+        chrono::Utc::now().timestamp() - 3600,
+    );
+    let forged = mint_hs256(
+        b"another-secret-entirely-forged",
+        &Claims {
+            sub: "rita".into(),
+            tenant: "acme".into(),
+            roles: vec!["owner".into()],
+            exp: chrono::Utc::now().timestamp() + 3600,
+            iat: None,
+            iss: None,
+            aud: None,
+        },
+    )
     .expect("forged");
     let unsigned = format!(
         "{}.{}.",
@@ -53,7 +91,7 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     let oversized = json!({ "module": "billing", "capability": "refund", "summary": "x", "payload": { "blob": "x".repeat(70 * 1024) } });
 
     let json = Some("application/json");
-    let cases: Vec<(&str, Request<Body>, StatusCode, &str, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed JSON", request(Method::POST, "/v1/actions", Some(&requester), json, "{ not json"), StatusCode::BAD_REQUEST, "malformed_json", None),
         ("trailing garbage", request(Method::POST, "/v1/actions", Some(&requester), json, format!("{} x", refund())), StatusCode::BAD_REQUEST, "malformed_json", None),
         ("wrong type", request(Method::POST, "/v1/actions", Some(&requester), json, json!({ "module": "billing", "capability": "refund", "summary": 5 }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("summary")),
@@ -100,26 +138,58 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         let answer = app.raw(request).await;
         assert_eq!(answer.status, status, "{name}: {}", answer.body);
         assert_eq!(answer.code(), code, "{name}: {}", answer.body);
-        assert_eq!(answer.headers["content-type"], "application/problem+json", "{name}");
+        assert_eq!(
+            answer.headers["content-type"], "application/problem+json",
+            "{name}"
+        );
         assert_eq!(answer.body["status"], status.as_u16(), "{name}");
         if let Some(field) = field {
-            assert_eq!(answer.body["field"].as_str().map(|f| f.split('.').take(2).collect::<Vec<_>>().join(".")), Some(field.split('.').take(2).collect::<Vec<_>>().join(".")), "{name}: {}", answer.body);
+            assert_eq!(
+                answer.body["field"].as_str().map(|f| f
+                    .split('.')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(".")),
+                Some(field.split('.').take(2).collect::<Vec<_>>().join(".")),
+                "{name}: {}",
+                answer.body
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             assert_eq!(answer.headers["www-authenticate"], "Bearer", "{name}");
         }
     }
-    assert_eq!(app.settled_event_count().await, before, "no bad request wrote an event");
+    assert_eq!(
+        app.settled_event_count().await,
+        before,
+        "no bad request wrote an event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_key_material_nothing_but_health_answers() {
     let app = TestApp::with_auth("sqlite", AuthConfig::default()).await;
     let any = token("olga", "acme", &["owner"]);
-    for path in ["/v1/actions", "/v1/policies", "/v1/settings", "/openapi.json", "/docs"] {
+    for path in [
+        "/v1/actions",
+        "/v1/policies",
+        "/v1/settings",
+        "/openapi.json",
+        "/docs",
+    ] {
         let answer = app.call(Method::GET, path, Some(&any), None).await;
-        assert_eq!((answer.status, answer.code()), (StatusCode::UNAUTHORIZED, "authentication_unconfigured"), "{path}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (StatusCode::UNAUTHORIZED, "authentication_unconfigured"),
+            "{path}"
+        );
     }
-    assert_eq!(app.call(Method::GET, "/healthz", None, None).await.status, StatusCode::OK);
-    assert_eq!(app.call(Method::GET, "/readyz", None, None).await.status, StatusCode::OK);
+    assert_eq!(
+        app.call(Method::GET, "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.call(Method::GET, "/readyz", None, None).await.status,
+        StatusCode::OK
+    );
 }
