@@ -364,3 +364,15 @@ impl<S> OperationOutput for EventStream<S> {
             .unwrap_or_default()
     }
 }
+
+/// `{id}` in a path.
+#[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+pub struct IdPath {
+    pub id: String,
+}
+
+/// `{key_id}` in a path.
+#[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
+pub struct KeyPath {
+    pub key_id: String,
+}

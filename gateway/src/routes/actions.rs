@@ -30,7 +30,8 @@ use crate::AppState;
 use crate::auth::{Caller, roles};
 use crate::error::{ApiError, Problem};
 use crate::extract::{
-    EventStream, OptionalJson, Reply, StrictJson, StrictQuery, action_id, correlation_id, wait_for,
+    EventStream, IdPath, OptionalJson, Reply, StrictJson, StrictQuery, action_id, correlation_id,
+    wait_for,
 };
 use crate::service;
 
@@ -270,7 +271,7 @@ pub struct ReadQuery {
 async fn detail(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     StrictQuery(query): StrictQuery<ReadQuery>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = action_id(&id)?;
@@ -325,7 +326,7 @@ async fn vote(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     StrictJson(body): StrictJson<VoteBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     cast(
@@ -344,7 +345,7 @@ async fn approve(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     OptionalJson(body): OptionalJson<CommentBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     cast(
@@ -363,7 +364,7 @@ async fn reject(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     OptionalJson(body): OptionalJson<CommentBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     cast(
@@ -464,7 +465,7 @@ async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = action_id(&id)?;
@@ -511,7 +512,7 @@ async fn execute(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     OptionalJson(body): OptionalJson<ExecuteBody>,
 ) -> Result<Reply<ExecuteResult, 202>, ApiError> {
     let id = action_id(&id)?;
@@ -565,7 +566,7 @@ pub struct AuditTrail {
 async fn audit(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     StrictQuery(query): StrictQuery<ReadQuery>,
 ) -> Result<Reply<AuditTrail>, ApiError> {
     caller.require(
@@ -590,7 +591,7 @@ async fn audit(
 async fn stream(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<EventStream<impl Stream<Item = Result<Event, Infallible>> + Send + 'static>, ApiError> {
     let id = action_id(&id)?;
     let receiver = state.hub.subscribe();

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::{Caller, roles};
 use crate::error::ApiError;
-use crate::extract::{Reply, StrictJson, StrictQuery, correlation_id};
+use crate::extract::{IdPath, Reply, StrictJson, StrictQuery, correlation_id};
 use crate::service;
 
 pub fn router() -> ApiRouter<AppState> {
@@ -146,7 +146,7 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Reply<Policy>, ApiError> {
     let id = policy_id(&id)?;
     let (set, _) = state
@@ -166,7 +166,7 @@ async fn update(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     StrictJson(draft): StrictJson<PolicyDraft>,
 ) -> Result<Reply<Policy>, ApiError> {
     admin(&caller)?;
@@ -219,7 +219,7 @@ async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
 ) -> Result<Reply<Deleted>, ApiError> {
     admin(&caller)?;
     let id = policy_id(&id)?;

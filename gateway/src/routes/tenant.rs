@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::{Caller, digest, roles};
 use crate::error::ApiError;
-use crate::extract::{Reply, StrictJson, StrictQuery, correlation_id, wait_for};
+use crate::extract::{IdPath, KeyPath, Reply, StrictJson, StrictQuery, correlation_id, wait_for};
 use crate::service;
 
 pub fn router() -> ApiRouter<AppState> {
@@ -215,7 +215,7 @@ async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(key_id): Path<String>,
+    Path(KeyPath { key_id }): Path<KeyPath>,
 ) -> Result<Reply<ApiKeyView>, ApiError> {
     caller.require(&[roles::OWNER, roles::ADMIN], "managing API keys")?;
     let command = ApiKeyCommand::RevokeApiKey {
@@ -288,7 +288,7 @@ pub struct HistoryQuery {
 async fn user_actions(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    Path(IdPath { id: user }): Path<IdPath>,
     StrictQuery(query): StrictQuery<HistoryQuery>,
 ) -> Result<Reply<InboxPage>, ApiError> {
     may_read_history(&caller, &user)?;
@@ -319,7 +319,7 @@ pub struct VoteHistory {
 async fn user_votes(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user): Path<String>,
+    Path(IdPath { id: user }): Path<IdPath>,
     StrictQuery(query): StrictQuery<HistoryQuery>,
 ) -> Result<Reply<VoteHistory>, ApiError> {
     may_read_history(&caller, &user)?;
