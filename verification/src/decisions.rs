@@ -218,35 +218,70 @@ fn types(events: &[ActionEvent]) -> String {
         .join(", ")
 }
 
-/// The fields of two events' JSON that differ.
+/// The fields of two events' JSON that differ, by path (`risk.score: recorded 99, now 20`).
 fn differing_fields(recorded: &ActionEvent, emitted: &ActionEvent) -> String {
-    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
-        (serde_json::to_value(recorded), serde_json::to_value(emitted))
-    else {
+    let (Ok(a), Ok(b)) = (serde_json::to_value(recorded), serde_json::to_value(emitted)) else {
         return String::new();
     };
-    let (Some(Value::Object(a)), Some(Value::Object(b))) = (a.values().next(), b.values().next())
-    else {
-        return String::new();
+    // Both are `{ "EventType": { … } }`: compare inside.
+    let (a, b) = match (&a, &b) {
+        (Value::Object(a), Value::Object(b)) => (
+            a.values().next().cloned().unwrap_or(Value::Null),
+            b.values().next().cloned().unwrap_or(Value::Null),
+        ),
+        _ => (a, b),
     };
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter()
-        .filter(|key| a.get(*key) != b.get(*key))
-        .map(|key| {
-            let show = |value: Option<&Value>| {
-                value.map_or_else(|| "absent".to_owned(), |v| {
-                    let text = v.to_string();
-                    if text.len() > 80 {
-                        format!("{}…", &text[..text.floor_char_boundary(80)])
-                    } else {
-                        text
-                    }
-                })
-            };
-            format!("{key}: recorded {}, now {}", show(a.get(key)), show(b.get(key)))
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    let mut found = Vec::new();
+    diff_paths("", Some(&a), Some(&b), &mut found);
+    let shown: Vec<String> = found.iter().take(5).cloned().collect();
+    let more = found.len().saturating_sub(shown.len());
+    shown.join("; ")
+        + &if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+}
+
+fn show(value: Option<&Value>) -> String {
+    value.map_or_else(
+        || "absent".to_owned(),
+        |value| {
+            let text = value.to_string();
+            if text.len() > 80 {
+                format!("{}…", &text[..text.floor_char_boundary(80)])
+            } else {
+                text
+            }
+        },
+    )
+}
+
+fn diff_paths(path: &str, a: Option<&Value>, b: Option<&Value>, found: &mut Vec<String>) {
+    if a == b {
+        return;
+    }
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (a, b) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                diff_paths(&child(key), a.get(key), b.get(key), found);
+            }
+        }
+        (Some(Value::Array(a)), Some(Value::Array(b))) if a.len() == b.len() => {
+            for (i, (a, b)) in a.iter().zip(b).enumerate() {
+                diff_paths(&format!("{path}[{i}]"), Some(a), Some(b), found);
+            }
+        }
+        _ => found.push(format!("{path}: recorded {}, now {}", show(a), show(b))),
+    }
 }
 
 fn step(action: &Action, pending: &[&ActionEvent], complete: bool) -> Step {

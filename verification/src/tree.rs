@@ -473,9 +473,15 @@ mod tests {
                         "wrong index {wrong_index} for {index} at size {size}"
                     );
                 }
-                assert!(verify_inclusion(&leaf, index, size + 1, &proof, &root).is_err());
+                // A root stands for one size (a signed head binds them): the proof checked as
+                // the same leaf's in a tree of another size, against that tree's root, fails.
+                if size < MAX {
+                    let bigger = tree.root(size + 1).expect("root");
+                    assert!(verify_inclusion(&leaf, index, size + 1, &proof, &bigger).is_err());
+                }
                 if size > index + 1 {
-                    assert!(verify_inclusion(&leaf, index, size - 1, &proof, &root).is_err());
+                    let smaller = tree.root(size - 1).expect("root");
+                    assert!(verify_inclusion(&leaf, index, size - 1, &proof, &smaller).is_err());
                 }
                 if let Some((first, rest)) = proof.split_first() {
                     let mut tampered = vec![node_hash(first, first)];
@@ -510,17 +516,17 @@ mod tests {
                             .is_err()
                     );
                     if new < MAX {
+                        let bigger = roots[new as usize + 1];
                         assert!(
-                            verify_consistency(old, new + 1, &old_root, &new_root, &proof)
-                                .is_err(),
+                            verify_consistency(old, new + 1, &old_root, &bigger, &proof).is_err(),
                             "{old} -> {new} accepted as -> {}",
                             new + 1
                         );
                     }
                     if old > 1 {
+                        let smaller = roots[old as usize - 1];
                         assert!(
-                            verify_consistency(old - 1, new, &old_root, &new_root, &proof)
-                                .is_err(),
+                            verify_consistency(old - 1, new, &smaller, &new_root, &proof).is_err(),
                             "{old} -> {new} accepted from {}",
                             old - 1
                         );

@@ -109,8 +109,10 @@ pub struct TenantSummary {
     pub tenant: String,
     /// Events of the tenant in the log.
     pub events: u64,
-    /// Of which sealed (the rest came after the sealer's checkpoint).
+    /// Of which sealed.
     pub sealed: u64,
+    /// Of which not sealed yet (after the sealer's checkpoint): no head covers them.
+    pub unsealed: u64,
     /// Stored heads whose root and signature were checked.
     pub heads_checked: u64,
     /// The newest head checked.
@@ -141,7 +143,7 @@ impl Report {
 
     /// Events not yet sealed, summed over tenants.
     pub fn unsealed(&self) -> u64 {
-        self.tenants.iter().map(|t| t.events - t.sealed).sum()
+        self.tenants.iter().map(|t| t.unsealed).sum()
     }
 }
 
@@ -165,6 +167,8 @@ struct TenantCheck {
     heads_checked: u64,
     newest_head: Option<u64>,
     sealed: u64,
+    /// Events after the tree stored when the tenant was first seen.
+    unsealed: u64,
     /// The tenant's tree size stored when it was first seen.
     stored_size: u64,
     diverged: bool,
@@ -267,7 +271,7 @@ pub async fn verify(
                         divergences.push(diagnose(store, stored, event, &sealed).await?);
                     }
                     // Beyond the tree stored when the tenant was first seen: not sealed yet.
-                    None if ledger_sequence >= check.stored_size => {}
+                    None if ledger_sequence >= check.stored_size => check.unsealed += 1,
                     None => {
                         check.diverged = true;
                         let elsewhere = store
@@ -326,7 +330,7 @@ pub async fn verify(
             }
         }
         if let Some(checkpoint) = check.checkpoints.get(check.next)
-            && check.sealed == size
+            && check.unsealed == 0
         {
             let leaves_exist = !store.leaves(tenant, size, size + 1).await?.is_empty();
             if !leaves_exist {
@@ -351,7 +355,8 @@ pub async fn verify(
         .into_iter()
         .map(|(tenant, check)| TenantSummary {
             events: check.frontier.size(),
-            sealed: check.sealed,
+            sealed: check.frontier.size() - check.unsealed,
+            unsealed: check.unsealed,
             heads_checked: check.heads_checked,
             newest_head: check.newest_head,
             root: check.frontier.root(),
@@ -458,6 +463,7 @@ async fn start_tenant(
         heads_checked: 0,
         newest_head: None,
         sealed: 0,
+        unsealed: 0,
         stored_size: store
             .tree(tenant)
             .await?
