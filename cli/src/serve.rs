@@ -31,11 +31,11 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(Supervisor::new(ledger.clone(), projections.clone()).run(stopped.clone()));
     let seals = SealStore::open(&args.store.config()).await?;
     let mut sealer_stop = stopped;
-    let sealer = tokio::spawn(
-        Sealer::new(ledger.clone(), seals.clone(), seal_config).run(async move {
+    let sealer = tokio::spawn(Sealer::new(ledger.clone(), seals.clone(), seal_config).run(
+        async move {
             let _ = sealer_stop.wait_for(|stop| *stop).await;
-        }),
-    );
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -209,7 +209,11 @@ pub async fn run_verify(args: &VerifyArgs) -> anyhow::Result<()> {
         keys.push(read_public_key(key).with_context(|| format!("--public-key {key}"))?);
     }
     if let Some(path) = &args.signing_key {
-        keys.push(HeadSigner::read(path).context("--signing-key")?.public_key());
+        keys.push(
+            HeadSigner::read(path)
+                .context("--signing-key")?
+                .public_key(),
+        );
     }
     let published = match &args.published_heads {
         Some(dir) => read_published(dir).context("--published-heads")?,
@@ -327,7 +331,9 @@ pub async fn run_verify(args: &VerifyArgs) -> anyhow::Result<()> {
             "verification failed: {} divergence(s){}",
             report.divergences.len(),
             if args.decisions {
-                format!(", {mismatches} action(s) whose decisions the current code does not reproduce")
+                format!(
+                    ", {mismatches} action(s) whose decisions the current code does not reproduce"
+                )
             } else {
                 String::new()
             }

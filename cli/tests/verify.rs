@@ -116,15 +116,12 @@ async fn verify_export_and_tamper(store: TestStore) {
     ok(&run(&store, &["demo"]));
     let sealed = ok(&run(
         &store,
-        &[
-            "seal",
-            "--signing-key",
-            key,
-            "--publish-heads-dir",
-            heads,
-        ],
+        &["seal", "--signing-key", key, "--publish-heads-dir", heads],
     ));
-    assert!(sealed.contains("sealed 20 events; signed 1 heads"), "{sealed}");
+    assert!(
+        sealed.contains("sealed 20 events; signed 1 heads"),
+        "{sealed}"
+    );
     assert!(Path::new(heads).join("demo/latest.json").exists());
 
     fails(&run(&store, &["verify"]), "no public key was given");
@@ -149,7 +146,10 @@ async fn verify_export_and_tamper(store: TestStore) {
     );
     assert!(verified.contains("events/s"), "{verified}");
     assert!(verified.contains("OK: every sealed event"), "{verified}");
-    assert!(verified.contains("every recorded decision is reproduced"), "{verified}");
+    assert!(
+        verified.contains("every recorded decision is reproduced"),
+        "{verified}"
+    );
     let json: serde_json::Value = serde_json::from_str(&ok(&run(
         &store,
         &["verify", "--signing-key", key, "--json", "--tenant", "demo"],
@@ -166,8 +166,7 @@ async fn verify_export_and_tamper(store: TestStore) {
         &run(
             &store,
             &[
-                "audit", "export", "--tenant", "demo", "--from", "3", "--to", "21", "--out",
-                bundle,
+                "audit", "export", "--tenant", "demo", "--from", "3", "--to", "21", "--out", bundle,
             ],
         ),
         "--to 21 is beyond it",
@@ -176,7 +175,10 @@ async fn verify_export_and_tamper(store: TestStore) {
         &["audit", "verify", bundle, "--public-key", &public],
         &[],
     ));
-    assert!(offline.starts_with("OK: 20 events of tenant demo"), "{offline}");
+    assert!(
+        offline.starts_with("OK: 20 events of tenant demo"),
+        "{offline}"
+    );
     let other = dir.path().join("other.key");
     ok(&countersign(
         &["keys", "generate", "--out", other.to_str().expect("utf-8")],
@@ -203,7 +205,10 @@ async fn verify_export_and_tamper(store: TestStore) {
         "line 2 (ledger sequence 0",
     );
     fails(
-        &countersign(&["audit", "verify", "missing.jsonl", "--public-key", &public], &[]),
+        &countersign(
+            &["audit", "verify", "missing.jsonl", "--public-key", &public],
+            &[],
+        ),
         "opening missing.jsonl",
     );
 

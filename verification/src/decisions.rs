@@ -140,9 +140,11 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
                 reason: cancelled.reason.clone(),
             })]
         }
-        ActionEvent::ActionEscalated(escalated) => vec![ActionCommand::ExpireAction(ExpireAction {
-            context: context(&escalated.context, none()),
-        })],
+        ActionEvent::ActionEscalated(escalated) => {
+            vec![ActionCommand::ExpireAction(ExpireAction {
+                context: context(&escalated.context, none()),
+            })]
+        }
         ActionEvent::ActionExpired(expired) => vec![ActionCommand::ExpireAction(ExpireAction {
             context: context(&expired.context, none()),
         })],
@@ -220,7 +222,10 @@ fn types(events: &[ActionEvent]) -> String {
 
 /// The fields of two events' JSON that differ, by path (`risk.score: recorded 99, now 20`).
 fn differing_fields(recorded: &ActionEvent, emitted: &ActionEvent) -> String {
-    let (Ok(a), Ok(b)) = (serde_json::to_value(recorded), serde_json::to_value(emitted)) else {
+    let (Ok(a), Ok(b)) = (
+        serde_json::to_value(recorded),
+        serde_json::to_value(emitted),
+    ) else {
         return String::new();
     };
     // Both are `{ "EventType": { … } }`: compare inside.
@@ -325,10 +330,7 @@ fn step(action: &Action, pending: &[&ActionEvent], complete: bool) -> Step {
                         emitted[i].event_type(),
                         differing_fields(pending[i], &emitted[i])
                     ),
-                    _ => format!(
-                        "{name} decided again emits [{}]",
-                        types(&emitted)
-                    ),
+                    _ => format!("{name} decided again emits [{}]", types(&emitted)),
                 };
                 why.push(detail);
             }
@@ -417,16 +419,15 @@ pub async fn check_decisions(
                 continue;
             }
             report.events += 1;
-            let mismatch = |recorded: Vec<String>, detail: String, logged: &LoggedEvent| {
-                DecisionMismatch {
+            let mismatch =
+                |recorded: Vec<String>, detail: String, logged: &LoggedEvent| DecisionMismatch {
                     tenant: logged.tenant.clone(),
                     action_id: logged.aggregate_id.clone(),
                     sequence: logged.sequence,
                     position: logged.cursor.position,
                     recorded,
                     detail,
-                }
-            };
+                };
             let event = match logged.decode::<Action>() {
                 Ok(event) => event,
                 Err(err) => {

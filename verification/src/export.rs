@@ -137,7 +137,9 @@ pub async fn export(
             out.write_all(b"\n")?;
         }
         if (leaves.len() as u64) < end - start {
-            bail!("tenant {tenant} has fewer sealed leaves than its head claims: run `countersign verify`");
+            bail!(
+                "tenant {tenant} has fewer sealed leaves than its head claims: run `countersign verify`"
+            );
         }
         start = end;
     }
@@ -208,7 +210,8 @@ pub fn verify_bundle(reader: impl BufRead, keys: &KeyRing) -> anyhow::Result<Bun
                 line.ledger_sequence
             );
         }
-        if line.event.ledger_sequence != line.ledger_sequence || line.event.tenant != header.tenant {
+        if line.event.ledger_sequence != line.ledger_sequence || line.event.tenant != header.tenant
+        {
             bail!(
                 "line {number}: the event claims tenant {} ledger sequence {}, the line says tenant {} ledger sequence {}",
                 line.event.tenant,

@@ -31,7 +31,13 @@ pub struct SignedHead {
 
 impl SignedHead {
     /// The bytes that are signed.
-    pub fn message(tenant: &str, tree_size: u64, root: &Hash, signed_at: &str, key_id: &str) -> Vec<u8> {
+    pub fn message(
+        tenant: &str,
+        tree_size: u64,
+        root: &Hash,
+        signed_at: &str,
+        key_id: &str,
+    ) -> Vec<u8> {
         canonical_json(&json!({
             "format": HEAD_FORMAT,
             "tenant": tenant,
@@ -95,14 +101,26 @@ mod tests {
         assert_eq!(head.verify(&ring), Ok(()));
         let mut bigger = head.clone();
         bigger.tree_size = 8;
-        assert!(matches!(bigger.verify(&ring), Err(SignatureError::Invalid(_))));
+        assert!(matches!(
+            bigger.verify(&ring),
+            Err(SignatureError::Invalid(_))
+        ));
         let other = HeadSigner::generate();
         let forged = SignedHead::sign(&other, "acme", 7, leaf_hash(b"x"), Utc::now());
-        assert!(matches!(forged.verify(&ring), Err(SignatureError::UnknownKey(_))));
+        assert!(matches!(
+            forged.verify(&ring),
+            Err(SignatureError::UnknownKey(_))
+        ));
         let mut relabelled = forged.clone();
         relabelled.key_id = signer.id().to_owned();
-        assert!(matches!(relabelled.verify(&ring), Err(SignatureError::Invalid(_))));
+        assert!(matches!(
+            relabelled.verify(&ring),
+            Err(SignatureError::Invalid(_))
+        ));
         let text = serde_json::to_string(&head).expect("json");
-        assert_eq!(serde_json::from_str::<SignedHead>(&text).expect("parses"), head);
+        assert_eq!(
+            serde_json::from_str::<SignedHead>(&text).expect("parses"),
+            head
+        );
     }
 }

@@ -166,8 +166,7 @@ impl KeyRing {
             .keys
             .get(id)
             .ok_or_else(|| SignatureError::UnknownKey(id.to_owned()))?;
-        let signature =
-            Signature::from_slice(signature).map_err(|_| SignatureError::Malformed)?;
+        let signature = Signature::from_slice(signature).map_err(|_| SignatureError::Malformed)?;
         key.verify(message, &signature)
             .map_err(|_| SignatureError::Invalid(id.to_owned()))
     }
@@ -203,7 +202,10 @@ mod tests {
             ring.verify(signer.id(), b"message", &signature.to_bytes()),
             Ok(())
         );
-        assert!(ring.verify(signer.id(), b"other", &signature.to_bytes()).is_err());
+        assert!(
+            ring.verify(signer.id(), b"other", &signature.to_bytes())
+                .is_err()
+        );
         assert_eq!(
             ring.verify("0000", b"message", &signature.to_bytes()),
             Err(SignatureError::UnknownKey("0000".into()))
@@ -211,7 +213,10 @@ mod tests {
         let hex_key = hex::encode(signer.public_key().as_bytes());
         assert!(read_public_key(&hex_key).is_ok());
         let err = read_public_key("nope").expect_err("refused");
-        assert!(format!("{err:#}").contains("neither a public key file"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("neither a public key file"),
+            "{err:#}"
+        );
         std::fs::write(dir.path().join("bad.key"), "zz").expect("write");
         let err = HeadSigner::read(&dir.path().join("bad.key")).expect_err("refused");
         assert!(format!("{err:#}").contains("is not a countersign signing key"));

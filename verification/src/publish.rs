@@ -54,7 +54,8 @@ impl FilePublisher {
 
     /// Where the head of `tree_size` is written.
     pub fn head_path(&self, tenant: &str, tree_size: u64) -> PathBuf {
-        self.tenant_dir(tenant).join(format!("{tree_size:020}.json"))
+        self.tenant_dir(tenant)
+            .join(format!("{tree_size:020}.json"))
     }
 
     fn write(&self, head: &SignedHead) -> anyhow::Result<()> {
@@ -107,9 +108,14 @@ pub fn read_published(dir: &Path) -> anyhow::Result<Vec<SignedHead>> {
         if !tenant.is_dir() {
             continue;
         }
-        for file in std::fs::read_dir(&tenant).with_context(|| format!("reading {}", tenant.display()))? {
+        for file in
+            std::fs::read_dir(&tenant).with_context(|| format!("reading {}", tenant.display()))?
+        {
             let path = file?.path();
-            let name = path.file_name().and_then(|name| name.to_str()).unwrap_or("");
+            let name = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .unwrap_or("");
             if !name.ends_with(".json") || name == "latest.json" {
                 continue;
             }

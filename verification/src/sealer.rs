@@ -19,7 +19,9 @@ use crate::head::SignedHead;
 use crate::keys::HeadSigner;
 use crate::leaf::{SealedEvent, content_hash};
 use crate::publish::Publisher;
-use crate::store::{HEAD_COLUMNS, SealCheckpoint, SealStore, TreeState, head_row, i64_of, tree_row};
+use crate::store::{
+    HEAD_COLUMNS, SealCheckpoint, SealStore, TreeState, head_row, i64_of, tree_row,
+};
 use crate::tree::Frontier;
 
 /// The tailer lock the sealer holds.
@@ -306,7 +308,10 @@ impl Sealer {
         match self.try_publish().await {
             Ok(published) => published,
             Err(err) => {
-                warn!(error = format!("{err:#}"), "publishing heads failed; will retry");
+                warn!(
+                    error = format!("{err:#}"),
+                    "publishing heads failed; will retry"
+                );
                 0
             }
         }
@@ -546,6 +551,8 @@ async fn upsert_tree(
 pub async fn lag(ledger: &Ledger, store: &SealStore) -> anyhow::Result<(SealCheckpoint, i64)> {
     let checkpoint = store.checkpoint().await?;
     let head = ledger.log_head().await?;
-    Ok((checkpoint, (head.position - checkpoint.cursor.position).max(0)))
+    Ok((
+        checkpoint,
+        (head.position - checkpoint.cursor.position).max(0),
+    ))
 }
-

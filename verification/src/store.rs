@@ -280,7 +280,11 @@ impl SealStore {
     }
 
     /// The head of a tenant's tree at exactly `tree_size`, if one was signed.
-    pub async fn head_at(&self, tenant: &str, tree_size: u64) -> anyhow::Result<Option<SignedHead>> {
+    pub async fn head_at(
+        &self,
+        tenant: &str,
+        tree_size: u64,
+    ) -> anyhow::Result<Option<SignedHead>> {
         let row = sqlx::query(&format!(
             "SELECT {HEAD_COLUMNS} FROM ledger_heads WHERE tenant = $1 AND tree_size = $2"
         ))
@@ -293,7 +297,12 @@ impl SealStore {
     }
 
     /// A tenant's leaves with ledger sequences in `from..to`.
-    pub async fn leaves(&self, tenant: &str, from: u64, to: u64) -> anyhow::Result<Vec<StoredLeaf>> {
+    pub async fn leaves(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+    ) -> anyhow::Result<Vec<StoredLeaf>> {
         let rows = sqlx::query(&format!(
             "SELECT {LEAF_COLUMNS} FROM ledger_leaves
               WHERE tenant = $1 AND ledger_sequence >= $2 AND ledger_sequence < $3

@@ -138,7 +138,10 @@ impl Frontier {
 
     /// Rebuilds a frontier from its size and [`Frontier::encode`]d peaks.
     pub fn decode(size: u64, peaks: &str) -> Result<Self, String> {
-        let heights: Vec<u32> = (0..64u32).rev().filter(|bit| (size >> bit) & 1 == 1).collect();
+        let heights: Vec<u32> = (0..64u32)
+            .rev()
+            .filter(|bit| (size >> bit) & 1 == 1)
+            .collect();
         if peaks.len() != heights.len() * 64 {
             return Err(format!(
                 "a frontier of {size} leaves has {} peaks, not {} hex digits",
@@ -206,7 +209,10 @@ impl Tree {
             return self.levels[0][start as usize];
         }
         let k = split(width);
-        node_hash(&self.subtree(start, start + k), &self.subtree(start + k, end))
+        node_hash(
+            &self.subtree(start, start + k),
+            &self.subtree(start + k, end),
+        )
     }
 
     /// The root of the first `size` leaves.

@@ -223,7 +223,11 @@ pub async fn verify(
     mut progress: impl FnMut(u64, LogCursor),
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let batch = if options.batch == 0 { 1000 } else { options.batch };
+    let batch = if options.batch == 0 {
+        1000
+    } else {
+        options.batch
+    };
     let mut tenants: BTreeMap<String, TenantCheck> = BTreeMap::new();
     let mut divergences = Vec::new();
     let mut cursor = LogCursor::START;
@@ -275,7 +279,11 @@ pub async fn verify(
                     None => {
                         check.diverged = true;
                         let elsewhere = store
-                            .leaf_of_event(&event.aggregate_type, &event.aggregate_id, event.sequence)
+                            .leaf_of_event(
+                                &event.aggregate_type,
+                                &event.aggregate_id,
+                                event.sequence,
+                            )
                             .await?;
                         divergences.push(Divergence {
                             tenant: event.tenant.clone(),
@@ -308,9 +316,18 @@ pub async fn verify(
             continue;
         }
         let size = check.frontier.size();
-        if let Some(beyond) = store.leaves(tenant, size, size + 1).await?.into_iter().next() {
+        if let Some(beyond) = store
+            .leaves(tenant, size, size + 1)
+            .await?
+            .into_iter()
+            .next()
+        {
             let present = store
-                .event_exists(&beyond.aggregate_type, &beyond.aggregate_id, beyond.sequence)
+                .event_exists(
+                    &beyond.aggregate_type,
+                    &beyond.aggregate_id,
+                    beyond.sequence,
+                )
                 .await?;
             // Present: sealed after this verification read the log; nothing is wrong.
             if present.is_none() {
@@ -416,8 +433,14 @@ async fn start_tenant(
         divergences.push(divergence);
         diverged = true;
     }
-    for published in options.published.iter().filter(|head| head.tenant == tenant) {
-        let stored = heads.iter().find(|head| head.tree_size == published.tree_size);
+    for published in options
+        .published
+        .iter()
+        .filter(|head| head.tenant == tenant)
+    {
+        let stored = heads
+            .iter()
+            .find(|head| head.tree_size == published.tree_size);
         let problem = match stored {
             _ if published.verify(&options.keys).is_err() => Some(format!(
                 "the published head of size {} does not carry a valid signature by a trusted key",
@@ -570,7 +593,11 @@ async fn diagnose(
         });
     }
     let still_there = store
-        .event_exists(&stored.aggregate_type, &stored.aggregate_id, stored.sequence)
+        .event_exists(
+            &stored.aggregate_type,
+            &stored.aggregate_id,
+            stored.sequence,
+        )
         .await?;
     Ok(match still_there {
         None => Divergence {

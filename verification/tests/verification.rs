@@ -136,7 +136,10 @@ async fn sealing(store: &TestStore) {
                 .consistency_proof(tenant, pair[0].tree_size, pair[1].tree_size)
                 .await
                 .expect("proof");
-            assert_eq!((proof.from_root, proof.to_root), (pair[0].root, pair[1].root));
+            assert_eq!(
+                (proof.from_root, proof.to_root),
+                (pair[0].root, pair[1].root)
+            );
             proof.verify().expect("consistency verifies");
             assert!(
                 verify_consistency(
@@ -174,9 +177,12 @@ async fn sealing(store: &TestStore) {
     .expect("verify");
     assert!(report.is_ok(), "{:?}", report.divergences);
     assert_eq!(report.events, 48);
-    assert!(report.tenants.iter().all(|t| t.heads_checked == 5
-        && t.sealed == 24
-        && t.newest_head == Some(24)));
+    assert!(
+        report
+            .tenants
+            .iter()
+            .all(|t| t.heads_checked == 5 && t.sealed == 24 && t.newest_head == Some(24))
+    );
 
     // Events after the newest head are sealed but not yet covered; verify still passes.
     support::approved_action(&store.ledger, "acme", 99).await;
@@ -219,14 +225,9 @@ async fn unsigned(store: &TestStore) {
         assert_eq!(seals.leaves(tenant, 0, 100).await.expect("leaves").len(), 8);
         assert!(seals.latest_head(tenant).await.expect("head").is_none());
     }
-    let report = verify(
-        &store.ledger,
-        &seals,
-        &VerifyOptions::default(),
-        |_, _| {},
-    )
-    .await
-    .expect("verify");
+    let report = verify(&store.ledger, &seals, &VerifyOptions::default(), |_, _| {})
+        .await
+        .expect("verify");
     assert!(report.is_ok(), "{:?}", report.divergences);
 }
 
@@ -276,7 +277,10 @@ async fn changed_payload(store: &TestStore) {
     let name = format!("action/{id}#2");
     assert_eq!(divergence.sealed.as_deref(), Some(name.as_str()));
     assert_eq!(divergence.found.as_deref(), Some(name.as_str()));
-    assert!(divergence.detail.starts_with("payload differs"), "{divergence}");
+    assert!(
+        divergence.detail.starts_with("payload differs"),
+        "{divergence}"
+    );
 }
 
 on_both_stores!(a_deleted_event_is_named, deleted_event);
@@ -305,10 +309,7 @@ async fn deleted_event(store: &TestStore) {
     assert_eq!(decisions.mismatches[0].sequence, 2);
 }
 
-on_both_stores!(
-    the_last_sealed_event_deleted_is_named,
-    deleted_last_event
-);
+on_both_stores!(the_last_sealed_event_deleted_is_named, deleted_last_event);
 async fn deleted_last_event(store: &TestStore) {
     let sealed = sealed(store).await;
     let id = sealed.acme(PER_TENANT - 1).to_owned();
@@ -476,7 +477,13 @@ async fn exports(store: &TestStore) {
     let mut header: BundleHeader = serde_json::from_str(&owned[0]).expect("header");
     let other = HeadSigner::generate();
     let head = &header.head;
-    let forged = SignedHead::sign(&other, &head.tenant, head.tree_size, head.root, chrono::Utc::now());
+    let forged = SignedHead::sign(
+        &other,
+        &head.tenant,
+        head.tree_size,
+        head.root,
+        chrono::Utc::now(),
+    );
     header.head = forged.clone();
     let mut reheaded = owned.clone();
     reheaded[0] = serde_json::to_string(&header).expect("json");
@@ -492,13 +499,27 @@ async fn exports(store: &TestStore) {
         .expect("export");
     let report = verify_bundle(part.as_slice(), &keys).expect("verifies");
     assert_eq!((report.from, report.to), (3, 9));
-    let err = export(&store.ledger, &sealed.seals, "acme", 0, Some(17), &mut Vec::new())
-        .await
-        .expect_err("beyond");
+    let err = export(
+        &store.ledger,
+        &sealed.seals,
+        "acme",
+        0,
+        Some(17),
+        &mut Vec::new(),
+    )
+    .await
+    .expect_err("beyond");
     assert!(format!("{err:#}").contains("beyond it"), "{err:#}");
-    let err = export(&store.ledger, &sealed.seals, "nobody", 0, None, &mut Vec::new())
-        .await
-        .expect_err("no head");
+    let err = export(
+        &store.ledger,
+        &sealed.seals,
+        "nobody",
+        0,
+        None,
+        &mut Vec::new(),
+    )
+    .await
+    .expect_err("no head");
     assert!(format!("{err:#}").contains("no signed head"), "{err:#}");
 }
 
@@ -533,7 +554,10 @@ async fn decisions(store: &TestStore) {
         .expect("decisions");
     assert_eq!(report.mismatches.len(), 1, "{:?}", report.mismatches);
     let mismatch = &report.mismatches[0];
-    assert_eq!((mismatch.action_id.as_str(), mismatch.sequence), (id.as_str(), 1));
+    assert_eq!(
+        (mismatch.action_id.as_str(), mismatch.sequence),
+        (id.as_str(), 1)
+    );
     assert_eq!(mismatch.tenant, "acme");
     assert!(
         mismatch.detail.contains("risk.score: recorded 99, now 20"),
@@ -610,7 +634,8 @@ async fn published(store: &TestStore) {
         DivergenceKind::PublishedHeadMismatch
     );
     assert!(
-        report.divergences[0].detail.contains("size 6") && report.divergences[0].detail.contains("missing"),
+        report.divergences[0].detail.contains("size 6")
+            && report.divergences[0].detail.contains("missing"),
         "{}",
         report.divergences[0]
     );

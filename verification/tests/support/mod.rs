@@ -74,8 +74,10 @@ pub async fn approved_action(ledger: &Ledger, tenant: &str, n: usize) -> String 
 /// `per_tenant` approved actions in each tenant, tenants interleaved, one after the other.
 /// Returns the ids by tenant.
 pub async fn workload(ledger: &Ledger, per_tenant: usize) -> Vec<(String, Vec<String>)> {
-    let mut ids: Vec<(String, Vec<String>)> =
-        TENANTS.iter().map(|t| ((*t).to_owned(), Vec::new())).collect();
+    let mut ids: Vec<(String, Vec<String>)> = TENANTS
+        .iter()
+        .map(|t| ((*t).to_owned(), Vec::new()))
+        .collect();
     for n in 0..per_tenant {
         for (tenant, list) in &mut ids {
             list.push(approved_action(ledger, tenant, n).await);
@@ -100,7 +102,12 @@ pub async fn seal_through(sealer: &mut Sealer, events: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         sealer.run_until_idle().await.expect("seals");
-        let sealed = sealer.store().checkpoint().await.expect("checkpoint").events;
+        let sealed = sealer
+            .store()
+            .checkpoint()
+            .await
+            .expect("checkpoint")
+            .events;
         if sealed >= events {
             assert_eq!(sealed, events, "sealed more events than were written");
             return;
