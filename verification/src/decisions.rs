@@ -507,9 +507,7 @@ pub async fn check_decisions(
             });
         }
     }
-    report
-        .mismatches
-        .sort_by(|a, b| a.position.cmp(&b.position));
+    report.mismatches.sort_by_key(|mismatch| mismatch.position);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -195,7 +195,7 @@ impl Tree {
     /// `MTH(D[start:end])`, for a range that occurs in the RFC's recursions (`end > start`).
     fn subtree(&self, start: u64, end: u64) -> Hash {
         let width = end - start;
-        if width.is_power_of_two() && start % width == 0 {
+        if width.is_power_of_two() && start.is_multiple_of(width) {
             let height = width.trailing_zeros() as usize;
             if let Some(hash) = self
                 .levels
