@@ -400,9 +400,64 @@ async fn swapped_events(store: &TestStore) {
 }
 
 on_both_stores!(
-    a_head_signed_by_another_key_is_refused_and_rewritten_leaves_are_caught_by_their_heads,
-    forged_heads
+    events_rewritten_with_their_leaves_are_caught_by_the_signed_head_that_covers_them,
+    rewritten_leaves
 );
+async fn rewritten_leaves(store: &TestStore) {
+    let sealed = sealed(store).await;
+    let id = sealed.acme(2).to_owned();
+    let leaf = sealed.leaf(&id, 2).await;
+    let (events, leaves) = (
+        format!(
+            "UPDATE events SET payload = jsonb_set(payload, '{{VoteCast,comment}}', '\"forged\"') WHERE aggregate_id = '{id}' AND sequence = 2"
+        ),
+        format!(
+            "UPDATE events SET payload = json_set(payload, '$.VoteCast.comment', 'forged') WHERE aggregate_id = '{id}' AND sequence = 2"
+        ),
+    );
+    tamper(store, &[&events], &[&leaves]).await;
+    // The tamperer recomputes the leaf and its digests to match, but cannot re-sign the heads.
+    let event = store
+        .ledger
+        .read_positions(&[leaf.position])
+        .await
+        .expect("read")
+        .pop()
+        .expect("event");
+    let rewritten =
+        countersign_verification::leaf::SealedEvent::from_logged(&event, leaf.ledger_sequence);
+    let update = format!(
+        "UPDATE ledger_leaves SET leaf_hash = '{}', payload_hash = '{}' WHERE position = {}",
+        rewritten.leaf_hash(),
+        countersign_verification::leaf::content_hash(&event.payload),
+        leaf.position
+    );
+    tamper(
+        store,
+        &["ALTER TABLE ledger_leaves DISABLE TRIGGER USER", &update],
+        &["DROP TRIGGER ledger_leaves_refuse_update", &update],
+    )
+    .await;
+    let report = sealed.verify(store).await;
+    let divergence = only_divergence(&report);
+    assert_eq!(
+        divergence.kind,
+        DivergenceKind::HeadMismatch,
+        "{divergence}"
+    );
+    let below = leaf.ledger_sequence / 5 * 5;
+    let above = (below + 5).min(16);
+    assert_eq!(divergence.ledger_sequence, Some(below));
+    assert!(
+        divergence.detail.contains(&format!(
+            "between ledger sequences {below} and {}",
+            above - 1
+        )),
+        "{divergence}"
+    );
+}
+
+on_both_stores!(heads_signed_by_another_key_are_refused, forged_heads);
 async fn forged_heads(store: &TestStore) {
     let sealed = sealed(store).await;
     let other = KeyRing::new([HeadSigner::generate().public_key()]);
