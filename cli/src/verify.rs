@@ -253,6 +253,11 @@ pub async fn run_verify(args: &VerifyArgs) -> anyhow::Result<()> {
     })
     .await?;
     bar.finish_and_clear();
+    if let Some(tenant) = &args.tenant
+        && report.tenants.is_empty()
+    {
+        bail!("--tenant {tenant}: the log holds no event of this tenant");
+    }
     let decisions = if args.decisions {
         let bar = progress_bar(total, "decisions");
         let report = check_decisions(&ledger, args.tenant.as_deref(), |_, cursor| {

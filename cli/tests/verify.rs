@@ -156,6 +156,13 @@ async fn verify_export_and_tamper(store: TestStore) {
     )))
     .expect("json");
     assert_eq!(json["ok"], true);
+    fails(
+        &run(
+            &store,
+            &["verify", "--signing-key", key, "--tenant", "nobody"],
+        ),
+        "--tenant nobody: the log holds no event of this tenant",
+    );
 
     let exported = ok(&run(
         &store,

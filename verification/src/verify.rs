@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::head::SignedHead;
 use crate::keys::KeyRing;
-use crate::leaf::{SealedEvent, content_hash, event_name};
+use crate::leaf::{SealedEvent, content_hash};
 use crate::store::{SealStore, StoredLeaf};
 use crate::tree::{Frontier, Hash};
 
@@ -627,9 +627,4 @@ async fn diagnose(
             ),
         },
     })
-}
-
-/// Names an event by its parts (re-exported for reports).
-pub fn name(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> String {
-    event_name(aggregate_type, aggregate_id, sequence)
 }
