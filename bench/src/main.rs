@@ -4,6 +4,7 @@
 mod ledger;
 mod projections;
 mod report;
+mod verification;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Bench {
     Ledger,
     /// Projection rebuild rate beside the log read rate, and projection lag under load.
     Projections,
+    /// Sealing and verify rates beside the log read rate, and the sealer's lag under load.
+    Verification,
     /// Every bench above, in order.
     All,
 }
@@ -67,9 +70,11 @@ fn main() -> ExitCode {
         let sections = match cli.bench {
             Bench::Ledger => vec![ledger::run(&settings).await?],
             Bench::Projections => vec![projections::run(&settings).await?],
+            Bench::Verification => vec![verification::run(&settings).await?],
             Bench::All => vec![
                 ledger::run(&settings).await?,
                 projections::run(&settings).await?,
+                verification::run(&settings).await?,
             ],
         };
         for section in &sections {

@@ -20,13 +20,13 @@ use tokio::sync::Semaphore;
 use crate::ledger::{Database, Settings, submission};
 use crate::report::{Figure, Section, machine, progress};
 
-struct People {
-    tenants: Vec<TenantId>,
+pub(crate) struct People {
+    pub(crate) tenants: Vec<TenantId>,
     requester: Principal,
     approver: Principal,
 }
 
-fn people() -> anyhow::Result<People> {
+pub(crate) fn people() -> anyhow::Result<People> {
     Ok(People {
         tenants: (0..8)
             .map(|i| TenantId::parse(format!("tenant-{i}")))
@@ -36,7 +36,7 @@ fn people() -> anyhow::Result<People> {
     })
 }
 
-fn commands(
+pub(crate) fn commands(
     people: &People,
     tenant: &TenantId,
     id: ActionId,
@@ -67,7 +67,7 @@ fn commands(
 
 /// Appends `actions` submitted-and-approved actions (four events each) straight into the events
 /// table, in the stored form cqrs-es writes, many rows per INSERT.
-async fn seed(url: &str, people: &People, actions: usize) -> anyhow::Result<i64> {
+pub(crate) async fn seed(url: &str, people: &People, actions: usize) -> anyhow::Result<i64> {
     let mut connection = PgConnection::connect(url).await?;
     let mut events = 0;
     let mut rows: Vec<(String, i64, String, serde_json::Value, serde_json::Value)> = Vec::new();
@@ -132,7 +132,7 @@ async fn seed(url: &str, people: &People, actions: usize) -> anyhow::Result<i64>
 }
 
 /// Reads the whole log in batches: the rate a projection could reach if applying cost nothing.
-async fn read_rate(ledger: &Ledger) -> anyhow::Result<f64> {
+pub(crate) async fn read_rate(ledger: &Ledger) -> anyhow::Result<f64> {
     let started = Instant::now();
     let (mut cursor, mut read) = (LogCursor::START, 0usize);
     loop {
@@ -256,7 +256,7 @@ async fn lag_under_load(
     Ok((total as f64 / elapsed, lags))
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     if sorted.is_empty() {

@@ -9,6 +9,7 @@ mod simulate;
 mod store;
 mod telemetry;
 mod tour;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,18 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Recompute every tenant's ledger tree from the events and check every sealed leaf, head and
+    /// signature; name the first divergent event. `--decisions` also re-decides every action.
+    Verify(verify::VerifyArgs),
+    /// Seal the log to its end now and sign a head for every tenant (what `serve` does
+    /// continuously).
+    Seal(verify::SealCommand),
+    /// Export a tenant's events with proofs, or verify such an export offline.
+    #[command(subcommand)]
+    Audit(verify::AuditCommand),
+    /// Manage the keys that sign ledger heads.
+    #[command(subcommand)]
+    Keys(verify::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +113,10 @@ fn main() -> ExitCode {
         Command::Token(args) => auth::token_command(&args),
         Command::ApiKeys(command) => block_on(auth::api_keys_command(command)),
         Command::Replay(args) => block_on(projections::replay_command(&args)),
+        Command::Verify(args) => block_on(verify::run_verify(&args)),
+        Command::Seal(command) => block_on(verify::seal(&command)),
+        Command::Audit(command) => block_on(verify::run_audit(command)),
+        Command::Keys(command) => verify::run_keys(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

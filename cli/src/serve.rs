@@ -8,10 +8,12 @@ use anyhow::Context;
 use clap::Args;
 use countersign_gateway::{AppState, Authenticator, EventHub, Limits, app};
 use countersign_projections::{ProjectionStore, Supervisor};
+use countersign_verification::{SealStore, Sealer};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::auth::AuthArgs;
 use crate::store::StoreArgs;
+use crate::verify::SealArgs;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -35,9 +37,12 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub request_timeout_seconds: u64,
+    #[command(flatten)]
+    pub seal: SealArgs,
 }
 
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let seal_config = args.seal.config()?;
     let auth = args.auth.config(&args.store)?;
     if !auth.is_configured() {
         tracing::warn!(
@@ -51,7 +56,14 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let supervisor =
         tokio::spawn(Supervisor::new(ledger.clone(), projections.clone()).run(stopped.clone()));
     let hub = EventHub::new();
-    let hub_task = tokio::spawn(hub.clone().run(ledger.clone(), stopped));
+    let hub_task = tokio::spawn(hub.clone().run(ledger.clone(), stopped.clone()));
+    let seals = SealStore::open(&args.store.config()).await?;
+    let mut sealer_stop = stopped;
+    let sealer = tokio::spawn(Sealer::new(ledger.clone(), seals.clone(), seal_config).run(
+        async move {
+            let _ = sealer_stop.wait_for(|stop| *stop).await;
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -91,6 +103,12 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     let _ = hub_task.await;
+    match sealer.await {
+        Ok(Err(err)) => tracing::warn!(error = format!("{err:#}"), "sealer stopped with an error"),
+        Err(err) => tracing::warn!(error = %err, "sealer task failed"),
+        Ok(Ok(())) => {}
+    }
+    seals.close().await;
     projections.close().await;
     ledger.close().await;
     Ok(())

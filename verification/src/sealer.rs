@@ -1,0 +1,558 @@
+//! The sealer: one tailer (a tailer lock named `sealer`) reads the log in its total order and
+//! gives each event the next ledger sequence of its tenant and a leaf of the tenant's Merkle
+//! tree. Leaves, trees and the checkpoint commit in one transaction (exactly once, like a
+//! projection). Every `every_events` leaves, or when leaves have waited `every_seconds`, it signs
+//! a head of the tenant's tree; then it publishes new heads outside the database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use countersign_ledger::{Ledger, LogCursor};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::head::SignedHead;
+use crate::keys::HeadSigner;
+use crate::leaf::{SealedEvent, content_hash};
+use crate::publish::Publisher;
+use crate::store::{
+    HEAD_COLUMNS, SealCheckpoint, SealStore, TreeState, head_row, i64_of, tree_row,
+};
+use crate::tree::Frontier;
+
+/// The tailer lock the sealer holds.
+pub const SEALER_LOCK: &str = "sealer";
+
+/// How the sealer seals and signs.
+#[derive(Debug, Clone)]
+pub struct SealerConfig {
+    /// Events read and sealed per transaction.
+    pub batch: u32,
+    /// Sign a head once this many leaves of a tenant wait for one.
+    pub every_events: u64,
+    /// Sign a head once leaves of a tenant have waited this long.
+    pub every_seconds: Duration,
+    /// Without a key, leaves are sealed but no head is signed.
+    pub signer: Option<HeadSigner>,
+    /// Where new heads are sent after they are stored.
+    pub publishers: Vec<Arc<dyn Publisher>>,
+}
+
+impl Default for SealerConfig {
+    fn default() -> Self {
+        Self {
+            batch: 1000,
+            every_events: 1000,
+            every_seconds: Duration::from_secs(10),
+            signer: None,
+            publishers: Vec::new(),
+        }
+    }
+}
+
+/// What one step of the sealer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sealed this many events (and signed this many heads), up to `cursor`.
+    Sealed {
+        events: usize,
+        heads: usize,
+        cursor: LogCursor,
+    },
+    /// Nothing new in the log (heads that came due by time were signed).
+    Idle { heads: usize },
+}
+
+/// Seals the log; see the module documentation.
+#[derive(Debug)]
+pub struct Sealer {
+    ledger: Ledger,
+    store: SealStore,
+    config: SealerConfig,
+    checkpoint: Option<SealCheckpoint>,
+    /// Trees as committed, valid while `checkpoint` is.
+    trees: HashMap<String, TreeState>,
+}
+
+struct LeafRow {
+    tenant: String,
+    ledger_sequence: u64,
+    position: i64,
+    event: SealedEvent,
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+impl Sealer {
+    pub fn new(ledger: Ledger, store: SealStore, config: SealerConfig) -> Self {
+        Self {
+            ledger,
+            store,
+            config: SealerConfig {
+                batch: config.batch.max(1),
+                every_events: config.every_events.max(1),
+                ..config
+            },
+            checkpoint: None,
+            trees: HashMap::new(),
+        }
+    }
+
+    pub fn store(&self) -> &SealStore {
+        &self.store
+    }
+
+    fn head_due(&self, tree: &TreeState, now: DateTime<Utc>) -> bool {
+        let waiting = tree.frontier.size().saturating_sub(tree.head_size);
+        let waited = tree.pending_since.is_some_and(|since| {
+            micros(now) - since
+                >= i64::try_from(self.config.every_seconds.as_micros()).unwrap_or(i64::MAX)
+        });
+        waiting > 0 && (waiting >= self.config.every_events || waited)
+    }
+
+    fn sign(&self, tree: &mut TreeState, now: DateTime<Utc>) -> Option<SignedHead> {
+        let signer = self.config.signer.as_ref()?;
+        let head = SignedHead::sign(
+            signer,
+            &tree.tenant,
+            tree.frontier.size(),
+            tree.frontier.root(),
+            now,
+        );
+        tree.head_size = tree.frontier.size();
+        tree.pending_since = None;
+        Some(head)
+    }
+
+    /// Seals the next batch after the checkpoint, in one transaction with the new checkpoint.
+    pub async fn process_next(&mut self) -> anyhow::Result<Outcome> {
+        let checkpoint = match self.checkpoint {
+            Some(checkpoint) => checkpoint,
+            None => {
+                self.trees.clear();
+                self.store.checkpoint().await?
+            }
+        };
+        let events = self
+            .ledger
+            .read_log(checkpoint.cursor, self.config.batch)
+            .await?;
+        let Some(last) = events.last() else {
+            self.checkpoint = Some(checkpoint);
+            let heads = self.sign_heads(false).await?;
+            self.publish_pending().await;
+            self.report_lag(checkpoint.cursor).await;
+            return Ok(Outcome::Idle { heads });
+        };
+        let cursor = last.cursor;
+        let now = Utc::now();
+        let mut tx = self.store.pool.begin().await?;
+        let mut touched: BTreeMap<String, TreeState> = BTreeMap::new();
+        let mut leaves = Vec::with_capacity(events.len());
+        let mut heads = Vec::new();
+        for event in &events {
+            if !touched.contains_key(&event.tenant) {
+                let tree = match self.trees.get(&event.tenant) {
+                    Some(tree) => tree.clone(),
+                    None => {
+                        let row = sqlx::query(
+                            "SELECT tenant, size, frontier, head_size, pending_since, published_size
+                               FROM ledger_trees WHERE tenant = $1",
+                        )
+                        .bind(&event.tenant)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("reading a ledger tree")?;
+                        match row {
+                            Some(row) => tree_row(&row)?,
+                            None => TreeState {
+                                tenant: event.tenant.clone(),
+                                frontier: Frontier::new(),
+                                head_size: 0,
+                                pending_since: None,
+                                published_size: 0,
+                            },
+                        }
+                    }
+                };
+                touched.insert(event.tenant.clone(), tree);
+            }
+            let Some(mut tree) = touched.remove(&event.tenant) else {
+                continue;
+            };
+            let ledger_sequence = tree.frontier.size();
+            let sealed = SealedEvent::from_logged(event, ledger_sequence);
+            tree.frontier.push(sealed.leaf_hash());
+            tree.pending_since.get_or_insert(micros(now));
+            if tree.frontier.size() - tree.head_size >= self.config.every_events
+                && let Some(head) = self.sign(&mut tree, now)
+            {
+                heads.push(head);
+            }
+            leaves.push(LeafRow {
+                tenant: event.tenant.clone(),
+                ledger_sequence,
+                position: event.cursor.position,
+                event: sealed,
+            });
+            touched.insert(event.tenant.clone(), tree);
+        }
+        for tree in touched.values_mut() {
+            if self.head_due(tree, now)
+                && let Some(head) = self.sign(tree, now)
+            {
+                heads.push(head);
+            }
+        }
+        for chunk in leaves.chunks(40) {
+            insert_leaves(&mut tx, chunk).await?;
+        }
+        for head in &heads {
+            insert_head(&mut tx, head).await?;
+        }
+        for tree in touched.values() {
+            upsert_tree(&mut tx, tree, now).await?;
+        }
+        let moved = sqlx::query(
+            "UPDATE ledger_seal
+                SET checkpoint_txid = $1, checkpoint_position = $2, events = events + $3,
+                    updated_at = $4
+              WHERE id = 1 AND checkpoint_txid = $5 AND checkpoint_position = $6",
+        )
+        .bind(cursor.txid)
+        .bind(cursor.position)
+        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+        .bind(micros(now))
+        .bind(checkpoint.cursor.txid)
+        .bind(checkpoint.cursor.position)
+        .execute(&mut *tx)
+        .await
+        .context("moving the sealer's checkpoint")?;
+        if moved.rows_affected() != 1 {
+            // Another sealer moved the checkpoint: seal nothing, start again from the store.
+            tx.rollback().await?;
+            self.checkpoint = None;
+            return Ok(Outcome::Idle { heads: 0 });
+        }
+        tx.commit().await.context("committing sealed leaves")?;
+        self.trees.extend(touched);
+        self.checkpoint = Some(SealCheckpoint {
+            cursor,
+            events: checkpoint.events + events.len() as i64,
+        });
+        self.publish_pending().await;
+        self.report_lag(cursor).await;
+        Ok(Outcome::Sealed {
+            events: events.len(),
+            heads: heads.len(),
+            cursor,
+        })
+    }
+
+    /// Signs a head for every tenant with leaves waiting for one — only those that came due
+    /// unless `all`. Returns how many heads were signed.
+    pub async fn sign_heads(&mut self, all: bool) -> anyhow::Result<usize> {
+        if self.config.signer.is_none() {
+            return Ok(0);
+        }
+        let now = Utc::now();
+        let trees = self.store.trees().await?;
+        let mut signed = 0;
+        for mut tree in trees {
+            let waiting = tree.frontier.size() > tree.head_size;
+            if !(waiting && (all || self.head_due(&tree, now))) {
+                continue;
+            }
+            let size = tree.frontier.size();
+            let Some(head) = self.sign(&mut tree, now) else {
+                continue;
+            };
+            let mut tx = self.store.pool.begin().await?;
+            insert_head(&mut tx, &head).await?;
+            let updated = sqlx::query(
+                "UPDATE ledger_trees SET head_size = $1, pending_since = NULL, updated_at = $2
+                  WHERE tenant = $3 AND size = $4",
+            )
+            .bind(i64_of(size))
+            .bind(micros(now))
+            .bind(&tree.tenant)
+            .bind(i64_of(size))
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 1 {
+                tx.commit().await.context("storing a signed head")?;
+                self.trees.insert(tree.tenant.clone(), tree);
+                signed += 1;
+            } else {
+                // The tree grew meanwhile (another sealer): its next step signs it.
+                tx.rollback().await?;
+                self.checkpoint = None;
+            }
+        }
+        if signed > 0 {
+            self.publish_pending().await;
+        }
+        Ok(signed)
+    }
+
+    /// Sends heads not yet published to every publisher, in order per tenant; a failure leaves
+    /// the rest of that tenant's heads for the next step. Returns how many were published.
+    pub async fn publish_pending(&mut self) -> usize {
+        match self.try_publish().await {
+            Ok(published) => published,
+            Err(err) => {
+                warn!(
+                    error = format!("{err:#}"),
+                    "publishing heads failed; will retry"
+                );
+                0
+            }
+        }
+    }
+
+    async fn try_publish(&self) -> anyhow::Result<usize> {
+        if self.config.publishers.is_empty() {
+            return Ok(0);
+        }
+        let columns: String = HEAD_COLUMNS
+            .split(", ")
+            .map(|column| format!("h.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {columns} FROM ledger_heads h JOIN ledger_trees t ON t.tenant = h.tenant
+              WHERE h.tree_size > t.published_size ORDER BY h.tenant, h.tree_size LIMIT 500"
+        ))
+        .fetch_all(&self.store.pool)
+        .await
+        .context("reading heads to publish")?;
+        let mut published = 0;
+        let mut failed: Option<String> = None;
+        for row in &rows {
+            let head = head_row(row)?;
+            if failed.as_ref() == Some(&head.tenant) {
+                continue;
+            }
+            for publisher in &self.config.publishers {
+                if let Err(err) = publisher.publish(&head).await {
+                    warn!(
+                        publisher = publisher.describe(),
+                        tenant = head.tenant,
+                        tree_size = head.tree_size,
+                        error = format!("{err:#}"),
+                        "publishing a head failed; will retry"
+                    );
+                    failed = Some(head.tenant.clone());
+                    break;
+                }
+            }
+            if failed.as_ref() == Some(&head.tenant) {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE ledger_trees SET published_size = $1
+                  WHERE tenant = $2 AND published_size < $1",
+            )
+            .bind(i64_of(head.tree_size))
+            .bind(&head.tenant)
+            .execute(&self.store.pool)
+            .await
+            .context("recording a published head")?;
+            published += 1;
+        }
+        Ok(published)
+    }
+
+    async fn report_lag(&self, cursor: LogCursor) {
+        let Ok(head) = self.ledger.log_head().await else {
+            return;
+        };
+        metrics::gauge!("countersign_sealer_lag_events")
+            .set((head.position - cursor.position).max(0) as f64);
+    }
+
+    /// Seals until the log has nothing more; returns the events sealed.
+    pub async fn run_until_idle(&mut self) -> anyhow::Result<u64> {
+        let mut sealed = 0;
+        loop {
+            match self.process_next().await? {
+                Outcome::Sealed { events, .. } => sealed += events as u64,
+                Outcome::Idle { .. } => return Ok(sealed),
+            }
+        }
+    }
+
+    /// Runs until `shutdown` resolves, holding the sealer's tailer lock so that one instance
+    /// seals.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        async move {
+            tokio::pin!(shutdown);
+            if self.config.signer.is_none() {
+                warn!(
+                    "no signing key configured: events are sealed into the ledger trees but no head is signed (see docs/verification.md)"
+                );
+            }
+            let lock = loop {
+                if let Some(lock) = self.ledger.lock_tailer(SEALER_LOCK).await? {
+                    break lock;
+                }
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            };
+            let mut waker = self.ledger.log_waker().await?;
+            let publishers: Vec<String> = self
+                .config
+                .publishers
+                .iter()
+                .map(|publisher| publisher.describe())
+                .collect();
+            info!(
+                key_id = self.config.signer.as_ref().map(HeadSigner::id),
+                every_events = self.config.every_events,
+                every_seconds = self.config.every_seconds.as_secs_f64(),
+                ?publishers,
+                "sealer started"
+            );
+            let poll = self.config.every_seconds.clamp(Duration::from_millis(50), Duration::from_secs(1));
+            loop {
+                let step = tokio::select! {
+                    () = &mut shutdown => break,
+                    step = self.process_next() => step,
+                };
+                match step {
+                    Ok(Outcome::Sealed { .. }) => {}
+                    Ok(Outcome::Idle { .. }) => {
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = waker.wait(poll) => {}
+                        }
+                    }
+                    Err(err) => {
+                        warn!(error = format!("{err:#}"), "sealing failed; retrying");
+                        self.checkpoint = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            lock.release().await;
+            info!("sealer stopped");
+            Ok(())
+        }
+        .instrument(info_span!("sealer"))
+        .await
+    }
+}
+
+async fn insert_leaves(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[LeafRow],
+) -> anyhow::Result<()> {
+    let mut sql = String::from(
+        "INSERT INTO ledger_leaves (tenant, ledger_sequence, position, aggregate_type, aggregate_id, \
+         sequence, event_type, event_version, recorded_at, payload_hash, metadata_hash, leaf_hash) VALUES ",
+    );
+    for i in 0..rows.len() {
+        let b = i * 12;
+        let _ = write!(
+            sql,
+            "{}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            if i == 0 { "" } else { ", " },
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6,
+            b + 7,
+            b + 8,
+            b + 9,
+            b + 10,
+            b + 11,
+            b + 12
+        );
+    }
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        let event = &row.event;
+        query = query
+            .bind(row.tenant.clone())
+            .bind(i64_of(row.ledger_sequence))
+            .bind(row.position)
+            .bind(event.aggregate_type.clone())
+            .bind(event.aggregate_id.clone())
+            .bind(event.sequence)
+            .bind(event.event_type.clone())
+            .bind(event.event_version.clone())
+            .bind(event.recorded_at.clone())
+            .bind(content_hash(&event.payload).to_hex())
+            .bind(content_hash(&event.metadata).to_hex())
+            .bind(event.leaf_hash().to_hex());
+    }
+    query
+        .execute(&mut **tx)
+        .await
+        .context("inserting ledger leaves")?;
+    Ok(())
+}
+
+async fn insert_head(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    head: &SignedHead,
+) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO ledger_heads ({HEAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+    ))
+    .bind(head.tenant.clone())
+    .bind(i64_of(head.tree_size))
+    .bind(head.root.to_hex())
+    .bind(head.signed_at.clone())
+    .bind(head.key_id.clone())
+    .bind(head.signature.clone())
+    .execute(&mut **tx)
+    .await
+    .context("storing a signed head")?;
+    Ok(())
+}
+
+async fn upsert_tree(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tree: &TreeState,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO ledger_trees (tenant, size, frontier, head_size, pending_since, published_size, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 0, $6)
+         ON CONFLICT (tenant) DO UPDATE
+            SET size = excluded.size, frontier = excluded.frontier, head_size = excluded.head_size,
+                pending_since = excluded.pending_since, updated_at = excluded.updated_at",
+    )
+    .bind(tree.tenant.clone())
+    .bind(i64_of(tree.frontier.size()))
+    .bind(tree.frontier.encode())
+    .bind(i64_of(tree.head_size))
+    .bind(tree.pending_since)
+    .bind(micros(now))
+    .execute(&mut **tx)
+    .await
+    .context("storing a ledger tree")?;
+    Ok(())
+}
+
+/// The sealer's progress: the log position it reached and how far behind the log it is.
+pub async fn lag(ledger: &Ledger, store: &SealStore) -> anyhow::Result<(SealCheckpoint, i64)> {
+    let checkpoint = store.checkpoint().await?;
+    let head = ledger.log_head().await?;
+    Ok((
+        checkpoint,
+        (head.position - checkpoint.cursor.position).max(0),
+    ))
+}
