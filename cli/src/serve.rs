@@ -72,6 +72,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         ledger: ledger.clone(),
         projections: projections.clone(),
+        seals: seals.clone(),
         auth: Authenticator::new(auth),
         hub,
         limits: Limits {

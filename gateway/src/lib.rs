@@ -50,6 +50,7 @@ impl Default for Limits {
 pub struct AppState {
     pub ledger: Ledger,
     pub projections: ProjectionStore,
+    pub seals: countersign_verification::SealStore,
     pub auth: Authenticator,
     pub hub: EventHub,
     pub limits: Limits,
@@ -62,6 +63,7 @@ fn api_routes() -> ApiRouter<AppState> {
         .merge(routes::actions::router())
         .merge(routes::policies::router())
         .merge(routes::tenant::router())
+        .merge(routes::ledger::router())
 }
 
 fn describe(api: &mut OpenApi) {

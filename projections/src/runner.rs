@@ -96,7 +96,7 @@ impl Runner {
         };
         let cursor = last.cursor;
         let newest = last.recorded_at;
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write_transaction().await?;
         apply_batch(&mut tx, self.projection, self.generation, &events)
             .await
             .with_context(|| {

@@ -102,6 +102,19 @@ impl ProjectionStore {
         self.postgres
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads, then writes after another connection
+    /// committed, fails at once with `database is locked` instead of waiting its turn.
+    pub(crate) async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.postgres {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    }
+
     /// Every generation of a projection, oldest first.
     pub async fn generations(&self, projection: Projection) -> anyhow::Result<Vec<Generation>> {
         let rows = sqlx::query(
@@ -157,7 +170,7 @@ impl ProjectionStore {
         projection: Projection,
         state: GenerationState,
     ) -> anyhow::Result<Generation> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let next: i64 =
             sqlx::query("SELECT COALESCE(MAX(generation), 0) + 1 FROM projections WHERE name = $1")
                 .bind(projection.name())
@@ -214,7 +227,7 @@ impl ProjectionStore {
 
     /// Makes `generation` the one that serves reads and retires the previous one, atomically.
     pub async fn promote(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let now = now_micros();
         sqlx::query("UPDATE projections SET state = 'retired', updated_at = $1 WHERE name = $2 AND state = 'live' AND generation <> $3")
             .bind(now)
@@ -252,7 +265,7 @@ impl ProjectionStore {
             .map(|generation| generation.generation)
             .collect();
         for generation in &retired {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.write_transaction().await?;
             for table in projection.tables(*generation) {
                 tx.execute(format!("DROP TABLE IF EXISTS {table}").as_str())
                     .await?;
@@ -274,7 +287,7 @@ impl ProjectionStore {
 
     /// Deletes the registry row and tables of a generation that never went live (a failed build).
     pub async fn discard(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query("UPDATE projections SET state = 'retired' WHERE name = $1 AND generation = $2 AND state = 'building'")
             .bind(projection.name())
             .bind(generation)

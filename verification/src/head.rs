@@ -16,7 +16,7 @@ use crate::tree::Hash;
 pub const HEAD_FORMAT: &str = "countersign.head.v1";
 
 /// A signed statement of a tenant's tree size and root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedHead {
     pub tenant: String,

@@ -153,7 +153,7 @@ impl Sealer {
         };
         let cursor = last.cursor;
         let now = Utc::now();
-        let mut tx = self.store.pool.begin().await?;
+        let mut tx = self.store.write_transaction().await?;
         let mut touched: BTreeMap<String, TreeState> = BTreeMap::new();
         let mut leaves = Vec::with_capacity(events.len());
         let mut heads = Vec::new();
@@ -274,7 +274,7 @@ impl Sealer {
             let Some(head) = self.sign(&mut tree, now) else {
                 continue;
             };
-            let mut tx = self.store.pool.begin().await?;
+            let mut tx = self.store.write_transaction().await?;
             insert_head(&mut tx, &head).await?;
             let updated = sqlx::query(
                 "UPDATE ledger_trees SET head_size = $1, pending_since = NULL, updated_at = $2

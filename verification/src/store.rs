@@ -65,7 +65,7 @@ pub struct SealCheckpoint {
 }
 
 /// Proof that one event is in a tenant's tree of `tree_size` leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InclusionProof {
     pub tenant: String,
     pub ledger_sequence: u64,
@@ -88,7 +88,7 @@ impl InclusionProof {
 }
 
 /// Proof that a tenant's tree of `from` leaves is a prefix of its tree of `to` leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConsistencyProof {
     pub tenant: String,
     pub from: u64,
@@ -194,6 +194,18 @@ impl SealStore {
             .await
             .context("opening the ledger seal tables")?;
         Ok(Self { pool, postgres })
+    }
+
+    /// A transaction that will write; on SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`) so that it waits for other writers instead of failing with `database is locked`.
+    pub(crate) async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.postgres {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -315,6 +327,18 @@ impl SealStore {
         .await
         .context("reading ledger leaves")?;
         rows.iter().map(leaf_row).collect()
+    }
+
+    /// The leaf of the event at a global log position, wherever it was sealed.
+    pub async fn leaf_at_position(&self, position: i64) -> anyhow::Result<Option<StoredLeaf>> {
+        let row = sqlx::query(&format!(
+            "SELECT {LEAF_COLUMNS} FROM ledger_leaves WHERE position = $1"
+        ))
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading an event's leaf")?;
+        row.as_ref().map(leaf_row).transpose()
     }
 
     /// The leaf of one event, wherever it was sealed.

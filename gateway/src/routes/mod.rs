@@ -3,5 +3,6 @@
 pub mod actions;
 pub mod docs;
 pub mod health;
+pub mod ledger;
 pub mod policies;
 pub mod tenant;

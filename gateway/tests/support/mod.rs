@@ -88,9 +88,13 @@ impl TestApp {
         );
         let hub = EventHub::new();
         tokio::spawn(hub.clone().run(store.ledger.clone(), stopped));
+        let seals = countersign_verification::SealStore::open(&store.config)
+            .await
+            .expect("seal store");
         let state = AppState {
             ledger: store.ledger.clone(),
             projections,
+            seals,
             auth: Authenticator::new(auth),
             hub,
             limits: Limits {

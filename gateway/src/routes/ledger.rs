@@ -1,0 +1,235 @@
+//! `/v1/ledger` and `/v1/audit/export`: signed heads, proofs and evidence bundles for the
+//! caller's tenant (owner, admin, auditor). See docs/verification.md.
+
+use aide::axum::ApiRouter;
+use aide::axum::routing::get;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use countersign_verification::{ConsistencyProof, InclusionProof, SignedHead};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::{Caller, roles};
+use crate::error::ApiError;
+use crate::extract::{Reply, StrictQuery};
+
+pub fn router() -> ApiRouter<AppState> {
+    ApiRouter::new()
+        .api_route("/v1/ledger/head", get(head))
+        .api_route("/v1/ledger/heads", get(heads))
+        .api_route("/v1/ledger/proofs/inclusion", get(inclusion))
+        .api_route("/v1/ledger/proofs/consistency", get(consistency))
+        .api_route("/v1/audit/export", get(export))
+}
+
+fn auditor(caller: &Caller) -> Result<(), ApiError> {
+    caller.require(
+        &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
+        "reading the ledger's evidence",
+    )
+}
+
+fn no_head() -> ApiError {
+    ApiError::not_found("no_head", "signed ledger head")
+}
+
+/// The tenant's newest signed ledger head.
+async fn head(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Reply<SignedHead>, ApiError> {
+    auditor(&caller)?;
+    let head = state
+        .seals
+        .latest_head(caller.tenant.as_str())
+        .await?
+        .ok_or_else(no_head)?;
+    Ok(Reply::new(head).no_store())
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeadsQuery {
+    /// Only heads of trees larger than this.
+    pub after: Option<u64>,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HeadList {
+    pub heads: Vec<SignedHead>,
+}
+
+/// The tenant's signed heads, oldest first.
+async fn heads(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(query): StrictQuery<HeadsQuery>,
+) -> Result<Reply<HeadList>, ApiError> {
+    auditor(&caller)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(
+            ApiError::bad_request("invalid_query", "limit: must be between 1 and 1000")
+                .with_field("limit"),
+        );
+    }
+    let heads = state
+        .seals
+        .heads(caller.tenant.as_str(), query.after.unwrap_or(0), limit)
+        .await?;
+    Ok(Reply::new(HeadList { heads }).no_store())
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionQuery {
+    /// The event's global log position (as audit trails show it).
+    pub event: i64,
+    /// The tree size to prove inclusion in (default: the newest signed head's).
+    pub size: Option<u64>,
+}
+
+fn proof_error(err: anyhow::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_proof_request",
+        format!("{err:#}"),
+    )
+}
+
+/// Proof that an event is in the tenant's tree of `size` leaves.
+async fn inclusion(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(query): StrictQuery<InclusionQuery>,
+) -> Result<Reply<InclusionProof>, ApiError> {
+    auditor(&caller)?;
+    let leaf = state
+        .seals
+        .leaf_at_position(query.event)
+        .await?
+        .filter(|leaf| leaf.tenant == caller.tenant.as_str())
+        .ok_or_else(|| ApiError::not_found("event_not_sealed", "sealed event"))?;
+    let size = match query.size {
+        Some(size) => size,
+        None => {
+            state
+                .seals
+                .latest_head(caller.tenant.as_str())
+                .await?
+                .ok_or_else(no_head)?
+                .tree_size
+        }
+    };
+    let proof = state
+        .seals
+        .inclusion_proof(caller.tenant.as_str(), leaf.ledger_sequence, size)
+        .await
+        .map_err(proof_error)?;
+    Ok(Reply::new(proof).no_store())
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Proof that the tenant's tree of `from` leaves is a prefix of its tree of `to` leaves.
+async fn consistency(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(query): StrictQuery<ConsistencyQuery>,
+) -> Result<Reply<ConsistencyProof>, ApiError> {
+    auditor(&caller)?;
+    let proof = state
+        .seals
+        .consistency_proof(caller.tenant.as_str(), query.from, query.to)
+        .await
+        .map_err(proof_error)?;
+    Ok(Reply::new(proof).no_store())
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// First ledger sequence (default 0).
+    pub from: Option<u64>,
+    /// Ledger sequence after the last (default: the newest signed head's tree size).
+    pub to: Option<u64>,
+}
+
+/// An evidence bundle (JSON lines): the signed head, then each event with its leaf hash and
+/// inclusion proof. Verify it offline with `countersign audit verify BUNDLE --public-key KEY`.
+async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    StrictQuery(query): StrictQuery<ExportQuery>,
+) -> Result<BundleResponse, ApiError> {
+    auditor(&caller)?;
+    let mut bundle = Vec::new();
+    countersign_verification::export::export(
+        &state.ledger,
+        &state.seals,
+        caller.tenant.as_str(),
+        query.from.unwrap_or(0),
+        query.to,
+        &mut bundle,
+    )
+    .await
+    .map_err(|err| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cannot_export",
+            format!("{err:#}"),
+        )
+    })?;
+    Ok(BundleResponse(bundle))
+}
+
+/// `application/x-ndjson` bytes.
+#[derive(Debug)]
+pub struct BundleResponse(Vec<u8>);
+
+impl IntoResponse for BundleResponse {
+    fn into_response(self) -> Response {
+        let mut response = (StatusCode::OK, self.0).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+impl aide::OperationOutput for BundleResponse {
+    type Inner = String;
+
+    fn operation_response(
+        _ctx: &mut aide::generate::GenContext,
+        _operation: &mut aide::openapi::Operation,
+    ) -> Option<aide::openapi::Response> {
+        Some(aide::openapi::Response {
+            description: "JSON lines: the signed head, then one line per event with its leaf hash and inclusion proof.".into(),
+            content: indexmap::IndexMap::from_iter([("application/x-ndjson".into(), aide::openapi::MediaType::default())]),
+            ..Default::default()
+        })
+    }
+
+    fn inferred_responses(
+        ctx: &mut aide::generate::GenContext,
+        operation: &mut aide::openapi::Operation,
+    ) -> Vec<(Option<aide::openapi::StatusCode>, aide::openapi::Response)> {
+        Self::operation_response(ctx, operation)
+            .map(|r| vec![(Some(aide::openapi::StatusCode::Code(200)), r)])
+            .unwrap_or_default()
+    }
+}
