@@ -143,6 +143,7 @@ async fn ledger_appends(ledger: &Ledger, writers: usize, seconds: u64) -> anyhow
                         mode: TenantMode::RequireApproval,
                         policy: policy.clone(),
                         idempotency_key: None,
+                        rollback_of: None,
                     }));
                     ledger
                         .execute::<Action>(&id.to_string(), command, &metadata)

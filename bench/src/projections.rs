@@ -56,6 +56,7 @@ pub(crate) fn commands(
             "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }]
         }))?),
         idempotency_key: None,
+        rollback_of: None,
     }));
     let vote = ActionCommand::CastVote(CastVote {
         context: context(&people.approver),

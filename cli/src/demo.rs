@@ -129,6 +129,7 @@ impl Loader<'_> {
             mode: TenantMode::RequireApproval,
             policy,
             idempotency_key: Some(key.clone()),
+            rollback_of: None,
         }));
         let metadata = Metadata::new(self.tenant.clone(), requester.id.clone());
         match self

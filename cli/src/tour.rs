@@ -92,6 +92,7 @@ impl Demo {
             mode,
             policy,
             idempotency_key: None,
+            rollback_of: None,
         }));
         self.record(&mut played, command)?;
         Ok(played)
@@ -187,6 +188,7 @@ impl Demo {
             }
             ActionEvent::ExecutionFailed(e) => format!("failed: {}", e.error),
             ActionEvent::ExecutionSkipped(e) => format!("skipped ({:?})", e.reason),
+            ActionEvent::RollbackRequested(e) => format!("rolled back by {}", e.rollback_action_id),
         };
         writeln!(
             self.out,

@@ -197,7 +197,9 @@ impl From<ActionError> for ApiError {
             | ActionError::ExecutionNotRequested
             | ActionError::AlreadyExecuting { .. }
             | ActionError::AlreadyExecuted
-            | ActionError::StaleAttempt { .. } => StatusCode::CONFLICT,
+            | ActionError::StaleAttempt { .. }
+            | ActionError::AlreadyRolledBack { .. }
+            | ActionError::NothingToRollBack => StatusCode::CONFLICT,
         };
         Self::new(status, error.code(), error.to_string())
     }

@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use countersign_domain::action::{
     Action, ActionCommand, ActionEvent, ActionStatus, CancelAction, CastVote, CommandContext,
-    EventContext, ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, Rejection,
+    EventContext, ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, RequestRollback, Rejection,
     RequestExecution, StartExecution, SubmitAction,
 };
 use countersign_domain::{Principal, Role};
@@ -119,6 +119,7 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
                 mode: submitted.mode,
                 policy: submitted.policy.clone(),
                 idempotency_key: submitted.idempotency_key.clone(),
+                rollback_of: submitted.rollback_of,
             }))]
         }
         ActionEvent::VoteCast(vote) => vec![ActionCommand::CastVote(CastVote {
@@ -162,6 +163,12 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
             vec![ActionCommand::StartExecution(StartExecution {
                 context: context(&started.context, none()),
                 lease_seconds: lease_seconds(Some(first)),
+            })]
+        }
+        ActionEvent::RollbackRequested(requested) => {
+            vec![ActionCommand::RequestRollback(RequestRollback {
+                context: context(&requested.context, none()),
+                rollback_action_id: requested.rollback_action_id,
             })]
         }
         ActionEvent::ExecutionSkipped(skipped) => {

@@ -34,6 +34,7 @@ pub enum ActionCommand {
     StartExecution(StartExecution),
     RecordExecutionSuccess(RecordExecutionSuccess),
     RecordExecutionFailure(RecordExecutionFailure),
+    RequestRollback(RequestRollback),
 }
 
 impl ActionCommand {
@@ -47,6 +48,7 @@ impl ActionCommand {
             Self::StartExecution(c) => &c.context,
             Self::RecordExecutionSuccess(c) => &c.context,
             Self::RecordExecutionFailure(c) => &c.context,
+            Self::RequestRollback(c) => &c.context,
         }
     }
 
@@ -61,6 +63,7 @@ impl ActionCommand {
             Self::StartExecution(_) => "StartExecution",
             Self::RecordExecutionSuccess(_) => "RecordExecutionSuccess",
             Self::RecordExecutionFailure(_) => "RecordExecutionFailure",
+            Self::RequestRollback(_) => "RequestRollback",
         }
     }
 }
@@ -78,6 +81,9 @@ pub struct SubmitAction {
     pub policy: PolicySnapshot,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The executed action this one rolls back (set by the rollback endpoint, never by a submitter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<ActionId>,
 }
 
 /// Vote in the current stage; a later vote replaces the voter's earlier one.
@@ -142,4 +148,13 @@ pub struct RecordExecutionFailure {
     pub attempt: u32,
     pub error: String,
     pub retryable: bool,
+}
+
+/// Link an executed action to the action that rolls it back (submitted separately, with the
+/// stored undo payload, under its own policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestRollback {
+    pub context: CommandContext,
+    pub rollback_action_id: ActionId,
 }

@@ -45,6 +45,12 @@ pub enum ActionError {
     /// The action ran successfully already. Handling: 409; never run it again.
     #[error("the action has already been executed")]
     AlreadyExecuted,
+    /// The action was already rolled back by another action. Handling: 409.
+    #[error("the action was already rolled back by {rollback_action_id}")]
+    AlreadyRolledBack { rollback_action_id: ActionId },
+    /// Only an executed action with an undo payload can be rolled back. Handling: 409.
+    #[error("the action has no undo payload to roll back with")]
+    NothingToRollBack,
     /// An outcome for an attempt that is no longer current (its lease was reclaimed). Handling:
     /// 409; discard the outcome.
     #[error("attempt {attempt} is not the current attempt ({current})")]
@@ -67,6 +73,8 @@ impl ActionError {
             Self::AlreadyExecuting { .. } => "already_executing",
             Self::AlreadyExecuted => "already_executed",
             Self::StaleAttempt { .. } => "stale_attempt",
+            Self::AlreadyRolledBack { .. } => "already_rolled_back",
+            Self::NothingToRollBack => "nothing_to_roll_back",
         }
     }
 }

@@ -46,6 +46,7 @@ pub enum ActionEvent {
     ExecutionSucceeded(ExecutionSucceeded),
     ExecutionFailed(ExecutionFailed),
     ExecutionSkipped(ExecutionSkipped),
+    RollbackRequested(RollbackRequested),
 }
 
 /// The current version of every event type. Bump one when its shape changes, and add an upcaster.
@@ -68,6 +69,7 @@ impl ActionEvent {
             Self::ExecutionSucceeded(_) => "ExecutionSucceeded",
             Self::ExecutionFailed(_) => "ExecutionFailed",
             Self::ExecutionSkipped(_) => "ExecutionSkipped",
+            Self::RollbackRequested(_) => "RollbackRequested",
         }
     }
 
@@ -86,6 +88,7 @@ impl ActionEvent {
             Self::ExecutionSucceeded(e) => &e.context,
             Self::ExecutionFailed(e) => &e.context,
             Self::ExecutionSkipped(e) => &e.context,
+            Self::RollbackRequested(e) => &e.context,
         }
     }
 }
@@ -119,6 +122,9 @@ pub struct ActionSubmitted {
     pub idempotency_key: Option<IdempotencyKey>,
     /// blake3 of the canonical requester and submission: tells a retry from a reused key.
     pub submission_digest: String,
+    /// The executed action this one rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<ActionId>,
 }
 
 /// A voter voted in the current stage (the voter is `actor`).
@@ -283,4 +289,12 @@ pub struct ExecutionSkipped {
     #[serde(flatten)]
     pub context: EventContext,
     pub reason: SkipReason,
+}
+
+/// An action that rolls this one back was submitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RollbackRequested {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub rollback_action_id: ActionId,
 }

@@ -187,6 +187,12 @@ pub struct ActionState {
     pub escalations: u32,
     pub decision: Option<Decision>,
     pub execution: ExecutionState,
+    /// The executed action this one rolls back.
+    #[serde(default)]
+    pub rollback_of: Option<ActionId>,
+    /// The action that rolls this one back.
+    #[serde(default)]
+    pub rolled_back_by: Option<ActionId>,
 }
 
 /// The aggregate: nothing before submission, then the action's state.
@@ -303,6 +309,7 @@ impl Action {
             ActionCommand::StartExecution(start) => decision.start(state, start)?,
             ActionCommand::RecordExecutionSuccess(success) => decision.succeed(state, success)?,
             ActionCommand::RecordExecutionFailure(failure) => decision.fail(state, failure)?,
+            ActionCommand::RequestRollback(rollback) => decision.rollback(state, rollback)?,
         }
         Ok(decision.events)
     }
@@ -347,6 +354,7 @@ impl Action {
             mode: command.mode,
             idempotency_key: command.idempotency_key,
             submission_digest,
+            rollback_of: command.rollback_of,
         };
         let mut decision = Decider::new(ActionState::submitted(submitted.clone()));
         decision
@@ -405,6 +413,8 @@ impl ActionState {
             ballots: vec![BTreeMap::new()],
             escalations: 0,
             decision: None,
+            rollback_of: submitted.rollback_of,
+            rolled_back_by: None,
         }
     }
 
@@ -517,6 +527,9 @@ impl ActionState {
                 };
                 self.execution.running = None;
                 self.execution.last_error = Some(failed.error);
+            }
+            ActionEvent::RollbackRequested(requested) => {
+                self.rolled_back_by = Some(requested.rollback_action_id);
             }
             ActionEvent::ExecutionSkipped(skipped) => {
                 self.status = ActionStatus::Skipped;
@@ -804,6 +817,26 @@ impl Decider {
             result: command.result,
             undo_payload: command.undo_payload,
             duration_ms: command.duration_ms,
+        }));
+        Ok(())
+    }
+
+    fn rollback(&mut self, state: &ActionState, command: RequestRollback) -> Result<(), ActionError> {
+        match state.rolled_back_by {
+            Some(existing) if existing == command.rollback_action_id => return Ok(()),
+            Some(existing) => {
+                return Err(ActionError::AlreadyRolledBack {
+                    rollback_action_id: existing,
+                });
+            }
+            None => {}
+        }
+        if state.status != ActionStatus::Executed || state.execution.undo_payload.is_none() {
+            return Err(ActionError::NothingToRollBack);
+        }
+        self.emit(ActionEvent::RollbackRequested(RollbackRequested {
+            context: state.event_context(&command.context),
+            rollback_action_id: command.rollback_action_id,
         }));
         Ok(())
     }

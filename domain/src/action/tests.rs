@@ -74,6 +74,7 @@ pub(crate) fn submit_command(requirements: Value, mode: TenantMode) -> ActionCom
         mode,
         policy: policy(requirements),
         idempotency_key: None,
+        rollback_of: None,
     }))
 }
 
@@ -287,6 +288,7 @@ fn idempotent_submissions_land_on_the_same_action_id() {
             mode: TenantMode::RequireApproval,
             policy: policy(any(1)),
             idempotency_key: Some(key.clone()),
+            rollback_of: None,
         }))
     };
     let events = Action::default()
@@ -1102,4 +1104,24 @@ fn the_stored_shape_of_a_lifecycle_is_stable() {
     story.start(701).expect("start");
     story.succeed(1, 702).expect("succeed");
     insta::assert_json_snapshot!(story.events);
+}
+
+// ---------------------------------------------------------------- rollback
+
+#[test]
+fn only_an_executed_action_with_an_undo_payload_can_be_rolled_back_once() {
+    let rollback = |id: u128, seconds| {
+        ActionCommand::RequestRollback(RequestRollback {
+            context: context(&requester(), seconds),
+            rollback_action_id: ActionId::from_uuid(uuid::Uuid::from_u128(id)),
+        })
+    };
+    let mut story = approved(auto_executing(3));
+    assert_eq!(story.run(rollback(9, 2)), Err(ActionError::NothingToRollBack));
+    story.start(3).expect("start");
+    story.succeed(1, 4).expect("succeed");
+    assert_eq!(story.run(rollback(9, 5)), Ok(vec!["RollbackRequested"]));
+    assert_eq!(story.state().rolled_back_by, Some(ActionId::from_uuid(uuid::Uuid::from_u128(9))));
+    assert_eq!(story.run(rollback(9, 6)), Ok(vec![]), "the same rollback again changes nothing");
+    assert_eq!(story.run(rollback(10, 7)).map_err(|e| e.code()), Err("already_rolled_back"));
 }

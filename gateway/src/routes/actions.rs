@@ -117,6 +117,7 @@ async fn submit(
         mode,
         policy,
         idempotency_key,
+        rollback_of: None,
     }));
     match service::execute_action(&state, &caller, id, command).await {
         Ok(committed) => Ok(Reply::<_, 201>::new(detail_of(&committed)?)

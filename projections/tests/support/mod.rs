@@ -152,6 +152,7 @@ impl World {
             mode,
             policy,
             idempotency_key: None,
+            rollback_of: None,
         }));
         self.run(id, command).await
     }

@@ -55,6 +55,7 @@ pub async fn approved_action(ledger: &Ledger, tenant: &str, n: usize) -> String 
         mode: TenantMode::RequireApproval,
         policy: PolicySnapshot::tenant_default(requirements),
         idempotency_key: None,
+        rollback_of: None,
     }));
     let vote = ActionCommand::CastVote(CastVote {
         context: context(&tenant, principal("ana", "approver")),
