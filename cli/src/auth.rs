@@ -34,6 +34,10 @@ pub struct AuthArgs {
     /// 64 hex digits keying the digests API keys are stored as; without it API keys are off.
     #[arg(long, env = "COUNTERSIGN_API_KEY_SECRET", hide_env_values = true)]
     pub api_key_secret: Option<String>,
+    /// 64 hex digits from which each tenant's webhook signing secret is derived; without it
+    /// `webhook.post` refuses to run.
+    #[arg(long, env = "COUNTERSIGN_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Use the development keys `countersign demo` wrote to <data-dir>/dev-keys.json, if present.
     #[arg(long, env = "COUNTERSIGN_DEV_KEYS", default_value_t = true, action = clap::ArgAction::Set)]
     pub dev_keys: bool,
@@ -44,6 +48,8 @@ pub struct AuthArgs {
 pub struct DevKeys {
     pub jwt_hs256_secret: String,
     pub api_key_secret: String,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 fn dev_keys_path(data_dir: &Path) -> PathBuf {
@@ -69,6 +75,7 @@ pub fn ensure_dev_keys(data_dir: &Path) -> anyhow::Result<DevKeys> {
     let keys = DevKeys {
         jwt_hs256_secret: random_hex(),
         api_key_secret: random_hex(),
+        webhook_secret: Some(random_hex()),
     };
     std::fs::write(&path, serde_json::to_string_pretty(&keys)?)
         .with_context(|| format!("writing {}", path.display()))?;
@@ -76,6 +83,30 @@ pub fn ensure_dev_keys(data_dir: &Path) -> anyhow::Result<DevKeys> {
 }
 
 impl AuthArgs {
+    fn dev_keys(&self, store: &StoreArgs) -> anyhow::Result<Option<DevKeys>> {
+        if !self.dev_keys {
+            return Ok(None);
+        }
+        match std::fs::read_to_string(dev_keys_path(&store.data_dir)) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text).context("dev-keys.json is not valid")?,
+            )),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The key webhook signing secrets derive from: the flag or environment, else the development keys.
+    pub fn webhook_key(&self, store: &StoreArgs) -> anyhow::Result<Option<[u8; 32]>> {
+        let hex = match &self.webhook_secret {
+            Some(hex) => Some(hex.clone()),
+            None => self.dev_keys(store)?.and_then(|keys| keys.webhook_secret),
+        };
+        hex.map(|hex| {
+            AuthConfig::parse_key(&hex).map_err(|err| anyhow::anyhow!("--webhook-secret {err}"))
+        })
+        .transpose()
+    }
+
     /// The key material: flags and environment first, then the development keys.
     pub fn config(&self, store: &StoreArgs) -> anyhow::Result<AuthConfig> {
         let dev = if self.dev_keys {

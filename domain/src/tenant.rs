@@ -274,6 +274,50 @@ impl PolicySet {
 
 // ------------------------------------------------------------------------------------ settings
 
+/// Where the `webhook.post` capability delivers this tenant's payloads: an `http` or `https` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+pub struct WebhookUrl(
+    #[schemars(regex(pattern = "^https?://[^\\s]+$"), length(max = 2048))]
+    String,
+);
+
+impl WebhookUrl {
+    pub fn parse(value: impl Into<String>) -> Result<Self, crate::ParseError> {
+        let value = value.into();
+        let scheme_ok = value.starts_with("http://") || value.starts_with("https://");
+        let host = value.split("://").nth(1).unwrap_or_default();
+        if !scheme_ok
+            || host.is_empty()
+            || value.len() > 2048
+            || value.chars().any(char::is_whitespace)
+        {
+            return Err(crate::ParseError::new(
+                "webhook_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WebhookUrl {
+    type Error = crate::ParseError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<WebhookUrl> for String {
+    fn from(value: WebhookUrl) -> Self {
+        value.0
+    }
+}
+
 /// A tenant's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -281,6 +325,9 @@ pub struct Settings {
     pub mode: TenantMode,
     /// What applies when no policy matches.
     pub default_requirements: Requirements,
+    /// Where `webhook.post` actions deliver their payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<WebhookUrl>,
 }
 
 impl Default for Settings {
@@ -288,6 +335,7 @@ impl Default for Settings {
         Self {
             mode: TenantMode::RequireApproval,
             default_requirements: Requirements::builtin_default(),
+            webhook_url: None,
         }
     }
 }
@@ -699,7 +747,10 @@ mod tests {
         let update = Settings {
             mode: TenantMode::Safe,
             default_requirements: Requirements::builtin_default(),
+            webhook_url: None,
         };
+        assert!(WebhookUrl::parse("ftp://x").is_err() && WebhookUrl::parse("https://").is_err());
+        assert!(WebhookUrl::parse("https://hooks.example.com/countersign").is_ok());
         for event in settings
             .decide(SettingsCommand::UpdateSettings {
                 context: context("acme", 0),

@@ -56,6 +56,10 @@ pub struct AppState {
     pub limits: Limits,
     pub metrics: Option<PrometheusHandle>,
     pub metrics_token: Option<String>,
+    /// Progress of running actions, for their event streams.
+    pub progress: countersign_executor::ProgressHub,
+    /// Previews capabilities for dry runs (absent when this process runs no executor).
+    pub executor: Option<countersign_executor::Executor>,
 }
 
 fn api_routes() -> ApiRouter<AppState> {

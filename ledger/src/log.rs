@@ -271,6 +271,45 @@ impl Ledger {
         }
     }
 
+    /// The checkpoint a tailer saved under `name` (the start of the log when none).
+    pub async fn load_checkpoint(&self, name: &str) -> anyhow::Result<LogCursor> {
+        let sql = "SELECT txid, position FROM tailer_checkpoints WHERE name = $1";
+        let row: Option<(i64, i64)> = match &self.backend {
+            Backend::Postgres(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
+            Backend::Sqlite(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
+        }
+        .context("reading a tailer checkpoint")?;
+        Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor {
+            txid,
+            position,
+        }))
+    }
+
+    /// Saves a tailer's checkpoint (it only moves forward).
+    pub async fn save_checkpoint(&self, name: &str, cursor: LogCursor) -> anyhow::Result<()> {
+        let sql = "INSERT INTO tailer_checkpoints (name, txid, position) VALUES ($1, $2, $3)
+                   ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position
+                   WHERE (tailer_checkpoints.txid, tailer_checkpoints.position) < (excluded.txid, excluded.position)";
+        match &self.backend {
+            Backend::Postgres(pool) => sqlx::query(sql)
+                .bind(name)
+                .bind(cursor.txid)
+                .bind(cursor.position)
+                .execute(pool)
+                .await
+                .map(drop),
+            Backend::Sqlite(pool) => sqlx::query(sql)
+                .bind(name)
+                .bind(cursor.txid)
+                .bind(cursor.position)
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .context("saving a tailer checkpoint")?;
+        Ok(())
+    }
+
     /// Waits for appends: returns at the latest after `poll`.
     pub async fn log_waker(&self) -> anyhow::Result<LogWaker> {
         Ok(match &self.backend {

@@ -465,6 +465,31 @@ impl ProjectionStore {
         Ok((tx, generation))
     }
 
+    /// Actions a system component should look at (cross-tenant, not for callers): open ones whose
+    /// deadline has passed, and approved or executing ones (to run, retry or reclaim).
+    pub async fn actions_needing_attention(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<String>, QueryError> {
+        let Some(live) = self.live(Projection::Actions).await? else {
+            return Ok(Vec::new());
+        };
+        let g = live.generation;
+        let rows = sqlx::query(&format!(
+            "SELECT action_id FROM p_actions_g{g}
+              WHERE (status IN ('pending', 'escalated') AND expires_at <= $1) OR status IN ('approved', 'executing')
+              ORDER BY expires_at, action_id LIMIT {}",
+            limit.max(1)
+        ))
+        .bind(micros(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(QueryError::from))
+            .collect()
+    }
+
     /// The log position a projection's live generation has reached.
     pub async fn live_checkpoint(
         &self,

@@ -21,8 +21,8 @@ use std::time::Instant;
 
 use countersign_domain::action::{
     Action, ActionCommand, ActionEvent, ActionStatus, CancelAction, CastVote, CommandContext,
-    EventContext, ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, RequestRollback, Rejection,
-    RequestExecution, StartExecution, SubmitAction,
+    EventContext, ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, Rejection,
+    RequestExecution, RequestRollback, StartExecution, SubmitAction,
 };
 use countersign_domain::{Principal, Role};
 use countersign_ledger::{Ledger, LogCursor, LoggedEvent};

@@ -821,7 +821,11 @@ impl Decider {
         Ok(())
     }
 
-    fn rollback(&mut self, state: &ActionState, command: RequestRollback) -> Result<(), ActionError> {
+    fn rollback(
+        &mut self,
+        state: &ActionState,
+        command: RequestRollback,
+    ) -> Result<(), ActionError> {
         match state.rolled_back_by {
             Some(existing) if existing == command.rollback_action_id => return Ok(()),
             Some(existing) => {

@@ -1117,11 +1117,24 @@ fn only_an_executed_action_with_an_undo_payload_can_be_rolled_back_once() {
         })
     };
     let mut story = approved(auto_executing(3));
-    assert_eq!(story.run(rollback(9, 2)), Err(ActionError::NothingToRollBack));
+    assert_eq!(
+        story.run(rollback(9, 2)),
+        Err(ActionError::NothingToRollBack)
+    );
     story.start(3).expect("start");
     story.succeed(1, 4).expect("succeed");
     assert_eq!(story.run(rollback(9, 5)), Ok(vec!["RollbackRequested"]));
-    assert_eq!(story.state().rolled_back_by, Some(ActionId::from_uuid(uuid::Uuid::from_u128(9))));
-    assert_eq!(story.run(rollback(9, 6)), Ok(vec![]), "the same rollback again changes nothing");
-    assert_eq!(story.run(rollback(10, 7)).map_err(|e| e.code()), Err("already_rolled_back"));
+    assert_eq!(
+        story.state().rolled_back_by,
+        Some(ActionId::from_uuid(uuid::Uuid::from_u128(9)))
+    );
+    assert_eq!(
+        story.run(rollback(9, 6)),
+        Ok(vec![]),
+        "the same rollback again changes nothing"
+    );
+    assert_eq!(
+        story.run(rollback(10, 7)).map_err(|e| e.code()),
+        Err("already_rolled_back")
+    );
 }

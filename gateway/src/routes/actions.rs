@@ -47,6 +47,7 @@ pub fn router() -> ApiRouter<AppState> {
         .api_route("/v1/actions/{id}/execute", post(execute))
         .api_route("/v1/actions/{id}/audit", get(audit))
         .api_route("/v1/actions/{id}/stream", get(stream))
+        .api_route("/v1/actions/{id}/rollback", post(rollback))
 }
 
 fn context(caller: &Caller, headers: &HeaderMap) -> Result<CommandContext, ApiError> {
@@ -499,6 +500,12 @@ pub struct ExecutionPreview {
     /// Why not, when it would not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the capability says it would do (when this process runs an executor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability_preview: Option<Value>,
+    /// Why the capability could not preview it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -536,14 +543,23 @@ async fn execute(
             (ActionStatus::Approved, _) => None,
             (status, _) => Some(format!("the action is {status}, not approved")),
         };
+        let (capability_preview, capability_error) = match &state.executor {
+            Some(executor) => match executor.preview(&id).await? {
+                Ok(preview) => (Some(preview), None),
+                Err(failure) => (None, Some(failure.message)),
+            },
+            None => (None, None),
+        };
         return Ok(Reply::new(ExecuteResult::Preview(ExecutionPreview {
             action_id: id,
             action_type: current.action_type.to_string(),
             execution_key: current.execution_key.clone(),
             payload: current.submission.payload.clone(),
             status: current.status,
-            would_execute: reason.is_none(),
-            reason,
+            would_execute: reason.is_none() && capability_error.is_none(),
+            reason: reason.or_else(|| capability_error.clone()),
+            capability_preview,
+            capability_error,
         })));
     }
     let command = ActionCommand::RequestExecution(RequestExecution {
@@ -596,6 +612,7 @@ async fn stream(
 ) -> Result<EventStream<impl Stream<Item = Result<Event, Infallible>> + Send + 'static>, ApiError> {
     let id = action_id(&id)?;
     let receiver = state.hub.subscribe();
+    let progress = state.progress.subscribe();
     let (action, sequence) = state.ledger.load::<Action>(&id.to_string()).await?;
     let current = action
         .state()
@@ -608,19 +625,34 @@ async fn stream(
     let key = id.to_string();
     let ledger = state.ledger.clone();
     let stream = futures::stream::unfold(
-        (Some(first), action, sequence, receiver, false),
-        move |(pending, mut action, mut sequence, mut receiver, done)| {
+        (Some(first), action, sequence, (receiver, progress), false),
+        move |(pending, mut action, mut sequence, (mut receiver, mut progress), done)| {
             let key = key.clone();
             let ledger = ledger.clone();
             async move {
                 if let Some(event) = pending {
-                    return Some((Ok(event), (None, action, sequence, receiver, done)));
+                    return Some((
+                        Ok(event),
+                        (None, action, sequence, (receiver, progress), done),
+                    ));
                 }
                 if done {
                     return None;
                 }
                 loop {
-                    match receiver.recv().await {
+                    let next = tokio::select! {
+                        next = receiver.recv() => next,
+                        update = progress.recv() => {
+                            if let Ok((action_id, update)) = update
+                                && action_id.to_string() == key
+                            {
+                                let event = Event::default().event("progress").json_data(update).unwrap_or_default();
+                                return Some((Ok(event), (None, action, sequence, (receiver, progress), done)));
+                            }
+                            continue;
+                        }
+                    };
+                    match next {
                         Ok(logged)
                             if logged.aggregate_id == key && logged.sequence as u64 > sequence =>
                         {
@@ -649,7 +681,10 @@ async fn stream(
                                 .event(logged.event_type.clone())
                                 .json_data(data)
                                 .unwrap_or_default();
-                            return Some((Ok(event), (None, action, sequence, receiver, finished)));
+                            return Some((
+                                Ok(event),
+                                (None, action, sequence, (receiver, progress), finished),
+                            ));
                         }
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -670,4 +705,97 @@ async fn stream(
     Ok(EventStream(Sse::new(stream).keep_alive(
         KeepAlive::new().interval(Duration::from_secs(15)),
     )))
+}
+
+/// Roll an executed action back: submits a new action that runs the stored undo payload through
+/// the same capability, linked to the original and governed by its own policy (owner, admin, or
+/// the original's requester). Asking again answers the same rollback action.
+async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(IdPath { id }): Path<IdPath>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = action_id(&id)?;
+    let (action, _) = state.ledger.load::<Action>(&id.to_string()).await?;
+    let original = action
+        .state()
+        .filter(|current| current.tenant == caller.tenant)
+        .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
+    if !caller.has_any(&[roles::OWNER, roles::ADMIN])
+        && original.requester.id != caller.principal.id
+    {
+        return Err(ApiError::forbidden(
+            "rolling back an action requires the owner or admin role, or being its requester",
+        ));
+    }
+    if original.status != ActionStatus::Executed {
+        return Err(ActionError::NothingToRollBack.into());
+    }
+    let undo_payload = original
+        .execution
+        .undo_payload
+        .clone()
+        .ok_or_else(|| ApiError::from(ActionError::NothingToRollBack))?;
+    let key = IdempotencyKey::parse(format!("rollback:{id}"))
+        .map_err(|err| ApiError::internal(err.message))?;
+    let rollback_id = ActionId::for_idempotency_key(&caller.tenant, &key);
+    if let Some(existing) = original
+        .rolled_back_by
+        .filter(|existing| *existing != rollback_id)
+    {
+        return Err(ActionError::AlreadyRolledBack {
+            rollback_action_id: existing,
+        }
+        .into());
+    }
+    let mut submission = original.submission.clone();
+    submission.payload = undo_payload;
+    submission.undo_payload = None;
+    submission.summary = countersign_domain::Summary::parse(
+        format!("Roll back: {}", original.submission.summary.as_str())
+            .chars()
+            .take(500)
+            .collect::<String>(),
+    )
+    .map_err(ApiError::invalid_input)?;
+    submission.source =
+        countersign_domain::Source::parse("rollback").map_err(ApiError::invalid_input)?;
+    let (mode, policy) = service::resolve_policy(&state, &caller, &submission).await?;
+    let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
+        context: context(&caller, &headers)?,
+        action_id: rollback_id,
+        submission,
+        mode,
+        policy,
+        idempotency_key: Some(key),
+        rollback_of: Some(id),
+    }));
+    let (detail, cursor, created) =
+        match service::execute_action(&state, &caller, rollback_id, command).await {
+            Ok(committed) => (detail_of(&committed)?, committed.last_cursor(), true),
+            Err(LedgerError::Rejected(ActionError::AlreadySubmitted { .. })) => {
+                let (existing, _) = state
+                    .ledger
+                    .load::<Action>(&rollback_id.to_string())
+                    .await?;
+                let existing = existing
+                    .state()
+                    .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
+                (ActionDetail::from_state(existing, -1), None, false)
+            }
+            Err(err) => return Err(err.into()),
+        };
+    let link = ActionCommand::RequestRollback(countersign_domain::action::RequestRollback {
+        context: context(&caller, &headers)?,
+        rollback_action_id: rollback_id,
+    });
+    let linked = service::execute_action(&state, &caller, id, link).await?;
+    let cursor = cursor.max(linked.last_cursor());
+    Ok(if created {
+        Reply::<_, 201>::new(detail).at(cursor).into_response()
+    } else {
+        Reply::<_, 200>::new(detail).at(cursor).into_response()
+    })
 }

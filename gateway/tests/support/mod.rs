@@ -103,6 +103,8 @@ impl TestApp {
             },
             metrics: None,
             metrics_token: Some("metrics-secret".into()),
+            progress: countersign_executor::ProgressHub::default(),
+            executor: None,
         };
         // Wait for the projections to exist, as a deployed service would before taking traffic.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,144 @@
+//! Capabilities: what an approved action runs, addressed by `module.capability`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use countersign_domain::canonical::ExecutionKey;
+use countersign_domain::tenant::Settings;
+use countersign_domain::{ActionId, ActionType, TenantId};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// What a capability is asked to do.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub tenant: TenantId,
+    pub action_id: ActionId,
+    pub action_type: ActionType,
+    pub payload: Value,
+    /// Unique per capability and payload: send it as the idempotency key downstream.
+    pub execution_key: ExecutionKey,
+    pub attempt: u32,
+    /// The tenant's settings (where its webhooks go).
+    pub settings: Settings,
+}
+
+/// A finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub result: Value,
+    /// What would reverse the run, when the capability knows better than the submitter.
+    pub undo_payload: Option<Value>,
+}
+
+/// A failed run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub message: String,
+    /// Whether trying again could succeed.
+    pub retryable: bool,
+}
+
+impl Failure {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Progress messages of running actions, fanned out to whoever streams them (the SSE channel).
+#[derive(Debug, Clone)]
+pub struct ProgressHub {
+    sender: broadcast::Sender<(ActionId, Value)>,
+}
+
+impl Default for ProgressHub {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl ProgressHub {
+    pub fn subscribe(&self) -> broadcast::Receiver<(ActionId, Value)> {
+        self.sender.subscribe()
+    }
+
+    pub fn report(&self, action_id: ActionId, progress: Value) {
+        // Nobody listening is fine.
+        let _ = self.sender.send((action_id, progress));
+    }
+}
+
+/// A capability's view of progress reporting for one run.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    hub: ProgressHub,
+    action_id: ActionId,
+}
+
+impl Progress {
+    pub fn new(hub: ProgressHub, action_id: ActionId) -> Self {
+        Self { hub, action_id }
+    }
+
+    pub fn report(&self, progress: Value) {
+        self.hub.report(self.action_id, progress);
+    }
+}
+
+#[async_trait]
+pub trait Capability: Send + Sync + std::fmt::Debug {
+    /// Runs the action. Must be safe to call again with the same execution key.
+    async fn execute(
+        &self,
+        invocation: &Invocation,
+        progress: &Progress,
+    ) -> Result<Completed, Failure>;
+
+    /// Describes what `execute` would do, changing nothing.
+    async fn preview(&self, invocation: &Invocation) -> Result<Value, Failure>;
+}
+
+/// Finds the capability of an action type: built-ins by name, then the external providers.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    builtin: HashMap<String, Arc<dyn Capability>>,
+    external: Option<Arc<dyn Capability>>,
+}
+
+impl Registry {
+    #[must_use]
+    pub fn with(mut self, action_type: &str, capability: impl Capability + 'static) -> Self {
+        self.builtin
+            .insert(action_type.to_owned(), Arc::new(capability));
+        self
+    }
+
+    /// Every action type without a built-in goes to this (the NATS request/reply providers).
+    #[must_use]
+    pub fn with_external(mut self, capability: impl Capability + 'static) -> Self {
+        self.external = Some(Arc::new(capability));
+        self
+    }
+
+    /// The capability for an action type; `None` means the action fails, never guessed.
+    pub fn resolve(&self, action_type: &ActionType) -> Option<Arc<dyn Capability>> {
+        self.builtin
+            .get(action_type.as_str())
+            .cloned()
+            .or_else(|| self.external.clone())
+    }
+}

@@ -1,0 +1,288 @@
+//! Where the executor hears about work: a durable JetStream consumer (server mode), the log
+//! itself (embedded mode), and a periodic sweep that catches deadlines, due retries and expired
+//! leases whatever the transport did.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use countersign_ledger::LogCursor;
+use countersign_projections::ProjectionStore;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::relay::{HEADER_AGGREGATE_ID, StreamConfig};
+use crate::worker::{Executor, Processed, may_need_work};
+
+fn aggregate_and_type(subject: &str, prefix: &str) -> Option<(String, String)> {
+    // <prefix>.events.<tenant>.<aggregate type>.<event type>
+    let rest = subject.strip_prefix(prefix)?.strip_prefix(".events.")?;
+    let mut parts = rest.split('.');
+    let (_tenant, aggregate, event_type) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((aggregate.to_owned(), event_type.to_owned()))
+}
+
+/// Consumes the event stream through a durable pull consumer shared by every executor process:
+/// JetStream gives each message to one of them; a message is acknowledged only after the action's
+/// outcome is recorded.
+#[derive(Debug, Clone)]
+pub struct JetStreamSource {
+    pub executor: Executor,
+    pub client: async_nats::Client,
+    pub stream: StreamConfig,
+    /// The durable consumer's name (shared by the executor processes).
+    pub consumer: String,
+    /// Deliveries of one message before it goes to the dead-letter subject.
+    pub max_deliver: i64,
+    pub concurrency: usize,
+}
+
+impl JetStreamSource {
+    async fn consumer(&self) -> anyhow::Result<consumer::Consumer<consumer::pull::Config>> {
+        let jetstream = jetstream::new(self.client.clone());
+        let stream = self.stream.ensure(&jetstream).await?;
+        stream
+            .get_or_create_consumer(
+                &self.consumer,
+                consumer::pull::Config {
+                    durable_name: Some(self.consumer.clone()),
+                    filter_subject: self.stream.filter("action"),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(120),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|err| anyhow::anyhow!("creating the consumer {}: {err}", self.consumer))
+    }
+
+    async fn handle(&self, message: jetstream::Message) {
+        let subject = message.subject.to_string();
+        let Some((aggregate, event_type)) = aggregate_and_type(&subject, &self.stream.prefix)
+        else {
+            let _ = message.ack().await;
+            return;
+        };
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(HEADER_AGGREGATE_ID))
+            .map(|value| value.to_string());
+        let (Some(id), true) = (id, aggregate == "action" && may_need_work(&event_type)) else {
+            let _ = message.ack().await;
+            return;
+        };
+        match self.executor.process(&id).await {
+            Ok(Processed::RetryAt(due)) => {
+                let delay = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            Ok(_) => {
+                let _ = message.ack().await;
+            }
+            Err(err) => {
+                let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+                if delivered >= self.max_deliver {
+                    warn!(action_id = id, error = %err, delivered, "giving up on a message: dead-lettered");
+                    let body = serde_json::json!({ "subject": subject, "action_id": id, "error": format!("{err:#}"), "delivered": delivered });
+                    let _ = self
+                        .client
+                        .publish(self.stream.dead_letter_subject(), body.to_string().into())
+                        .await;
+                    let _ = message.ack_with(AckKind::Term).await;
+                } else {
+                    warn!(action_id = id, error = %err, delivered, "processing failed; redelivering");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Runs until `shutdown` turns true, reconnecting with backoff when NATS goes away.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let mut backoff = Duration::from_millis(200);
+        while !*shutdown.borrow() {
+            let mut messages = match self.consumer().await {
+                Ok(consumer) => match consumer.messages().await {
+                    Ok(messages) => messages,
+                    Err(err) => {
+                        warn!(error = %err, "executor: no message stream yet");
+                        tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(backoff) => {} }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+                Err(err) => {
+                    warn!(error = %err, "executor: consumer unavailable");
+                    tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            info!(consumer = self.consumer, "executor consuming");
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.changed() => break,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => {
+                        backoff = Duration::from_millis(200);
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let source = self.clone();
+                        tokio::spawn(async move {
+                            source.handle(message).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(err)) => {
+                        warn!(error = %err, "executor: message stream error; reconnecting");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !*shutdown.borrow() {
+                tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Embedded mode: the executor tails the log itself (one instance, tailer lock), processing the
+/// actions whose events may have made them runnable, then saving its checkpoint.
+#[derive(Debug, Clone)]
+pub struct LogSource {
+    pub executor: Executor,
+}
+
+impl LogSource {
+    const CHECKPOINT: &'static str = "executor";
+
+    /// Processes the next batch; returns the number of events read.
+    pub async fn process_next(&self) -> anyhow::Result<usize> {
+        let ledger = self.executor.ledger();
+        let checkpoint = ledger.load_checkpoint(Self::CHECKPOINT).await?;
+        let events = ledger.read_log(checkpoint, 200).await?;
+        let Some(last) = events.last().map(|event| event.cursor) else {
+            return Ok(0);
+        };
+        let ids: BTreeSet<&str> = events
+            .iter()
+            .filter(|event| event.aggregate_type == "action" && may_need_work(&event.event_type))
+            .map(|event| event.aggregate_id.as_str())
+            .collect();
+        for id in ids {
+            if let Err(err) = self.executor.process(id).await {
+                // The sweep retries what failed here; the checkpoint still moves on.
+                warn!(action_id = id, error = %err, "processing failed");
+            }
+        }
+        ledger.save_checkpoint(Self::CHECKPOINT, last).await?;
+        Ok(events.len())
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let ledger = self.executor.ledger().clone();
+        let lock = loop {
+            if let Some(lock) = ledger.lock_tailer(Self::CHECKPOINT).await? {
+                break lock;
+            }
+            tokio::select! { _ = shutdown.changed() => return Ok(()), () = tokio::time::sleep(Duration::from_secs(2)) => {} }
+        };
+        let mut waker = ledger.log_waker().await?;
+        info!("executor tailing the log (embedded mode)");
+        while !*shutdown.borrow() {
+            match self.process_next().await {
+                Ok(0) => {
+                    tokio::select! { _ = shutdown.changed() => {}, () = waker.wait(Duration::from_secs(1)) => {} }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    warn!(error = %err, "executor: reading the log failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        lock.release().await;
+        Ok(())
+    }
+
+    /// Where the embedded executor has read up to.
+    pub async fn checkpoint(&self) -> anyhow::Result<LogCursor> {
+        self.executor
+            .ledger()
+            .load_checkpoint(Self::CHECKPOINT)
+            .await
+    }
+}
+
+/// Every `interval`, looks at every action past its deadline or approved or executing, and lets
+/// the executor fire the deadline, run, retry or reclaim it. Several instances may sweep: the
+/// ledger refuses whatever another instance already did.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    pub executor: Executor,
+    pub projections: ProjectionStore,
+    pub interval: Duration,
+}
+
+impl Sweeper {
+    /// One sweep; returns what was done to each action that needed something.
+    pub async fn sweep(&self) -> anyhow::Result<Vec<(String, Processed)>> {
+        let ids = self
+            .projections
+            .actions_needing_attention(chrono::Utc::now(), 500)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let mut done = Vec::new();
+        for id in ids {
+            match self.executor.process(&id).await {
+                Ok(Processed::Nothing | Processed::RetryAt(_)) => {}
+                Ok(outcome) => done.push((id, outcome)),
+                Err(err) => warn!(action_id = id, error = %err, "sweep: processing failed"),
+            }
+        }
+        Ok(done)
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        while !*shutdown.borrow() {
+            if let Err(err) = self.sweep().await {
+                warn!(error = %err, "sweep failed");
+            }
+            tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(self.interval) => {} }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_name_the_aggregate_and_event_type() {
+        assert_eq!(
+            aggregate_and_type(
+                "countersign.events.acme.action.ActionApproved",
+                "countersign"
+            ),
+            Some(("action".into(), "ActionApproved".into()))
+        );
+        assert_eq!(
+            aggregate_and_type("countersign.capability.billing.refund", "countersign"),
+            None
+        );
+    }
+}
