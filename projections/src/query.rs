@@ -188,6 +188,10 @@ pub struct ActionDetail {
     pub execution: ExecutionState,
     pub idempotency_key: Option<String>,
     pub correlation_id: Option<String>,
+    /// The executed action this one rolls back.
+    pub rollback_of: Option<ActionId>,
+    /// The action that rolls this one back.
+    pub rolled_back_by: Option<ActionId>,
     /// The global position of the last event reflected here.
     pub position: i64,
 }
@@ -263,6 +267,8 @@ impl ActionDetail {
             execution: state.execution.clone(),
             idempotency_key: state.idempotency_key.as_ref().map(ToString::to_string),
             correlation_id: state.correlation_id.as_ref().map(ToString::to_string),
+            rollback_of: state.rollback_of,
+            rolled_back_by: state.rolled_back_by,
             position,
         }
     }

@@ -77,6 +77,39 @@ impl TestApp {
         .await
     }
 
+    /// An app whose process also runs an executor (embedded mode) and sweeps deadlines.
+    pub async fn with_executor(kind: &str, webhook_key: [u8; 32]) -> Self {
+        let mut app = Self::spawn(kind).await;
+        let registry =
+            countersign_executor::registry(Some(webhook_key), None, None).expect("registry");
+        let executor = countersign_executor::Executor::new(
+            app.store.ledger.clone(),
+            registry,
+            app.state.progress.clone(),
+            countersign_executor::ExecutorConfig {
+                lease: Duration::from_secs(10),
+                ..Default::default()
+            },
+        );
+        let stopped = app.stop.subscribe();
+        tokio::spawn(
+            countersign_executor::LogSource {
+                executor: executor.clone(),
+            }
+            .run(stopped.clone()),
+        );
+        tokio::spawn(
+            countersign_executor::Sweeper {
+                executor: executor.clone(),
+                projections: app.state.projections.clone(),
+                interval: Duration::from_millis(200),
+            }
+            .run(stopped),
+        );
+        app.state.executor = Some(executor);
+        app
+    }
+
     pub async fn with_auth(kind: &str, auth: AuthConfig) -> Self {
         let store = TestStore::of_kind(kind).await.expect("store");
         let projections = ProjectionStore::open(&store.config)

@@ -1,0 +1,235 @@
+//! Reference 001's acceptance flow end to end: submit, approve, execute through a real webhook
+//! receiver (signature checked, received once), status and progress streamed over SSE, rollback.
+#![expect(
+    clippy::expect_used,
+    reason = "a test fails loudly where its setup breaks"
+)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use countersign_executor::builtin::{SIGNATURE_HEADER, Webhook};
+use futures::StreamExt;
+use serde_json::json;
+use support::{TestApp, token};
+
+const WEBHOOK_KEY: [u8; 32] = [42; 32];
+
+#[derive(Debug, Clone)]
+struct Delivery {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A real HTTP receiver on a free loopback port.
+async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let recorded = deliveries.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let recorded = recorded.clone();
+            async move {
+                recorded
+                    .lock()
+                    .expect("lock")
+                    .push(Delivery { headers, body });
+                axum::Json(json!({ "accepted": true }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/hook"), deliveries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {
+    let app = TestApp::with_executor("sqlite", WEBHOOK_KEY).await;
+    let (url, deliveries) = receiver().await;
+    let owner = token("olga", "acme", &["owner"]);
+    let requester = token("rita", "acme", &["requester"]);
+    let mut settings = app.get("/v1/settings", &owner).await.body;
+    settings["webhook_url"] = json!(url);
+    assert_eq!(
+        app.call(Method::PUT, "/v1/settings", Some(&owner), Some(settings))
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let submitted = app
+        .post("/v1/actions", &requester, json!({
+            "module": "webhook", "capability": "post", "summary": "Notify the CRM of order 1042",
+            "payload": { "order": 1042, "event": "refunded" }, "undo_payload": { "order": 1042, "event": "refund-cancelled" }
+        }))
+        .await;
+    assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+    let id = submitted.body["id"].as_str().expect("id").to_owned();
+    let execution_key = submitted.body["execution_key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+
+    // Watch it over SSE from the start.
+    let request = Request::get(format!("/v1/actions/{id}/stream"))
+        .header("authorization", format!("Bearer {requester}"))
+        .body(Body::empty())
+        .expect("request");
+    let response = tower::ServiceExt::oneshot(countersign_gateway::app(app.state.clone()), request)
+        .await
+        .expect("response");
+    let mut stream = response.into_body().into_data_stream();
+
+    let preview = app
+        .post(
+            &format!("/v1/actions/{id}/execute"),
+            &owner,
+            json!({ "dry_run": true }),
+        )
+        .await;
+    assert_eq!(preview.body["would_execute"], false, "not approved yet");
+    assert_eq!(preview.body["capability_preview"]["would_post_to"], url);
+
+    app.post(
+        &format!("/v1/actions/{id}/approve"),
+        &owner,
+        json!({ "comment": "go" }),
+    )
+    .await;
+    let requested = app
+        .post(&format!("/v1/actions/{id}/execute"), &owner, json!({}))
+        .await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.body);
+
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains("event: ExecutionSucceeded") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = tokio::time::timeout(left, stream.next())
+            .await
+            .expect("the execution is streamed")
+            .expect("frame")
+            .expect("bytes");
+        seen.push_str(&String::from_utf8_lossy(&frame));
+    }
+    for expected in [
+        "event: status",
+        "event: ActionApproved",
+        "event: ExecutionRequested",
+        "event: ExecutionStarted",
+        "event: progress",
+        "\"executed\"",
+    ] {
+        assert!(seen.contains(expected), "{expected} missing from {seen}");
+    }
+
+    // Received exactly once, signed, with the execution key as Idempotency-Key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deliveries = deliveries.lock().expect("lock").clone();
+    assert_eq!(deliveries.len(), 1);
+    let delivery = &deliveries[0];
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&delivery.body).expect("json"),
+        json!({ "order": 1042, "event": "refunded" })
+    );
+    assert_eq!(delivery.headers["idempotency-key"], execution_key.as_str());
+    let timestamp: i64 = delivery.headers["x-countersign-timestamp"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number");
+    let expected = Webhook::signature(
+        &Webhook::tenant_secret(&WEBHOOK_KEY, "acme"),
+        timestamp,
+        &delivery.body,
+    );
+    assert_eq!(
+        delivery.headers[SIGNATURE_HEADER],
+        expected.as_str(),
+        "the signature verifies"
+    );
+    let forged = Webhook::signature(
+        &Webhook::tenant_secret(&[1; 32], "acme"),
+        timestamp,
+        &delivery.body,
+    );
+    assert_ne!(delivery.headers[SIGNATURE_HEADER], forged.as_str());
+
+    // The audit shows the whole lifecycle.
+    let auditor = token("audrey", "acme", &["auditor"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let types = loop {
+        let audit = app.get(&format!("/v1/actions/{id}/audit"), &auditor).await;
+        let types: Vec<String> = audit.body["events"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|e| e["event_type"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if types.last().is_some_and(|t| t == "ExecutionSucceeded") {
+            break types;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{types:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        types,
+        [
+            "ActionSubmitted",
+            "VoteCast",
+            "StageApproved",
+            "ActionApproved",
+            "ExecutionRequested",
+            "ExecutionStarted",
+            "ExecutionSucceeded"
+        ]
+    );
+
+    // Roll it back: a new action with the undo payload, linked both ways, under its own policy.
+    let rollback = app
+        .post(&format!("/v1/actions/{id}/rollback"), &owner, json!({}))
+        .await;
+    assert_eq!(rollback.status, StatusCode::CREATED, "{}", rollback.body);
+    assert_eq!(rollback.body["rollback_of"], id);
+    assert_eq!(
+        rollback.body["request"]["payload"],
+        json!({ "order": 1042, "event": "refund-cancelled" })
+    );
+    assert_eq!(rollback.body["status"], "pending");
+    let again = app
+        .post(&format!("/v1/actions/{id}/rollback"), &owner, json!({}))
+        .await;
+    assert_eq!(
+        (again.status, again.body["id"].clone()),
+        (StatusCode::OK, rollback.body["id"].clone())
+    );
+    let token_after = rollback.token().expect("token");
+    let original = app
+        .get(
+            &format!("/v1/actions/{id}?consistent_with={token_after}"),
+            &owner,
+        )
+        .await;
+    assert_eq!(original.body["rolled_back_by"], rollback.body["id"]);
+    let pending = app
+        .post(
+            &format!(
+                "/v1/actions/{}/rollback",
+                rollback.body["id"].as_str().expect("id")
+            ),
+            &owner,
+            json!({}),
+        )
+        .await;
+    assert_eq!(pending.code(), "nothing_to_roll_back");
+}
