@@ -1,6 +1,7 @@
 //! `countersign-bench`: measures countersign beside a baseline taken in the same run on the same
 //! database, and writes the figures into `docs/performance.md`. Loopback only, bounded in time.
 
+mod executor;
 mod ledger;
 mod projections;
 mod report;
@@ -42,6 +43,8 @@ enum Bench {
     Projections,
     /// Sealing and verify rates beside the log read rate, and the sealer's lag under load.
     Verification,
+    /// Relay throughput beside a bare pipelined publish, and approval-to-execution latency.
+    Executor,
     /// Every bench above, in order.
     All,
 }
@@ -71,10 +74,12 @@ fn main() -> ExitCode {
             Bench::Ledger => vec![ledger::run(&settings).await?],
             Bench::Projections => vec![projections::run(&settings).await?],
             Bench::Verification => vec![verification::run(&settings).await?],
+            Bench::Executor => vec![executor::run(&settings).await?],
             Bench::All => vec![
                 ledger::run(&settings).await?,
                 projections::run(&settings).await?,
                 verification::run(&settings).await?,
+                executor::run(&settings).await?,
             ],
         };
         for section in &sections {

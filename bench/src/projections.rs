@@ -22,7 +22,7 @@ use crate::report::{Figure, Section, machine, progress};
 
 pub(crate) struct People {
     pub(crate) tenants: Vec<TenantId>,
-    requester: Principal,
+    pub(crate) requester: Principal,
     approver: Principal,
 }
 

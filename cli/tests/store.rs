@@ -395,3 +395,131 @@ fn projections_rebuild_status_and_replay_through_the_cli() {
         );
     }
 }
+
+fn http(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let body = body.map(ToString::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Server mode through the binary: PostgreSQL, NATS JetStream relay and executor, HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_approved_actions_through_nats_on_postgres() {
+    let store = TestStore::postgres().await.expect("database");
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let secret = "server-mode-test-secret-0123456789";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dev-keys", "false"])
+        .env("DATABASE_URL", store.location())
+        .env("NATS_URL", "nats://127.0.0.1:4222")
+        .env("COUNTERSIGN_NATS_STREAM", format!("CLI_{}", &unique[..12]))
+        .env("COUNTERSIGN_NATS_PREFIX", format!("cli{}", &unique[..12]))
+        .env("COUNTERSIGN_JWT_HS256_SECRET", secret)
+        .env("COUNTERSIGN_SWEEP_SECONDS", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let log: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (log["fields"]["message"] == "countersign listening")
+                .then(|| log["fields"]["address"].as_str().map(str::to_owned))?
+        })
+        .expect("listening");
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let mint = |user: &str, roles: &[&str]| {
+        countersign_gateway::mint_hs256(
+            secret.as_bytes(),
+            &countersign_gateway::Claims {
+                sub: user.into(),
+                tenant: "acme".into(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                exp: chrono::Utc::now().timestamp() + 600,
+                iat: None,
+                iss: None,
+                aud: None,
+            },
+        )
+        .expect("token")
+    };
+    let (owner, requester) = (mint("olga", &["owner"]), mint("rita", &["requester"]));
+    let (status, submitted) = http(
+        &address,
+        "POST",
+        "/v1/actions",
+        &requester,
+        Some(&serde_json::json!({
+            "module": "noop", "capability": "echo", "summary": "Echo a greeting", "payload": { "hello": "world" }
+        })),
+    );
+    assert_eq!(status, 201, "{submitted}");
+    let id = submitted["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        http(
+            &address,
+            "POST",
+            &format!("/v1/actions/{id}/approve"),
+            &owner,
+            Some(&serde_json::json!({}))
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            &address,
+            "POST",
+            &format!("/v1/actions/{id}/execute"),
+            &owner,
+            Some(&serde_json::json!({}))
+        )
+        .0,
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let detail = loop {
+        let (_, detail) = http(&address, "GET", &format!("/v1/actions/{id}"), &owner, None);
+        if detail["status"] == "executed" {
+            break detail;
+        }
+        assert!(Instant::now() < deadline, "never executed: {detail}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        detail["execution"]["result"],
+        serde_json::json!({ "echo": { "hello": "world" } })
+    );
+    assert_eq!(detail["execution"]["attempts"], 1);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(child.wait().expect("exits").success());
+}

@@ -25,8 +25,8 @@ fn aggregate_and_type(subject: &str, prefix: &str) -> Option<(String, String)> {
 }
 
 /// Consumes the event stream through a durable pull consumer shared by every executor process:
-/// JetStream gives each message to one of them; a message is acknowledged only after the action's
-/// outcome is recorded.
+/// JetStream gives each message to one of them (each pulls no more than it can work on at once);
+/// a message is acknowledged only after the action's outcome is recorded.
 #[derive(Debug, Clone)]
 pub struct JetStreamSource {
     pub executor: Executor,
@@ -109,7 +109,12 @@ impl JetStreamSource {
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() {
             let mut messages = match self.consumer().await {
-                Ok(consumer) => match consumer.messages().await {
+                Ok(consumer) => match consumer
+                    .stream()
+                    .max_messages_per_batch(self.concurrency.max(1))
+                    .messages()
+                    .await
+                {
                     Ok(messages) => messages,
                     Err(err) => {
                         warn!(error = %err, "executor: no message stream yet");

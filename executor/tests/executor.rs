@@ -737,3 +737,53 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
         "every event reached the stream: {info:?} (head {head:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_executors_on_one_consumer_share_the_work_and_never_run_an_action_twice() {
+    let world = World::new("postgres").await;
+    *world.counting.0.hold.lock().expect("lock") = Some(Duration::from_millis(50));
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let stream = stream_config();
+    tokio::spawn(
+        Relay::new(world.store.ledger.clone(), client.clone(), stream.clone())
+            .run(world.stopped.clone()),
+    );
+    let executors = [world.executor(), world.executor()];
+    for executor in &executors {
+        let source = JetStreamSource {
+            executor: executor.clone(),
+            client: client.clone(),
+            stream: stream.clone(),
+            consumer: "shared".into(),
+            max_deliver: 5,
+            concurrency: 1,
+        };
+        tokio::spawn(source.run(world.stopped.clone()));
+    }
+    let auto_approved = json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }], "auto_execute": true, "auto_approve": true });
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        ids.push(
+            world
+                .submit("test.count", auto_approved.clone(), TenantMode::Auto)
+                .await,
+        );
+    }
+    let mut runners = std::collections::BTreeSet::new();
+    for id in &ids {
+        world.wait_for(*id, ActionStatus::Executed).await;
+        let events = world.events(*id).await;
+        assert_eq!(successes(&events), 1);
+        for event in events {
+            if let ActionEvent::ExecutionStarted(started) = event {
+                runners.insert(started.context.actor.to_string());
+            }
+        }
+    }
+    assert_eq!(world.counting.calls(), ids.len(), "no action ran twice");
+    let identities: std::collections::BTreeSet<String> =
+        executors.iter().map(|e| e.identity().to_string()).collect();
+    assert!(runners.is_subset(&identities));
+    assert_eq!(runners.len(), 2, "both executors took work: {runners:?}");
+}
