@@ -33,9 +33,10 @@ schemas:
 services:
 	@scripts/services.sh
 
-## Benchmarks beside their baselines (release build, loopback, about 3 minutes); writes docs/performance.md.
+## Benchmarks beside their baselines (release build, loopback, about 15 minutes); writes docs/performance.md.
 bench: services
-	$(CARGO) run --release -q -p countersign-bench -- all
+	$(CARGO) build --release -q -p countersign -p countersign-bench
+	target/release/countersign-bench all
 
 ci: lint test
 
