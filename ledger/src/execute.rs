@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
-use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{AggregateContext, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
+use sqlx::PgPool;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::commit::{GroupCommitter, Outcome};
 use crate::{Backend, Ledger, LedgerAggregate, Metadata};
 
 /// How optimistic-concurrency conflicts are retried: up to `attempts` tries in all, sleeping a
@@ -121,7 +124,7 @@ enum Attempt<A: LedgerAggregate>
 where
     A::Command: Clone,
 {
-    Done(A, Vec<(u64, A::Event)>),
+    Done(A, Vec<RecordedEvent<A::Event>>),
     Conflict,
 }
 
@@ -152,13 +155,8 @@ impl Ledger {
                 attempt += 1;
                 let outcome = match &self.backend {
                     Backend::Postgres(pool) => {
-                        self.attempt::<A, _>(
-                            PostgresEventRepository::new(pool.clone()),
-                            id,
-                            command.clone(),
-                            metadata,
-                        )
-                        .await?
+                        self.attempt_grouped::<A>(pool, id, command.clone(), metadata)
+                            .await?
                     }
                     Backend::Sqlite(pool) => {
                         self.attempt::<A, _>(
@@ -172,7 +170,6 @@ impl Ledger {
                 };
                 match outcome {
                     Attempt::Done(aggregate, events) => {
-                        let events = self.locate::<A>(id, events).await?;
                         if !events.is_empty() {
                             self.appended.notify_waiters();
                         }
@@ -229,16 +226,89 @@ impl Ledger {
             return Ok(Attempt::Done(after, Vec::new()));
         }
         match store.commit(events, context, metadata.to_map()).await {
-            Ok(envelopes) => Ok(Attempt::Done(
-                after,
-                envelopes
+            Ok(envelopes) => {
+                let events = envelopes
                     .into_iter()
                     .enumerate()
                     .map(|(i, envelope)| (first_sequence + i as u64, envelope.payload))
-                    .collect(),
-            )),
+                    .collect();
+                Ok(Attempt::Done(after, self.locate::<A>(id, events).await?))
+            }
             Err(AggregateError::AggregateConflict) => Ok(Attempt::Conflict),
             Err(err) => Err(LedgerError::from_aggregate(err)),
+        }
+    }
+
+    /// One try on PostgreSQL: load and decide here, append through the group committer.
+    async fn attempt_grouped<A>(
+        &self,
+        pool: &PgPool,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+    ) -> Result<Attempt<A>, LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        let store = PersistedEventStore::<_, A>::new_event_store(PostgresEventRepository::new(
+            pool.clone(),
+        ))
+        .with_upcasters(A::upcasters());
+        let mut context = store
+            .load_aggregate(id)
+            .await
+            .map_err(LedgerError::from_aggregate)?;
+        let last_sequence = context.current_sequence;
+        let sink = EventSink::default();
+        context
+            .aggregate()
+            .handle(command, &(), &sink)
+            .await
+            .map_err(LedgerError::Rejected)?;
+        let events = sink.collect().await;
+        // The sink has applied the events: this is the aggregate after the command.
+        let after = context.aggregate;
+        if events.is_empty() {
+            return Ok(Attempt::Done(after, Vec::new()));
+        }
+        let map = metadata.to_map();
+        let serialized = events
+            .iter()
+            .zip(last_sequence + 1..)
+            .map(|(event, sequence)| {
+                SerializedEvent::try_from(&EventEnvelope::<A> {
+                    aggregate_id: id.to_owned(),
+                    sequence,
+                    payload: event.clone(),
+                    metadata: map.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LedgerError::store)?;
+        let committer = self
+            .committer
+            .get_or_init(|| GroupCommitter::start(pool.clone()));
+        match committer
+            .append(A::TYPE, id, serialized)
+            .await
+            .map_err(LedgerError::Store)?
+        {
+            Outcome::Conflict => Ok(Attempt::Conflict),
+            Outcome::Committed(placed) => {
+                let recorded = events
+                    .into_iter()
+                    .zip(last_sequence as u64 + 1..)
+                    .zip(placed)
+                    .map(|((event, sequence), (position, txid))| RecordedEvent {
+                        sequence,
+                        position,
+                        txid,
+                        event,
+                    })
+                    .collect();
+                Ok(Attempt::Done(after, recorded))
+            }
         }
     }
 

@@ -14,6 +14,7 @@
 //! dispatch is not used: it runs in-process after the commit and is lost on a crash, so everything
 //! durable tails the log instead.
 
+mod commit;
 mod execute;
 mod lock;
 pub mod log;
@@ -22,7 +23,7 @@ pub mod testing;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -149,6 +150,8 @@ pub struct Ledger {
     retry: RetryPolicy,
     /// Names the store in tailer locks (the SQLite file, or the PostgreSQL URL).
     identity: String,
+    /// Appends concurrent commands' events together (PostgreSQL; started on first use).
+    committer: Arc<OnceLock<commit::GroupCommitter>>,
 }
 
 impl Ledger {
@@ -196,6 +199,7 @@ impl Ledger {
             appended: Arc::new(Notify::new()),
             retry: RetryPolicy::default(),
             identity: identity.to_owned(),
+            committer: Arc::new(OnceLock::new()),
         }
     }
 

@@ -652,3 +652,115 @@ async fn wake_ups(store: &TestStore) {
         "woken by the append, not by the poll ({waited:?})"
     );
 }
+
+// ------------------------------------------------------------------ group commit (PostgreSQL)
+
+/// Concurrent commands on different aggregates share statements (and so transactions), while a
+/// command that loses a race in a shared statement is retried alone without taking the others
+/// down: every command lands once, each told exactly where its events went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
+    const SUBMITTERS: usize = 96;
+    const VOTERS: usize = 12;
+    let store = TestStore::postgres().await.expect("test database");
+    let contested = action_id();
+    store
+        .ledger
+        .execute::<Action>(
+            &contested.to_string(),
+            submit(contested, any_of(VOTERS as u32)),
+            &metadata("rita"),
+        )
+        .await
+        .expect("submit the contested action");
+
+    let submits: Vec<_> = (0..SUBMITTERS)
+        .map(|_| {
+            let ledger = store.ledger.clone();
+            tokio::spawn(async move {
+                let id = action_id();
+                ledger
+                    .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+                    .await
+                    .map(|committed| (id, committed.events))
+            })
+        })
+        .collect();
+    let votes: Vec<_> = (0..VOTERS)
+        .map(|i| {
+            let ledger = store.ledger.clone();
+            tokio::spawn(async move {
+                ledger
+                    .execute::<Action>(
+                        &contested.to_string(),
+                        vote(
+                            approver(&format!("voter-{i}")),
+                            countersign_domain::quorum::Vote::Approve,
+                        ),
+                        &metadata(&format!("voter-{i}")),
+                    )
+                    .await
+                    .map(|committed| committed.events)
+            })
+        })
+        .collect();
+
+    let mut reported = BTreeMap::new();
+    for submit in submits {
+        let (id, events) = submit.await.expect("task").expect("every submission lands");
+        for event in events {
+            reported.insert(event.position, (id.to_string(), event.sequence, event.txid));
+        }
+    }
+    for vote in votes {
+        for event in vote.await.expect("task").expect("every vote lands") {
+            reported.insert(
+                event.position,
+                (contested.to_string(), event.sequence, event.txid),
+            );
+        }
+    }
+
+    let last = *reported.keys().last().expect("events");
+    let log = read_through(&store, last).await;
+    for event in &log {
+        if let Some((id, sequence, txid)) = reported.get(&event.cursor.position) {
+            assert_eq!(
+                (id, sequence, txid),
+                (&event.aggregate_id, &(event.sequence as u64), &event.cursor.txid),
+                "each command is told where its own events went"
+            );
+        }
+    }
+    let logged: HashSet<i64> = log.iter().map(|event| event.cursor.position).collect();
+    assert!(reported.keys().all(|position| logged.contains(position)));
+
+    let contested_log: Vec<&LoggedEvent> = log
+        .iter()
+        .filter(|event| event.aggregate_id == contested.to_string())
+        .collect();
+    assert_eq!(
+        contested_log.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=(VOTERS as i64 + 3)).collect::<Vec<_>>(),
+        "the contested action's sequences stay dense"
+    );
+    assert_eq!(
+        contested_log
+            .iter()
+            .filter(|e| e.event_type == "ActionApproved")
+            .count(),
+        1
+    );
+
+    let submissions: Vec<&LoggedEvent> = log
+        .iter()
+        .filter(|event| event.aggregate_id != contested.to_string())
+        .collect();
+    let transactions: HashSet<i64> = submissions.iter().map(|e| e.cursor.txid).collect();
+    assert!(
+        transactions.len() < submissions.len(),
+        "{} submission events in {} transactions: concurrent commands share commits",
+        submissions.len(),
+        transactions.len()
+    );
+}
