@@ -929,7 +929,10 @@ async fn provider(
                     .expect("publish progress");
             }
             let _ = record.send(request);
-            tokio::time::sleep(answer.delay).await;
+            // No sleep at all without a delay: the reply follows the progress immediately.
+            if !answer.delay.is_zero() {
+                tokio::time::sleep(answer.delay).await;
+            }
             if let (Some(reply), Some(to)) = (answer.reply, message.reply) {
                 client.publish(to, reply.into()).await.expect("reply");
             }
