@@ -49,7 +49,12 @@ pub const SIGNATURE_HEADER: &str = "x-countersign-signature";
 impl Webhook {
     pub fn new(signing_key: [u8; 32], timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                // A followed 301/302/303 turns the POST into a GET without the body, whose 200
+                // would count as delivered: a redirect is an answer like any other 3xx.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             signing_key,
         })
     }

@@ -486,11 +486,20 @@ mod receiver {
         )
     }
 
+    /// Redirects to `/answer/200` with `status`.
+    async fn redirect(Path(status): Path<u16>) -> (StatusCode, [(&'static str, &'static str); 1]) {
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT),
+            [("location", "/answer/200")],
+        )
+    }
+
     impl Receiver {
         pub async fn start() -> Self {
             let (sender, received) = mpsc::unbounded_channel();
             let app = Router::new()
                 .route("/answer/{status}", post(record))
+                .route("/redirect/{status}", post(redirect))
                 .with_state(sender);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
@@ -503,6 +512,11 @@ mod receiver {
         /// The URL answering `status`.
         pub fn url(&self, status: u16) -> WebhookUrl {
             WebhookUrl::parse(format!("{}/answer/{status}", self.base)).expect("a valid URL")
+        }
+
+        /// The URL redirecting to `url(200)` with `status`.
+        pub fn redirecting(&self, status: u16) -> WebhookUrl {
+            WebhookUrl::parse(format!("{}/redirect/{status}", self.base)).expect("a valid URL")
         }
 
         /// The requests received so far (each is recorded before it is answered).
@@ -765,6 +779,25 @@ async fn webhook_post_server_errors_and_throttling_are_retryable_client_errors_p
         assert_eq!(failed.retryable, retryable, "{status}: {failed:?}");
         assert!(failed.message.contains(&status.to_string()), "{failed:?}");
         assert_eq!(receiver.received().len(), 1, "{status} was posted once");
+    }
+}
+
+#[tokio::test]
+async fn webhook_post_does_not_follow_redirects_and_fails_for_good() {
+    let mut receiver = receiver::Receiver::start().await;
+    for status in [301, 302, 303, 307, 308] {
+        let mut invocation = invocation("webhook.post", json!({ "status": status }));
+        invocation.settings.webhook_url = Some(receiver.redirecting(status));
+        let reports = Reports::of(&invocation);
+
+        let failed = failure(webhook().execute(&invocation, &reports.progress).await);
+
+        assert!(!failed.retryable, "{status}: {failed:?}");
+        assert!(failed.message.contains(&status.to_string()), "{failed:?}");
+        assert!(
+            receiver.received().is_empty(),
+            "{status}: the redirect's target was never called"
+        );
     }
 }
 
