@@ -1,6 +1,8 @@
 //! Each capability called directly (`Capability::execute` and `preview` with an `Invocation`)
 //! against its real peer: `email.send` against an SMTP sink on loopback, `webhook.post` against an
-//! axum receiver, external capabilities against providers over NATS, and the example provider
+//! axum receiver and against the Python receiver of docs/capabilities.md
+//! (`scripts/webhook_receiver.sh` installs `blake3` from PyPI into a virtual environment under the
+//! target directory), external capabilities against providers over NATS, and the example provider
 //! (`examples/provider/inventory.rs`) itself. NATS is the server at `COUNTERSIGN_TEST_NATS_URL`
 //! (default `nats://127.0.0.1:4222`, started by `make test`); every test serves a module name of
 //! its own, so tests run in parallel on one server.
