@@ -49,7 +49,12 @@ pub const SIGNATURE_HEADER: &str = "x-countersign-signature";
 impl Webhook {
     pub fn new(signing_key: [u8; 32], timeout: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                // A followed 301/302/303 turns the POST into a GET without the body, whose 200
+                // would count as delivered: a redirect is an answer like any other 3xx.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             signing_key,
         })
     }
@@ -147,6 +152,31 @@ struct EmailPayload {
     text: String,
 }
 
+impl EmailPayload {
+    /// The payload with at least one recipient and every address valid: `Email` and
+    /// `LoggedEmail` accept and refuse the same payloads.
+    fn parse(payload: &Value) -> Result<(Self, Vec<Mailbox>, Vec<Mailbox>), Failure> {
+        let payload: Self = serde_json::from_value(payload.clone())
+            .map_err(|err| Failure::permanent(format!("email.send payload: {err}")))?;
+        if payload.to.is_empty() {
+            return Err(Failure::permanent("email.send payload: `to` is empty"));
+        }
+        let mailboxes = |addresses: &[String]| {
+            addresses
+                .iter()
+                .map(|address| {
+                    address.parse::<Mailbox>().map_err(|err| {
+                        Failure::permanent(format!("email.send: `{address}`: {err}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let to = mailboxes(&payload.to)?;
+        let cc = mailboxes(&payload.cc)?;
+        Ok((payload, to, cc))
+    }
+}
+
 impl Email {
     /// `smtp://host:port` (plain, for a local relay), `smtp://host?tls=required` or `smtps://host`.
     pub fn new(smtp_url: &str, from: &str) -> anyhow::Result<Self> {
@@ -161,25 +191,17 @@ impl Email {
     }
 
     fn message(&self, invocation: &Invocation) -> Result<Message, Failure> {
-        let payload: EmailPayload = serde_json::from_value(invocation.payload.clone())
-            .map_err(|err| Failure::permanent(format!("email.send payload: {err}")))?;
-        if payload.to.is_empty() {
-            return Err(Failure::permanent("email.send payload: `to` is empty"));
-        }
+        let (payload, to, cc) = EmailPayload::parse(&invocation.payload)?;
         let mut builder = Message::builder()
             .from(self.from.clone())
             .subject(payload.subject)
             .message_id(Some(format!("<{}@countersign>", invocation.execution_key)))
             .header(ContentType::TEXT_PLAIN);
-        for to in &payload.to {
-            builder = builder.to(to
-                .parse()
-                .map_err(|err| Failure::permanent(format!("email.send: `{to}`: {err}")))?);
+        for to in to {
+            builder = builder.to(to);
         }
-        for cc in &payload.cc {
-            builder = builder.cc(cc
-                .parse()
-                .map_err(|err| Failure::permanent(format!("email.send: `{cc}`: {err}")))?);
+        for cc in cc {
+            builder = builder.cc(cc);
         }
         builder
             .body(payload.text)
@@ -227,8 +249,7 @@ impl Capability for LoggedEmail {
         invocation: &Invocation,
         _progress: &Progress,
     ) -> Result<Completed, Failure> {
-        let payload: EmailPayload = serde_json::from_value(invocation.payload.clone())
-            .map_err(|err| Failure::permanent(format!("email.send payload: {err}")))?;
+        let (payload, _, _) = EmailPayload::parse(&invocation.payload)?;
         tracing::info!(to = ?payload.to, subject = payload.subject, action_id = %invocation.action_id, "email.send (no SMTP_URL: logged, not sent)");
         Ok(Completed {
             result: json!({ "delivered": "log", "to": payload.to }),
@@ -237,6 +258,7 @@ impl Capability for LoggedEmail {
     }
 
     async fn preview(&self, invocation: &Invocation) -> Result<Value, Failure> {
+        EmailPayload::parse(&invocation.payload)?;
         Ok(json!({ "would_log": invocation.payload }))
     }
 }

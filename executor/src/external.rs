@@ -82,36 +82,44 @@ impl External {
         };
         let body =
             serde_json::to_vec(&request).map_err(|err| Failure::permanent(err.to_string()))?;
-        let call = self
-            .client
-            .request(Self::subject(invocation.action_type.as_str()), body.into());
+        // The timeout is the request's own: the client's default request timeout (10 s) must not
+        // cut a longer one short, and progress messages must not extend it.
+        let call = self.client.send_request(
+            Self::subject(invocation.action_type.as_str()),
+            async_nats::Request::new()
+                .payload(body.into())
+                .timeout(Some(self.timeout)),
+        );
         tokio::pin!(call);
         let reply = loop {
             tokio::select! {
-                reply = tokio::time::timeout(self.timeout, &mut call) => break reply,
+                // Progress first: a provider's progress messages arrive before its reply, and
+                // none already received may be dropped because the reply was picked first.
+                biased;
                 Some(message) = async { match progress_messages.as_mut() { Some(messages) => messages.next().await, None => None } } => {
                     if let (Some(progress), Ok(value)) = (progress, serde_json::from_slice::<Value>(&message.payload)) {
                         progress.report(value);
                     }
                 }
+                reply = &mut call => break reply,
             }
         };
         let reply = match reply {
-            Err(_) => {
+            Err(err) if err.kind() == async_nats::client::RequestErrorKind::TimedOut => {
                 return Err(Failure::retryable(format!(
                     "{} did not answer within {:?}",
                     invocation.action_type, self.timeout
                 )));
             }
-            Ok(Err(err)) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            Err(err) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                 return Err(Failure::permanent(format!(
                     "unknown capability {}: no provider answers on {}",
                     invocation.action_type,
                     Self::subject(invocation.action_type.as_str())
                 )));
             }
-            Ok(Err(err)) => return Err(Failure::retryable(format!("NATS request: {err}"))),
-            Ok(Ok(message)) => message,
+            Err(err) => return Err(Failure::retryable(format!("NATS request: {err}"))),
+            Ok(message) => message,
         };
         serde_json::from_slice(&reply.payload).map_err(|err| {
             Failure::permanent(format!(
@@ -152,7 +160,9 @@ impl Capability for External {
             Ok(reply.result)
         } else {
             Err(Failure {
-                message: reply.error.unwrap_or_default(),
+                message: reply
+                    .error
+                    .unwrap_or_else(|| "the provider reported a failure".to_owned()),
                 retryable: reply.retryable,
             })
         }
