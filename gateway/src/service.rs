@@ -92,14 +92,11 @@ pub async fn resolve_policy(
     caller: &Caller,
     submission: &Submission,
 ) -> Result<(TenantMode, PolicySnapshot), ApiError> {
-    let (settings, _) = state
-        .ledger
-        .load::<TenantSettings>(caller.tenant.as_str())
-        .await?;
-    let (policies, _) = state
-        .ledger
-        .load::<PolicySet>(caller.tenant.as_str())
-        .await?;
+    let tenant = caller.tenant.as_str();
+    let ((settings, _), (policies, _)) = tokio::try_join!(
+        state.ledger.load::<TenantSettings>(tenant),
+        state.ledger.load::<PolicySet>(tenant),
+    )?;
     let risk = assess(submission);
     let facts = submission.facts(&caller.principal.id, &risk);
     Ok((

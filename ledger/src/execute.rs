@@ -1,11 +1,12 @@
 //! Running a command: load, decide, append atomically, retry on conflict.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
 use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
 use cqrs_es::{AggregateContext, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
@@ -155,7 +156,8 @@ impl Ledger {
                 attempt += 1;
                 let outcome = match &self.backend {
                     Backend::Postgres(pool) => {
-                        self.attempt_grouped::<A>(pool, id, command.clone(), metadata)
+                        let fresh = attempt == 1 && retry && A::creates(&command);
+                        self.attempt_grouped::<A>(pool, fresh, id, command.clone(), metadata)
                             .await?
                     }
                     Backend::Sqlite(pool) => {
@@ -239,10 +241,13 @@ impl Ledger {
         }
     }
 
-    /// One try on PostgreSQL: load and decide here, append through the group committer.
+    /// One try on PostgreSQL: load and decide here, append through the group committer. `fresh`
+    /// decides on the empty aggregate without reading its stream: if the stream exists after all,
+    /// the append conflicts and the next try reads it.
     async fn attempt_grouped<A>(
         &self,
         pool: &PgPool,
+        fresh: bool,
         id: &str,
         command: A::Command,
         metadata: &Metadata,
@@ -251,24 +256,25 @@ impl Ledger {
         A: LedgerAggregate,
         A::Command: Clone,
     {
-        let store = PersistedEventStore::<_, A>::new_event_store(PostgresEventRepository::new(
-            pool.clone(),
-        ))
-        .with_upcasters(A::upcasters());
-        let mut context = store
+        let (mut after, last_sequence) = if fresh {
+            (A::default(), 0)
+        } else {
+            let context = PersistedEventStore::<_, A>::new_event_store(
+                PostgresEventRepository::new(pool.clone()),
+            )
+            .with_upcasters(A::upcasters())
             .load_aggregate(id)
             .await
             .map_err(LedgerError::from_aggregate)?;
-        let last_sequence = context.current_sequence;
+            (context.aggregate, context.current_sequence)
+        };
         let sink = EventSink::default();
-        context
-            .aggregate()
+        // The sink applies each event: `after` becomes the aggregate after the command.
+        after
             .handle(command, &(), &sink)
             .await
             .map_err(LedgerError::Rejected)?;
         let events = sink.collect().await;
-        // The sink has applied the events: this is the aggregate after the command.
-        let after = context.aggregate;
         if events.is_empty() {
             return Ok(Attempt::Done(after, Vec::new()));
         }
@@ -365,8 +371,70 @@ impl Ledger {
             .collect())
     }
 
-    /// Loads an aggregate by folding its events (upcast to their current versions).
+    /// Loads an aggregate by folding its events (upcast to their current versions), or from memory
+    /// when it is [`LedgerAggregate::CACHED`] and its stream has not grown since.
     pub async fn load<A>(&self, id: &str) -> Result<(A, u64), LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        if !A::CACHED {
+            return self.fold::<A>(id).await;
+        }
+        let version = self.stream_version(A::TYPE, id).await?;
+        let hit = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&(A::TYPE, id.to_owned())).cloned())
+            .filter(|(sequence, _)| *sequence == version)
+            .and_then(|(sequence, state)| {
+                state
+                    .downcast_ref::<A>()
+                    .map(|state| (state.clone(), sequence))
+            });
+        if let Some(hit) = hit {
+            return Ok(hit);
+        }
+        let (state, sequence) = self.fold::<A>(id).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(
+                (A::TYPE, id.to_owned()),
+                (sequence, Arc::new(state.clone())),
+            );
+        }
+        Ok((state, sequence))
+    }
+
+    /// The last sequence of a stream (0 when it has none).
+    async fn stream_version<E: std::error::Error>(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+    ) -> Result<u64, LedgerError<E>> {
+        let query = "SELECT COALESCE(MAX(sequence), 0) FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2";
+        let version: i64 = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar(query)
+                    .bind(aggregate_type)
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar(query)
+                    .bind(aggregate_type)
+                    .bind(id)
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .map_err(LedgerError::store)?;
+        u64::try_from(version).map_err(LedgerError::store)
+    }
+
+    async fn fold<A>(&self, id: &str) -> Result<(A, u64), LedgerError<A::Error>>
     where
         A: LedgerAggregate,
         A::Command: Clone,

@@ -44,10 +44,15 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// An aggregate the ledger stores. Its events are upcast on read by `upcasters()`.
-pub trait LedgerAggregate: Aggregate<Services = ()> + Clone
+pub trait LedgerAggregate: Aggregate<Services = ()> + Clone + 'static
 where
     Self::Command: Clone,
 {
+    /// Whether [`Ledger::load`] keeps the folded state in memory, re-reading the stream only when
+    /// it has grown (one indexed look-up instead of reading and folding every event). For small,
+    /// hot, rarely-changing streams: a tenant's policies, settings and keys.
+    const CACHED: bool = false;
+
     /// Upcasters from older stored event versions to the current ones, oldest first.
     fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         Vec::new()
@@ -57,19 +62,42 @@ where
     fn retry_on_conflict(_command: &Self::Command) -> bool {
         true
     }
+
+    /// Whether `command` normally starts a new stream. On PostgreSQL its first try then decides
+    /// on the empty aggregate without reading the stream (one round trip fewer); a stream that
+    /// exists after all makes the append conflict, and the next try reads it and decides again.
+    /// Only for commands that [`retry_on_conflict`](Self::retry_on_conflict).
+    fn creates(_command: &Self::Command) -> bool {
+        false
+    }
 }
 
 /// Every action command is decided from the aggregate's state alone, so deciding it again on
 /// fresh state after a conflict is always safe: a vote is recounted, a deadline re-checked, an
 /// execution claim refused if another executor won, a repeated submission answered
 /// `already_submitted`.
-impl LedgerAggregate for Action {}
+impl LedgerAggregate for Action {
+    /// A submission's id is random or derived from its idempotency key: a repeat is the rare case,
+    /// answered on the second try from the stored stream.
+    fn creates(command: &Self::Command) -> bool {
+        matches!(
+            command,
+            countersign_domain::action::ActionCommand::SubmitAction(_)
+        )
+    }
+}
 
 /// A tenant's policies, settings and API keys: every command is decided on the stream's current
 /// state, so a retry after a conflict decides again on fresh state.
-impl LedgerAggregate for countersign_domain::tenant::PolicySet {}
-impl LedgerAggregate for countersign_domain::tenant::TenantSettings {}
-impl LedgerAggregate for countersign_domain::tenant::ApiKeys {}
+impl LedgerAggregate for countersign_domain::tenant::PolicySet {
+    const CACHED: bool = true;
+}
+impl LedgerAggregate for countersign_domain::tenant::TenantSettings {
+    const CACHED: bool = true;
+}
+impl LedgerAggregate for countersign_domain::tenant::ApiKeys {
+    const CACHED: bool = true;
+}
 
 /// Where the events live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +169,9 @@ impl Metadata {
     }
 }
 
+/// A folded aggregate and the sequence it was folded up to.
+type Cached = (u64, Arc<dyn std::any::Any + Send + Sync>);
+
 /// The shared handle on the store, used by the gateway, the executor and every tailer.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -150,6 +181,9 @@ pub struct Ledger {
     retry: RetryPolicy,
     /// Names the store in tailer locks (the SQLite file, or the PostgreSQL URL).
     identity: String,
+    /// The state of [`LedgerAggregate::CACHED`] streams, by (aggregate type, id): at most one entry
+    /// per tenant aggregate.
+    cache: Arc<std::sync::Mutex<HashMap<(&'static str, String), Cached>>>,
     /// Appends concurrent commands' events together (PostgreSQL; started on first use).
     committer: Arc<OnceLock<commit::GroupCommitter>>,
 }
@@ -200,6 +234,7 @@ impl Ledger {
             retry: RetryPolicy::default(),
             identity: identity.to_owned(),
             committer: Arc::new(OnceLock::new()),
+            cache: Arc::default(),
         }
     }
 

@@ -727,7 +727,11 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
         if let Some((id, sequence, txid)) = reported.get(&event.cursor.position) {
             assert_eq!(
                 (id, sequence, txid),
-                (&event.aggregate_id, &(event.sequence as u64), &event.cursor.txid),
+                (
+                    &event.aggregate_id,
+                    &(event.sequence as u64),
+                    &event.cursor.txid
+                ),
                 "each command is told where its own events went"
             );
         }
@@ -763,4 +767,59 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
         submissions.len(),
         transactions.len()
     );
+}
+
+// ------------------------------------------------------------------ cached tenant streams
+
+on_both_stores!(
+    a_cached_tenant_stream_shows_writes_from_another_instance,
+    cached_streams
+);
+async fn cached_streams(store: &TestStore) {
+    use countersign_domain::tenant::{
+        Settings, SettingsCommand, TenantCommandContext, TenantSettings,
+    };
+    let tenant = fixtures::tenant();
+    let update = |mode: &str| SettingsCommand::UpdateSettings {
+        context: TenantCommandContext {
+            tenant: tenant.clone(),
+            by: principal("ada", &["admin"]),
+            at: chrono::Utc::now(),
+            correlation_id: None,
+        },
+        settings: Settings {
+            mode: serde_json::from_value(serde_json::json!(mode)).expect("mode"),
+            ..Settings::default()
+        },
+    };
+    // Another instance of the service, with its own cache, on the same store.
+    let other = countersign_ledger::Ledger::open(&store.config)
+        .await
+        .expect("second handle");
+
+    let (empty, version) = store
+        .ledger
+        .load::<TenantSettings>(tenant.as_str())
+        .await
+        .expect("load");
+    assert_eq!((empty, version), (TenantSettings::default(), 0));
+
+    for (round, mode) in ["auto", "safe", "require_approval"].into_iter().enumerate() {
+        other
+            .execute::<TenantSettings>(tenant.as_str(), update(mode), &metadata("ada"))
+            .await
+            .expect("update");
+        for _ in 0..2 {
+            let (settings, version) = store
+                .ledger
+                .load::<TenantSettings>(tenant.as_str())
+                .await
+                .expect("load");
+            assert_eq!(version, round as u64 + 1, "the cache follows the stream");
+            assert_eq!(
+                serde_json::to_value(settings.settings.mode).expect("mode"),
+                serde_json::json!(mode)
+            );
+        }
+    }
 }
