@@ -73,8 +73,10 @@ impl Aggregate for Tally {
 
 /// A bare cqrs-es service: `CqrsFramework::execute` of a one-event command on a fresh aggregate.
 async fn bare_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    // The same pool settings as countersign's own.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(32)
+        .test_before_acquire(false)
         .connect(url)
         .await?;
     let cqrs = Arc::new(postgres_es::postgres_cqrs::<Tally>(

@@ -198,6 +198,10 @@ impl Ledger {
                 let pool = PgPoolOptions::new()
                     .max_connections(32)
                     .acquire_timeout(Duration::from_secs(10))
+                    // sqlx pings every connection it hands out by default: a round trip per
+                    // query. A connection that died fails its query instead (the caller sees a
+                    // store error, and the pool replaces the connection).
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await
                     .context("connecting to PostgreSQL")?;
@@ -216,6 +220,7 @@ impl Ledger {
                     .busy_timeout(Duration::from_secs(10));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(8)
+                    .test_before_acquire(false)
                     .connect_with(options)
                     .await
                     .with_context(|| format!("opening {}", path.display()))?;

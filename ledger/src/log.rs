@@ -390,6 +390,9 @@ fn logged(
     }
 }
 
+/// How long a woken tailer lets further commits gather before it reads.
+pub const LINGER: Duration = Duration::from_millis(2);
+
 /// Wakes a tailer when events may have been appended.
 #[derive(Debug)]
 pub enum LogWaker {
@@ -400,13 +403,25 @@ pub enum LogWaker {
 impl LogWaker {
     /// Returns when a notification arrives or `poll` passes, whichever is first. A notification
     /// is only a hint: the caller reads the log either way.
+    ///
+    /// After a notification it lingers [`LINGER`] and swallows the notifications that arrived
+    /// meanwhile, so that under load a tailer reads many commits per batch instead of one batch
+    /// (and one transaction of its own) per commit.
     pub async fn wait(&mut self, poll: Duration) {
         match self {
             Self::Postgres(listener) => {
-                let _ = tokio::time::timeout(poll, listener.recv()).await;
+                if let Ok(Ok(_)) = tokio::time::timeout(poll, listener.recv()).await {
+                    tokio::time::sleep(LINGER).await;
+                    while let Ok(Ok(_)) =
+                        tokio::time::timeout(Duration::ZERO, listener.recv()).await
+                    {
+                    }
+                }
             }
             Self::InProcess(notify) => {
-                let _ = tokio::time::timeout(poll, notify.notified()).await;
+                if tokio::time::timeout(poll, notify.notified()).await.is_ok() {
+                    tokio::time::sleep(LINGER).await;
+                }
             }
         }
     }

@@ -779,7 +779,7 @@ async fn cached_streams(store: &TestStore) {
     use countersign_domain::tenant::{
         Settings, SettingsCommand, TenantCommandContext, TenantSettings,
     };
-    let tenant = fixtures::tenant();
+    let tenant = tenant();
     let update = |mode: &str| SettingsCommand::UpdateSettings {
         context: TenantCommandContext {
             tenant: tenant.clone(),

@@ -75,6 +75,8 @@ impl ProjectionStore {
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 16 } else { 4 })
             .acquire_timeout(Duration::from_secs(10))
+            // No ping per acquire (a round trip per query); a dead connection fails its query.
+            .test_before_acquire(false)
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if !postgres {
