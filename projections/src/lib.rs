@@ -75,6 +75,14 @@ impl Projection {
             .collect()
     }
 
+    /// The columns holding large texts (TOASTed and compressed on PostgreSQL).
+    fn large_texts(self, generation: i64) -> Vec<(String, &'static str)> {
+        match self {
+            Self::Actions => vec![(format!("p_actions_g{generation}"), "state")],
+            Self::Audit => vec![(format!("p_audit_g{generation}"), "content")],
+        }
+    }
+
     /// DDL creating one generation's tables (portable; RLS is added separately on PostgreSQL).
     fn ddl(self, g: i64) -> Vec<String> {
         match self {

@@ -449,13 +449,14 @@ impl ProjectionStore {
         projection: Projection,
     ) -> Result<(Transaction<'static, Any>, i64), QueryError> {
         let mut tx = self.pool.begin().await?;
-        if self.reader_role {
-            sqlx::query("SET LOCAL ROLE countersign_reader")
-                .execute(&mut *tx)
-                .await?;
-        }
         if self.postgres {
-            sqlx::query("SELECT set_config('countersign.tenant', $1, true)")
+            // One round trip: `set_config('role', …, true)` is `SET LOCAL ROLE`.
+            let sql = if self.reader_role {
+                "SELECT set_config('countersign.tenant', $1, true), set_config('role', 'countersign_reader', true)"
+            } else {
+                "SELECT set_config('countersign.tenant', $1, true)"
+            };
+            sqlx::query(sql)
                 .bind(tenant.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -932,5 +933,71 @@ mod tests {
         assert_eq!(stats.timeout_rate, Some(0.05));
         assert_eq!(stats.escalation_rate, Some(0.1));
         assert_eq!(stats.execution_success_rate, None);
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+    use crate::store::GenerationState;
+
+    /// Every read runs as `countersign_reader` with the caller's tenant set, so row-level security
+    /// applies to whatever SQL follows.
+    #[tokio::test]
+    async fn a_reader_runs_as_the_reader_role_scoped_to_its_tenant() -> anyhow::Result<()> {
+        let test = countersign_ledger::testing::TestStore::postgres().await?;
+        let store = ProjectionStore::open(&test.config).await?;
+        store
+            .create_generation(Projection::Actions, GenerationState::Live)
+            .await?;
+        let tenant = TenantId::parse("acme")?;
+        let (mut tx, _) = store
+            .reader(&tenant, Projection::Actions)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let row = sqlx::query("SELECT current_user::text, current_setting('countersign.tenant')")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (user, scoped): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        assert_eq!(scoped, "acme");
+        assert_eq!(user, "countersign_reader");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+    use crate::store::GenerationState;
+
+    /// Large texts are compressed with lz4 where the server has it (this one does).
+    #[tokio::test]
+    async fn generations_compress_their_large_texts_with_lz4() -> anyhow::Result<()> {
+        let test = countersign_ledger::testing::TestStore::postgres().await?;
+        let store = ProjectionStore::open(&test.config).await?;
+        let actions = store
+            .create_generation(Projection::Actions, GenerationState::Live)
+            .await?;
+        let audit = store
+            .create_generation(Projection::Audit, GenerationState::Live)
+            .await?;
+        let countersign_ledger::Backend::Postgres(pool) = test.ledger.backend() else {
+            anyhow::bail!("a PostgreSQL store");
+        };
+        for (table, column) in [
+            (format!("p_actions_g{}", actions.generation), "state"),
+            (format!("p_audit_g{}", audit.generation), "content"),
+        ] {
+            let method: String = sqlx::query_scalar(
+                "SELECT attcompression::text FROM pg_attribute
+                  WHERE attrelid = $1::regclass AND attname = $2",
+            )
+            .bind(&table)
+            .bind(column)
+            .fetch_one(pool)
+            .await?;
+            assert_eq!(method, "l", "{table}.{column}");
+        }
+        Ok(())
     }
 }
