@@ -65,20 +65,39 @@ impl Runner {
     /// Reads the next batch after the checkpoint and applies it with the new checkpoint in one
     /// transaction. A crash anywhere before the commit leaves rows and checkpoint untouched.
     pub async fn process_next(&mut self) -> anyhow::Result<Outcome> {
-        let checkpoint = match self.checkpoint {
-            Some(checkpoint) => checkpoint,
-            None => match self
+        let Some(checkpoint) = self.current_checkpoint().await? else {
+            return Ok(Outcome::Retired);
+        };
+        let events = self.ledger.read_log(checkpoint, self.batch).await?;
+        self.apply(checkpoint, events).await
+    }
+
+    /// The checkpoint to read after, or `None` when the generation has been retired.
+    async fn current_checkpoint(&mut self) -> anyhow::Result<Option<LogCursor>> {
+        if let Some(checkpoint) = self.checkpoint {
+            return Ok(Some(checkpoint));
+        }
+        Ok(
+            match self
                 .store
                 .generation(self.projection, self.generation)
                 .await?
             {
                 Some(generation) if generation.state != GenerationState::Retired => {
-                    generation.checkpoint
+                    Some(generation.checkpoint)
                 }
-                _ => return Ok(Outcome::Retired),
+                _ => None,
             },
-        };
-        let events = self.ledger.read_log(checkpoint, self.batch).await?;
+        )
+    }
+
+    /// Applies `events` (the log right after `checkpoint`) with the new checkpoint in one
+    /// transaction.
+    async fn apply(
+        &mut self,
+        checkpoint: LogCursor,
+        events: Vec<countersign_ledger::LoggedEvent>,
+    ) -> anyhow::Result<Outcome> {
         let Some(last) = events.last() else {
             // Idle is when a replaced generation notices it has been retired.
             if self.checkpoint.is_some()
@@ -234,6 +253,9 @@ impl Runner {
     }
 }
 
+/// Events per batch while rebuilding (larger than live batches: fewer transactions).
+const REBUILD_BATCH: u32 = 2000;
+
 /// Builds a new generation of `projection` from the start of the log beside the live one,
 /// then makes it live once it has caught up. `progress` hears (events applied, cursor).
 pub async fn rebuild(
@@ -268,7 +290,46 @@ pub async fn rebuild(
         projection,
         generation.generation,
     );
+    // Reading runs one batch ahead of applying, so the two overlap.
+    let Some(mut checkpoint) = runner.current_checkpoint().await? else {
+        anyhow::bail!(
+            "{projection} generation {} was retired while building",
+            generation.generation
+        );
+    };
+    let (batches, mut ahead) = tokio::sync::mpsc::channel(2);
+    let reader = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let mut cursor = checkpoint;
+            loop {
+                let events = ledger.read_log(cursor, REBUILD_BATCH).await?;
+                let Some(last) = events.last() else {
+                    return anyhow::Ok(());
+                };
+                cursor = last.cursor;
+                if batches.send(events).await.is_err() {
+                    return Ok(());
+                }
+            }
+        })
+    };
     let mut applied = 0;
+    while let Some(events) = ahead.recv().await {
+        match runner.apply(checkpoint, events).await? {
+            Outcome::Applied { events, cursor } => {
+                applied += events as u64;
+                checkpoint = cursor;
+                progress(applied, cursor);
+            }
+            Outcome::Idle | Outcome::Retired => anyhow::bail!(
+                "{projection} generation {} was retired or moved by another builder",
+                generation.generation
+            ),
+        }
+    }
+    reader.await.context("the log reader panicked")??;
+    // Whatever was appended since the reader's last read.
     loop {
         match runner.process_next().await? {
             Outcome::Applied { events, cursor } => {
