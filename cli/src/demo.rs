@@ -205,7 +205,11 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
     if let Loaded::New(_) = loader
         .submit("demo-weekly-update", &people.requester, 30, json!({
             "module": "email", "capability": "send",
-            "payload": { "template": "weekly-update", "audience": "leads-active", "recipients": 120 },
+            "payload": {
+                "to": ["leads-active@lists.example.com"],
+                "subject": "Weekly update",
+                "text": "This week at Acme: three new integrations and a faster inbox.",
+            },
             "summary": "Send weekly update email to 120 leads",
             "connectors": ["gmail", "hubspot"], "impact": "120 emails sent", "scope": "active leads",
             "risk_tag": "medium", "flags": ["pii"], "source": "board",

@@ -123,6 +123,32 @@ async fn check_demo_loads_once(args: &[&str], envs: &[(&str, &str)], config: Sto
         Some(Rejection::Ratio)
     );
     assert!(events > 6);
+
+    // Approving a built-in demo action runs it: its payload is one the capability accepts.
+    let mut previewed = 0;
+    for action in actions.values() {
+        let state = action.state().expect("state");
+        if state.action_type.as_str() != "email.send" {
+            continue;
+        }
+        let invocation = countersign_executor::Invocation {
+            tenant: state.tenant.clone(),
+            action_id: state.id,
+            action_type: state.action_type.clone(),
+            payload: state.submission.payload.clone(),
+            execution_key: state.execution_key.clone(),
+            attempt: 1,
+            settings: countersign_domain::tenant::Settings::default(),
+        };
+        countersign_executor::Capability::preview(
+            &countersign_executor::builtin::LoggedEmail,
+            &invocation,
+        )
+        .await
+        .unwrap_or_else(|failure| panic!("{}: {failure}", state.action_type.as_str()));
+        previewed += 1;
+    }
+    assert_eq!(previewed, 1, "the demo has one email");
     ledger.close().await;
 }
 
