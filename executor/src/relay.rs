@@ -83,6 +83,8 @@ pub struct Relay {
     config: StreamConfig,
     checkpoint: String,
     batch: u32,
+    /// The batch after a cursor, read while the previous batch's acks were awaited.
+    ahead: Option<(countersign_ledger::LogCursor, Vec<LoggedEvent>)>,
 }
 
 impl Relay {
@@ -93,14 +95,23 @@ impl Relay {
             jetstream: jetstream::new(client),
             config,
             checkpoint,
-            batch: 500,
+            batch: 1000,
+            ahead: None,
         }
     }
 
     /// Publishes the next batch; returns how many events were published and acknowledged.
     pub async fn process_next(&mut self) -> anyhow::Result<usize> {
-        let checkpoint = self.ledger.load_checkpoint(&self.checkpoint).await?;
-        let events = self.ledger.read_log(checkpoint, self.batch).await?;
+        // After a success the checkpoint is the cursor this relay saved (one instance runs,
+        // under the tailer lock); otherwise it is read back.
+        let checkpoint = match &self.ahead {
+            Some((after, _)) => *after,
+            None => self.ledger.load_checkpoint(&self.checkpoint).await?,
+        };
+        let events = match self.ahead.take() {
+            Some((after, events)) if after == checkpoint && !events.is_empty() => events,
+            _ => self.ledger.read_log(checkpoint, self.batch).await?,
+        };
         let Some(last) = events.last().map(|event| event.cursor) else {
             return Ok(0);
         };
@@ -118,11 +129,19 @@ impl Relay {
                     .map_err(|err| anyhow::anyhow!("publishing: {err}"))?,
             );
         }
-        for ack in acks {
-            ack.await
-                .map_err(|err| anyhow::anyhow!("awaiting a publish ack: {err}"))?;
-        }
+        // The next batch is read while this one's acks come back.
+        let acknowledged = async {
+            for ack in acks {
+                ack.await
+                    .map_err(|err| anyhow::anyhow!("awaiting a publish ack: {err}"))?;
+            }
+            anyhow::Ok(())
+        };
+        let (acknowledged, next) =
+            tokio::join!(acknowledged, self.ledger.read_log(last, self.batch));
+        acknowledged?;
         self.ledger.save_checkpoint(&self.checkpoint, last).await?;
+        self.ahead = Some((last, next.unwrap_or_default()));
         metrics::counter!("countersign_relay_events_total").increment(events.len() as u64);
         Ok(events.len())
     }

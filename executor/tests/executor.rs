@@ -722,20 +722,29 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
             }
             && relayed.position > 0
     );
+    // The relay publishes asynchronously: the last events reach the stream shortly after.
     let jetstream = async_nats::jetstream::new(client);
-    let info = jetstream
-        .get_stream(&stream.stream)
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .state
-        .clone();
-    assert!(
-        info.messages >= u64::try_from(ids.len() * 4).unwrap_or(0),
-        "every event reached the stream: {info:?} (head {head:?})"
-    );
+    let expected = u64::try_from(ids.len() * 4).unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = jetstream
+            .get_stream(&stream.stream)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .clone();
+        if info.messages >= expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "every event reached the stream: {info:?} (head {head:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

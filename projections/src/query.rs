@@ -521,14 +521,6 @@ impl ProjectionStore {
             Bind::Text(tenant.to_string()),
         );
         conditions.push_list(
-            "a.status",
-            filter
-                .statuses
-                .iter()
-                .map(|s| s.as_str().to_owned())
-                .collect(),
-        );
-        conditions.push_list(
             "a.risk_level",
             filter
                 .risk_levels
@@ -585,7 +577,10 @@ impl ProjectionStore {
                 "EXISTS (SELECT 1 FROM p_eligibility_g{g} e WHERE e.action_id = a.action_id AND {principal})"
             ));
             conditions.push(
-                |n| format!("NOT EXISTS (SELECT 1 FROM p_eligibility_g{g} v WHERE v.action_id = a.action_id AND v.kind = 'voted' AND v.principal = ${n})"),
+                // `v.tenant = $1` (the tenant is always the first parameter) lets the planner read
+                // this voter's votes from the (tenant, kind, principal) index instead of hashing
+                // the whole table.
+                |n| format!("NOT EXISTS (SELECT 1 FROM p_eligibility_g{g} v WHERE v.tenant = $1 AND v.action_id = a.action_id AND v.kind = 'voted' AND v.principal = ${n})"),
                 Bind::Text(me.id.to_string()),
             );
             conditions.push(
@@ -610,11 +605,44 @@ impl ProjectionStore {
             conditions.params.push(Bind::Text(cursor.id));
         }
         let limit = filter.limit.clamp(1, 500);
-        let sql = format!(
-            "SELECT {INBOX_COLUMNS} FROM p_actions_g{g} a WHERE {} ORDER BY a.{column} {order}, a.action_id {order} LIMIT {}",
-            conditions.sql.join(" AND "),
+        let ordering = format!(
+            "ORDER BY {column} {order}, action_id {order} LIMIT {}",
             limit + 1
         );
+        let mut statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        let sql = if statuses.is_empty() {
+            format!(
+                "SELECT {INBOX_COLUMNS} FROM p_actions_g{g} a WHERE {} {ordering}",
+                conditions.sql.join(" AND ")
+            )
+        } else {
+            // One ordered index walk per status (the indexes lead with tenant and status), merged:
+            // `status IN (…)` would read every matching row of the tenant and sort them.
+            let shared = conditions.sql.join(" AND ");
+            let first = conditions.next();
+            let branches: Vec<String> = statuses
+                .iter()
+                .enumerate()
+                .map(|(i, _)| {
+                    format!(
+                        "SELECT * FROM (SELECT {INBOX_COLUMNS} FROM p_actions_g{g} a \
+                         WHERE {shared} AND a.status = ${} {ordering}) s{i}",
+                        first + i
+                    )
+                })
+                .collect();
+            conditions.params.extend(
+                statuses
+                    .iter()
+                    .map(|status| Bind::Text((*status).to_owned())),
+            );
+            format!(
+                "SELECT {INBOX_COLUMNS} FROM ({}) u {ordering}",
+                branches.join(" UNION ALL ")
+            )
+        };
         let rows = bind_all(sqlx::query(&sql), &conditions.params)
             .fetch_all(&mut *tx)
             .await?;

@@ -343,6 +343,7 @@ pub async fn rebuild(
             ),
         }
     }
+    store.analyze(projection, generation.generation).await?;
     store.promote(projection, generation.generation).await?;
     lock.release().await;
     store

@@ -250,6 +250,18 @@ impl ProjectionStore {
         })
     }
 
+    /// Gathers the planner's statistics on a generation's tables: a freshly built generation has
+    /// none until autovacuum comes by, and the inbox plans badly without them.
+    pub async fn analyze(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
+        for table in projection.tables(generation) {
+            sqlx::query(&format!("ANALYZE {table}"))
+                .execute(&self.pool)
+                .await
+                .with_context(|| format!("analyzing {table}"))?;
+        }
+        Ok(())
+    }
+
     /// Makes `generation` the one that serves reads and retires the previous one, atomically.
     pub async fn promote(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
         let mut tx = self.write_transaction().await?;
