@@ -65,7 +65,7 @@ impl Database {
     /// Drops the database, unless `COUNTERSIGN_BENCH_KEEP` is set (to look into it afterwards).
     pub(crate) async fn drop_now(self) -> anyhow::Result<()> {
         if std::env::var_os("COUNTERSIGN_BENCH_KEEP").is_some() {
-            crate::report::progress(&format!("kept database {}", self.name));
+            progress(&format!("kept database {}", self.name));
             return Ok(());
         }
         let mut admin = PgConnection::connect(&self.server).await?;
