@@ -126,6 +126,47 @@ impl StoreConfig {
             },
         }
     }
+
+    /// Whether this is server mode.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres { .. })
+    }
+
+    /// A pool of driver-neutral connections to this store (for the tables beside the ledger:
+    /// projections, seals), at most `max_connections` of them.
+    ///
+    /// Connections are not pinged when handed out (a round trip per query; a dead connection
+    /// fails its query instead), and one that comes back still inside a transaction is closed
+    /// rather than pooled: sqlx 0.8.6 leaks the transaction of a SQLite `begin_with` cancelled
+    /// between its `BEGIN` and the check that follows it, and the next `begin_with` on that
+    /// connection would fail (a cancelled runner or sealer task is enough to trigger it).
+    pub async fn any_pool(&self, max_connections: u32) -> anyhow::Result<sqlx::AnyPool> {
+        use sqlx::Connection as _;
+        use sqlx::Executor as _;
+        sqlx::any::install_default_drivers();
+        let (url, postgres) = match self {
+            Self::Postgres { url } => (url.clone(), true),
+            Self::Sqlite { path } => (format!("sqlite://{}", path.display()), false),
+        };
+        sqlx::any::AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        connection.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .after_release(|connection, _| {
+                Box::pin(async move { Ok(!connection.is_in_transaction()) })
+            })
+            .connect(&url)
+            .await
+            .context("opening a pool on the store")
+    }
 }
 
 /// The pool of one of the two stores.

@@ -390,6 +390,50 @@ fn logged(
     }
 }
 
+/// The log read ahead of its consumer: a task reads batch after batch into a buffer of two while
+/// the caller works on the previous one, until the end of the readable log.
+#[derive(Debug)]
+pub struct ReadAhead {
+    batches: tokio::sync::mpsc::Receiver<Vec<LoggedEvent>>,
+    reader: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ReadAhead {
+    /// The next batch (never empty), or `None` at the end of the readable log or after a failed
+    /// read ([`finish`](Self::finish) says which).
+    pub async fn next(&mut self) -> Option<Vec<LoggedEvent>> {
+        self.batches.recv().await
+    }
+
+    /// Stops reading; an error when a read failed.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        drop(self.batches);
+        self.reader.await.context("the log reader panicked")?
+    }
+}
+
+impl Ledger {
+    /// Reads the log after `after` in batches of `batch`, one batch ahead of the caller.
+    pub fn read_ahead(&self, after: LogCursor, batch: u32) -> ReadAhead {
+        let (sender, batches) = tokio::sync::mpsc::channel(2);
+        let ledger = self.clone();
+        let reader = tokio::spawn(async move {
+            let mut cursor = after;
+            loop {
+                let events = ledger.read_log(cursor, batch).await?;
+                let Some(last) = events.last() else {
+                    return Ok(());
+                };
+                cursor = last.cursor;
+                if sender.send(events).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        ReadAhead { batches, reader }
+    }
+}
+
 /// How long a woken tailer lets further commits gather before it reads.
 pub const LINGER: Duration = Duration::from_millis(2);
 

@@ -297,25 +297,9 @@ pub async fn rebuild(
             generation.generation
         );
     };
-    let (batches, mut ahead) = tokio::sync::mpsc::channel(2);
-    let reader = {
-        let ledger = ledger.clone();
-        tokio::spawn(async move {
-            let mut cursor = checkpoint;
-            loop {
-                let events = ledger.read_log(cursor, REBUILD_BATCH).await?;
-                let Some(last) = events.last() else {
-                    return anyhow::Ok(());
-                };
-                cursor = last.cursor;
-                if batches.send(events).await.is_err() {
-                    return Ok(());
-                }
-            }
-        })
-    };
+    let mut ahead = ledger.read_ahead(checkpoint, REBUILD_BATCH);
     let mut applied = 0;
-    while let Some(events) = ahead.recv().await {
+    while let Some(events) = ahead.next().await {
         match runner.apply(checkpoint, events).await? {
             Outcome::Applied { events, cursor } => {
                 applied += events as u64;
@@ -328,7 +312,7 @@ pub async fn rebuild(
             ),
         }
     }
-    reader.await.context("the log reader panicked")??;
+    ahead.finish().await?;
     // Whatever was appended since the reader's last read.
     loop {
         match runner.process_next().await? {

@@ -1,10 +1,7 @@
 //! The projection tables and their registry.
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
 use countersign_ledger::{LogCursor, StoreConfig};
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
 use crate::Projection;
@@ -67,25 +64,9 @@ fn now_micros() -> i64 {
 impl ProjectionStore {
     /// Opens the projection tables of the ledger's store (which must be migrated).
     pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
-        install_default_drivers();
-        let (url, postgres) = match config {
-            StoreConfig::Postgres { url } => (url.clone(), true),
-            StoreConfig::Sqlite { path } => (format!("sqlite://{}", path.display()), false),
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 16 } else { 4 })
-            .acquire_timeout(Duration::from_secs(10))
-            // No ping per acquire (a round trip per query); a dead connection fails its query.
-            .test_before_acquire(false)
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if !postgres {
-                        connection.execute("PRAGMA busy_timeout = 10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
+        let postgres = config.is_postgres();
+        let pool = config
+            .any_pool(if postgres { 16 } else { 4 })
             .await
             .context("opening the projection store")?;
         let reader_role = postgres

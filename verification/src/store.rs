@@ -2,13 +2,11 @@
 //! through sqlx's `Any` driver with portable SQL, and the read API built on them: the latest
 //! head, head history, inclusion and consistency proofs.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use countersign_ledger::{LogCursor, StoreConfig};
 use serde::{Deserialize, Serialize};
-use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 use crate::head::SignedHead;
 use crate::tree::{Frontier, Hash, ProofError, Tree};
@@ -174,25 +172,9 @@ pub(crate) fn tree_row(row: &AnyRow) -> anyhow::Result<TreeState> {
 impl SealStore {
     /// Opens the sealer's tables of the ledger's store (which must be migrated).
     pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
-        install_default_drivers();
-        let (url, postgres) = match config {
-            StoreConfig::Postgres { url } => (url.clone(), true),
-            StoreConfig::Sqlite { path } => (format!("sqlite://{}", path.display()), false),
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 8 } else { 4 })
-            .acquire_timeout(Duration::from_secs(10))
-            // No ping per acquire (a round trip per query); a dead connection fails its query.
-            .test_before_acquire(false)
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if !postgres {
-                        connection.execute("PRAGMA busy_timeout = 10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
+        let postgres = config.is_postgres();
+        let pool = config
+            .any_pool(if postgres { 8 } else { 4 })
             .await
             .context("opening the ledger seal tables")?;
         Ok(Self { pool, postgres })

@@ -232,24 +232,8 @@ pub async fn verify(
     let mut divergences = Vec::new();
     let mut read = 0u64;
     // The log is read one batch ahead of checking, so reading and hashing overlap.
-    let (batches, mut ahead) = tokio::sync::mpsc::channel(2);
-    let reader = {
-        let ledger = ledger.clone();
-        tokio::spawn(async move {
-            let mut cursor = LogCursor::START;
-            loop {
-                let events = ledger.read_log(cursor, batch).await?;
-                let Some(last) = events.last() else {
-                    return anyhow::Ok(());
-                };
-                cursor = last.cursor;
-                if batches.send(events).await.is_err() {
-                    return Ok(());
-                }
-            }
-        })
-    };
-    while let Some(events) = ahead.recv().await {
+    let mut ahead = ledger.read_ahead(LogCursor::START, batch);
+    while let Some(events) = ahead.next().await {
         let Some(last) = events.last() else { break };
         let cursor = last.cursor;
         read += events.len() as u64;
@@ -326,9 +310,7 @@ pub async fn verify(
         }
         progress(read, cursor);
     }
-    reader
-        .await
-        .map_err(|err| anyhow::anyhow!("the log reader failed: {err}"))??;
+    ahead.finish().await?;
     // Sealed leaves and heads beyond the end of the log.
     for (tenant, check) in &mut tenants {
         if check.diverged {
