@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 
 pub use execute::{Committed, LedgerError, RecordedEvent, RetryPolicy};
 pub use lock::TailerLock;
-pub use log::{LogCursor, LogWaker, LoggedEvent};
+pub use log::{LogCursor, LogReads, LogWaker, LoggedEvent};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -227,6 +227,8 @@ pub struct Ledger {
     cache: Arc<std::sync::Mutex<HashMap<(&'static str, String), Cached>>>,
     /// Appends concurrent commands' events together (PostgreSQL; started on first use).
     committer: Arc<OnceLock<commit::GroupCommitter>>,
+    /// The newest events read, shared by the process's tailers.
+    tail: Arc<log::TailCache>,
 }
 
 impl Ledger {
@@ -281,6 +283,7 @@ impl Ledger {
             identity: identity.to_owned(),
             committer: Arc::new(OnceLock::new()),
             cache: Arc::default(),
+            tail: Arc::default(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! Notifications (`LISTEN countersign_events` on PostgreSQL, an in-process signal on SQLite) only
 //! wake readers early; readers also poll.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -123,9 +124,146 @@ SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
  ORDER BY position
  LIMIT $2";
 
+/// How many of the newest events read from the store the ledger keeps for the next tailer.
+pub const TAIL_CACHE: usize = 4096;
+
+/// The newest stretch of the log that any tailer of this process read from the store.
+///
+/// Every in-process tailer (the projection runners, the sealer, the relay, the live hub) wakes on
+/// the same commit and reads the same new events: one of them reads the store, the others are
+/// served from here. The stretch is a complete run of the log after `start` (the readable log is
+/// final below its horizon: nothing can later appear between two of its events), so any read
+/// after a cursor inside it is answered with exactly the events that follow that cursor — never a
+/// guess about what is not yet in it: a read at its end goes to the store.
+#[derive(Debug, Default)]
+pub(crate) struct TailCache {
+    stretch: std::sync::Mutex<Stretch>,
+    /// Held while reading the store at or beyond the end of the stretch, so that tailers woken
+    /// together make one read, not one each.
+    filling: tokio::sync::Mutex<()>,
+    from_store: std::sync::atomic::AtomicU64,
+    from_cache: std::sync::atomic::AtomicU64,
+}
+
+/// How the log reads of one ledger handle (and its clones) were answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogReads {
+    pub from_store: u64,
+    pub from_cache: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stretch {
+    /// The cursor the stretch follows; `None` while nothing has been read.
+    start: Option<LogCursor>,
+    events: std::collections::VecDeque<LoggedEvent>,
+}
+
+impl Stretch {
+    fn end(&self) -> Option<LogCursor> {
+        self.events.back().map(|event| event.cursor).or(self.start)
+    }
+
+    /// The events after `after`, when the stretch holds any.
+    fn after(&self, after: LogCursor, limit: u32) -> Option<Vec<LoggedEvent>> {
+        let start = self.start?;
+        if after < start {
+            return None;
+        }
+        let from = self.events.partition_point(|event| event.cursor <= after);
+        (from < self.events.len()).then(|| {
+            self.events
+                .range(from..)
+                .take(limit as usize)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Whether a read after `after` would extend or replace the stretch.
+    fn at_or_past_end(&self, after: LogCursor) -> bool {
+        self.end().is_none_or(|end| after >= end)
+    }
+
+    /// Records what a read after `after` returned from the store.
+    fn fill(&mut self, after: LogCursor, events: &[LoggedEvent]) {
+        if events.is_empty() || !self.at_or_past_end(after) {
+            return;
+        }
+        if self.end() != Some(after) {
+            self.start = Some(after);
+            self.events.clear();
+        }
+        self.events.extend(events.iter().cloned());
+        while self.events.len() > TAIL_CACHE {
+            if let Some(dropped) = self.events.pop_front() {
+                self.start = Some(dropped.cursor);
+            }
+        }
+    }
+}
+
 impl Ledger {
-    /// Up to `limit` events after `after`, in log order.
+    /// Up to `limit` events after `after`, in log order (fewer than `limit` does not mean the end
+    /// of the log; an empty answer does).
     pub async fn read_log(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {
+        let cache = &self.tail;
+        let lookup = |after| {
+            let stretch = cache.stretch.lock().unwrap_or_else(|e| e.into_inner());
+            (stretch.after(after, limit), stretch.at_or_past_end(after))
+        };
+        let cached = |events| {
+            cache.from_cache.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("countersign_log_reads_total", "source" => "cache").increment(1);
+            Ok(events)
+        };
+        let (hit, at_tail) = lookup(after);
+        if let Some(events) = hit {
+            return cached(events);
+        }
+        // Behind the stretch (a rebuild, a replay, a catching-up tailer): straight to the store.
+        let _filling = if at_tail {
+            let guard = cache.filling.lock().await;
+            if let (Some(events), _) = lookup(after) {
+                return cached(events);
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        cache.from_store.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("countersign_log_reads_total", "source" => "store").increment(1);
+        let events = self.read_store(after, limit).await?;
+        cache
+            .stretch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill(after, &events);
+        Ok(events)
+    }
+
+    /// How this handle's log reads were answered so far.
+    pub fn log_reads(&self) -> LogReads {
+        LogReads {
+            from_store: self.tail.from_store.load(Ordering::Relaxed),
+            from_cache: self.tail.from_cache.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Up to `limit` events after `after` as the store holds them now, never from the cache of
+    /// the newest events: for verification, which must see a stored event changed after this
+    /// process read it.
+    pub async fn read_stored_log(
+        &self,
+        after: LogCursor,
+        limit: u32,
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
+        self.tail.from_store.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("countersign_log_reads_total", "source" => "store").increment(1);
+        self.read_store(after, limit).await
+    }
+
+    async fn read_store(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {
         match &self.backend {
             Backend::Postgres(pool) => {
                 let rows = sqlx::query(PG_READ)
@@ -413,14 +551,16 @@ impl ReadAhead {
 }
 
 impl Ledger {
-    /// Reads the log after `after` in batches of `batch`, one batch ahead of the caller.
+    /// Reads the log after `after` in batches of `batch`, one batch ahead of the caller, from the
+    /// store (a long read has no use for the cache of the newest events, and verification must
+    /// not be served from it).
     pub fn read_ahead(&self, after: LogCursor, batch: u32) -> ReadAhead {
         let (sender, batches) = tokio::sync::mpsc::channel(2);
         let ledger = self.clone();
         let reader = tokio::spawn(async move {
             let mut cursor = after;
             loop {
-                let events = ledger.read_log(cursor, batch).await?;
+                let events = ledger.read_stored_log(cursor, batch).await?;
                 let Some(last) = events.last() else {
                     return Ok(());
                 };
@@ -515,5 +655,96 @@ mod tests {
             assert!(!plan.contains("Sort"), "{name} sorts: {plan}");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tail_cache {
+    use super::{LogCursor, LoggedEvent, Stretch, TAIL_CACHE};
+
+    fn event(position: i64) -> LoggedEvent {
+        LoggedEvent {
+            cursor: LogCursor { txid: 0, position },
+            tenant: "acme".to_owned(),
+            aggregate_type: "Action".to_owned(),
+            aggregate_id: format!("a{position}"),
+            sequence: 1,
+            event_type: "Submitted".to_owned(),
+            event_version: "1".to_owned(),
+            payload: serde_json::json!({}),
+            metadata: serde_json::json!({}),
+            recorded_at: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn at(position: i64) -> LogCursor {
+        LogCursor { txid: 0, position }
+    }
+
+    fn positions(events: Option<Vec<LoggedEvent>>) -> Option<Vec<i64>> {
+        events.map(|events| events.iter().map(|e| e.cursor.position).collect())
+    }
+
+    fn stretch(after: i64, through: i64) -> Stretch {
+        let mut stretch = Stretch::default();
+        let events: Vec<_> = (after + 1..=through).map(event).collect();
+        stretch.fill(at(after), &events);
+        stretch
+    }
+
+    #[test]
+    fn answers_only_reads_it_holds_the_next_events_of() {
+        let stretch = stretch(10, 15);
+        assert_eq!(
+            positions(stretch.after(at(10), 100)),
+            Some(vec![11, 12, 13, 14, 15])
+        );
+        assert_eq!(positions(stretch.after(at(12), 2)), Some(vec![13, 14]));
+        // A cursor between two events (any cursor inside the stretch) gets what follows it.
+        assert_eq!(positions(stretch.after(at(13), 100)), Some(vec![14, 15]));
+        // At its end the next events are unknown; behind its start they are not held.
+        assert_eq!(positions(stretch.after(at(15), 100)), None);
+        assert_eq!(positions(stretch.after(at(9), 100)), None);
+        assert_eq!(
+            positions(Stretch::default().after(LogCursor::START, 100)),
+            None
+        );
+    }
+
+    #[test]
+    fn grows_at_its_end_jumps_forward_and_ignores_older_reads() {
+        let mut stretch = stretch(10, 15);
+        stretch.fill(at(15), &[event(16), event(17)]);
+        assert_eq!(
+            positions(stretch.after(at(10), 100)),
+            Some((11..=17).collect())
+        );
+        // An older read (a rebuild from the start) leaves the newest stretch alone.
+        stretch.fill(at(0), &[event(1), event(2)]);
+        assert_eq!(positions(stretch.after(at(0), 100)), None);
+        assert_eq!(positions(stretch.after(at(16), 100)), Some(vec![17]));
+        // A read past the end replaces it: what lies between is unknown.
+        stretch.fill(at(30), &[event(31)]);
+        assert_eq!(positions(stretch.after(at(17), 100)), None);
+        assert_eq!(positions(stretch.after(at(30), 100)), Some(vec![31]));
+        // An empty read changes nothing.
+        stretch.fill(at(31), &[]);
+        assert_eq!(positions(stretch.after(at(30), 100)), Some(vec![31]));
+    }
+
+    #[test]
+    fn keeps_only_the_newest_events() {
+        let total = i64::try_from(TAIL_CACHE).unwrap_or(i64::MAX) + 10;
+        let stretch = stretch(0, total);
+        assert_eq!(positions(stretch.after(at(10), 1)), Some(vec![11]));
+        assert_eq!(
+            positions(stretch.after(at(9), 1)),
+            None,
+            "dropped from the front"
+        );
+        assert_eq!(
+            positions(stretch.after(at(total - 1), 5)),
+            Some(vec![total])
+        );
     }
 }

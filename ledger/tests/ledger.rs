@@ -319,25 +319,32 @@ async fn many_writers(store: &TestStore) {
     const ACTIONS_PER_WRITER: usize = 4;
     let total = WRITERS * ACTIONS_PER_WRITER * 2;
 
-    // A tailer reads while the writers write.
-    let ledger = store.ledger.clone();
-    let tailer = tokio::spawn(async move {
-        let mut waker = ledger.log_waker().await.expect("waker");
-        let mut cursor = LogCursor::START;
-        let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while seen.len() < total && tokio::time::Instant::now() < deadline {
-            let batch = ledger.read_log(cursor, 37).await.expect("read");
-            if let Some(last) = batch.last() {
-                assert!(last.cursor > cursor, "the cursor only moves forward");
-                cursor = last.cursor;
-                seen.extend(batch);
-            } else {
-                waker.wait(Duration::from_millis(50)).await;
-            }
-        }
-        seen
-    });
+    // Tailers with different batch sizes read while the writers write (sharing the ledger's
+    // cache of the newest events as the service's tailers do).
+    let tailers: Vec<_> = [37u32, 5, 100]
+        .into_iter()
+        .map(|batch| {
+            let ledger = store.ledger.clone();
+            tokio::spawn(async move {
+                let mut waker = ledger.log_waker().await.expect("waker");
+                let mut cursor = LogCursor::START;
+                let mut seen = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                while seen.len() < total && tokio::time::Instant::now() < deadline {
+                    let read = ledger.read_log(cursor, batch).await.expect("read");
+                    if let Some(last) = read.last() {
+                        assert!(last.cursor > cursor, "the cursor only moves forward");
+                        assert!(read.len() <= batch as usize);
+                        cursor = last.cursor;
+                        seen.extend(read);
+                    } else {
+                        waker.wait(Duration::from_millis(50)).await;
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|_| {
@@ -369,7 +376,17 @@ async fn many_writers(store: &TestStore) {
         writer.await.expect("writer");
     }
 
-    let tailed = tailer.await.expect("tailer");
+    let mut tailed = Vec::new();
+    for tailer in tailers {
+        let seen = tailer.await.expect("tailer");
+        if !tailed.is_empty() {
+            assert!(
+                seen == tailed,
+                "every tailer reads the same events in the same order"
+            );
+        }
+        tailed = seen;
+    }
     let keys: Vec<(String, i64)> = tailed
         .iter()
         .map(|e| (e.aggregate_id.clone(), e.sequence))
@@ -822,4 +839,85 @@ async fn cached_streams(store: &TestStore) {
             );
         }
     }
+}
+
+on_both_stores!(
+    tailers_woken_together_read_the_store_once,
+    tailers_share_reads
+);
+async fn tailers_share_reads(store: &TestStore) {
+    let head = |events: &[LoggedEvent]| events.last().map(|e| e.cursor);
+    let first = read_all(store).await;
+    let start = head(&first).unwrap_or(LogCursor::START);
+    let mut written = Vec::new();
+    for _ in 0..3 {
+        let id = action_id();
+        let committed = store
+            .ledger
+            .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+            .await
+            .expect("submit");
+        written.push(committed.last_position().expect("position"));
+    }
+    let last = *written.last().expect("written");
+    // Wait until the new events are readable (the PostgreSQL horizon), through a separate
+    // handle so that this ledger's cache is still cold.
+    let other = countersign_ledger::Ledger::open(&store.config)
+        .await
+        .expect("second handle");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !other
+        .read_log(start, 100)
+        .await
+        .expect("read")
+        .iter()
+        .any(|e| e.cursor.position == last)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Five tailers at the same place, woken together, with different batch sizes.
+    let before = store.ledger.log_reads();
+    let reads = futures::future::join_all([100u32, 100, 2, 50, 100].map(|batch| {
+        let ledger = store.ledger.clone();
+        async move { ledger.read_log(start, batch).await.expect("read") }
+    }))
+    .await;
+    let after = store.ledger.log_reads();
+    assert_eq!(
+        after.from_store - before.from_store,
+        1,
+        "one read of the store"
+    );
+    assert_eq!(
+        after.from_cache - before.from_cache,
+        4,
+        "the others from the cache"
+    );
+    let positions =
+        |events: &[LoggedEvent]| -> Vec<i64> { events.iter().map(|e| e.cursor.position).collect() };
+    assert_eq!(positions(&reads[0]), written);
+    for read in &reads {
+        assert_eq!(read[..], reads[0][..read.len()], "the same events");
+    }
+    assert_eq!(positions(&reads[2]), written[..2]);
+
+    // Reading on from inside the cached stretch is served from it; at its end, from the store.
+    let second = head(&reads[2]).expect("read");
+    let rest = store.ledger.read_log(second, 100).await.expect("read");
+    assert_eq!(positions(&rest), written[2..]);
+    assert_eq!(store.ledger.log_reads().from_store, after.from_store);
+    let end = head(&reads[0]).expect("read");
+    assert!(
+        store
+            .ledger
+            .read_log(end, 100)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(store.ledger.log_reads().from_store, after.from_store + 1);
+    // Behind the stretch: the store, and the full log as it is.
+    assert_eq!(read_all(store).await.len(), first.len() + written.len());
 }

@@ -414,7 +414,7 @@ pub async fn check_decisions(
     let mut cursor = LogCursor::START;
     let mut read = 0u64;
     loop {
-        let batch = ledger.read_log(cursor, 1000).await?;
+        let batch = ledger.read_stored_log(cursor, 1000).await?;
         let Some(last) = batch.last() else { break };
         cursor = last.cursor;
         read += batch.len() as u64;
