@@ -217,10 +217,17 @@ fn bad_settings_are_refused_naming_the_problem() {
 }
 
 fn http_get(address: &str, path: &str) -> (u16, String) {
+    http_get_as(address, path, None)
+}
+
+fn http_get_as(address: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect");
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .expect("request");
     let mut response = String::new();
@@ -238,22 +245,38 @@ fn http_get(address: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A served child process, killed if the test fails before it stops it (an orphan holding the
+/// test's output open would keep `cargo test` waiting).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
-fn serve_answers_health_and_readiness_and_stops_on_sigterm() {
+fn serve_answers_health_readiness_and_metrics_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_countersign"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().expect("utf-8"),
-        ])
-        .env_remove("DATABASE_URL")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                dir.path().to_str().expect("utf-8"),
+            ])
+            .env_remove("DATABASE_URL")
+            .env("COUNTERSIGN_METRICS_TOKEN", "scrape")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve starts"),
+    );
+    let mut lines = BufReader::new(child.0.stderr.take().expect("stderr")).lines();
     let address = lines
         .by_ref()
         .map_while(Result::ok)
@@ -269,12 +292,38 @@ fn serve_answers_health_and_readiness_and_stops_on_sigterm() {
     assert_eq!(status, 200);
     assert!(body.contains(r#""store":"sqlite""#), "{body}");
 
+    // Prometheus text: request latency per route, projection lag, how log reads were answered.
+    assert_eq!(
+        http_get(&address, "/metrics").0,
+        401,
+        "no token, no metrics"
+    );
+    let wanted = [
+        r#"countersign_http_request_duration_seconds_count{route="/readyz",method="GET",status="200"}"#,
+        r#"countersign_projection_lag_events{projection="actions""#,
+        r#"countersign_log_reads_total{source="store"}"#,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, metrics) = http_get_as(&address, "/metrics", Some("scrape"));
+        assert_eq!(status, 200);
+        let missing: Vec<_> = wanted.iter().filter(|m| !metrics.contains(*m)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {missing:?} in {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let status = child.wait().expect("exits");
+    let status = child.0.wait().expect("exits");
     assert!(status.success(), "graceful shutdown exits 0");
     assert!(
         lines
