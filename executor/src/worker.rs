@@ -13,7 +13,7 @@ use countersign_domain::action::{
 };
 use countersign_domain::tenant::TenantSettings;
 use countersign_domain::{ActionId, Principal, UserId};
-use countersign_ledger::{Ledger, LedgerError, Metadata};
+use countersign_ledger::{Committed, Ledger, LedgerError, Metadata};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::capability::{Failure, Invocation, Progress, ProgressHub, Registry};
@@ -118,20 +118,12 @@ impl Executor {
         id: &str,
         state: &countersign_domain::action::ActionState,
         command: ActionCommand,
-    ) -> Result<Vec<ActionEvent>, LedgerError<ActionError>> {
+    ) -> Result<Committed<Action>, LedgerError<ActionError>> {
         let metadata = Metadata {
             correlation_id: state.correlation_id.clone(),
             ..Metadata::new(state.tenant.clone(), self.identity.id.clone())
         };
-        let committed = self
-            .ledger
-            .execute::<Action>(id, command, &metadata)
-            .await?;
-        Ok(committed
-            .events
-            .into_iter()
-            .map(|event| event.event)
-            .collect())
+        self.ledger.execute::<Action>(id, command, &metadata).await
     }
 
     /// Runs the action if it awaits execution now; fires its deadline if that has passed.
@@ -168,7 +160,7 @@ impl Executor {
                 )
                 .await
             {
-                Ok(events) if !events.is_empty() => Ok(Processed::Expired),
+                Ok(committed) if !committed.events.is_empty() => Ok(Processed::Expired),
                 Ok(_) | Err(LedgerError::Rejected(_)) => Ok(Processed::Nothing),
                 Err(err) => Err(anyhow::anyhow!("{err}")),
             };
@@ -199,20 +191,21 @@ impl Executor {
             context: self.context(state),
             lease_seconds,
         });
-        let events = match self.command(id, state, claim).await {
-            Ok(events) => events,
+        let claimed = match self.command(id, state, claim).await {
+            Ok(committed) => committed,
             // Another executor holds it, finished it, or it was never requested: not ours.
             Err(LedgerError::Rejected(_)) => return Ok(Processed::Nothing),
             Err(err) => return Err(anyhow::anyhow!("{err}")),
         };
-        let Some(attempt) = events.iter().find_map(|event| match event {
+        let Some(attempt) = claimed.events.iter().find_map(|event| match &event.event {
             ActionEvent::ExecutionStarted(started) => Some(started.attempt),
             _ => None,
         }) else {
             return Ok(
-                if events
+                if claimed
+                    .events
                     .iter()
-                    .any(|event| matches!(event, ActionEvent::ExecutionSkipped(_)))
+                    .any(|event| matches!(event.event, ActionEvent::ExecutionSkipped(_)))
                 {
                     info!("safe mode: execution skipped");
                     Processed::Skipped
@@ -221,15 +214,11 @@ impl Executor {
                 },
             );
         };
-        let (fresh, _) = self
-            .ledger
-            .load::<Action>(id)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
-        let Some(fresh) = fresh.state() else {
+        // The action as the claim left it (the ledger returns the aggregate after the command).
+        let Some(claimed) = claimed.aggregate.state() else {
             return Ok(Processed::Nothing);
         };
-        Ok(self.run(id, fresh, attempt).await)
+        Ok(self.run(id, claimed, attempt).await)
     }
 
     async fn run(
