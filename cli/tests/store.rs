@@ -245,15 +245,60 @@ fn http_get_as(address: &str, path: &str, bearer: Option<&str>) -> (u16, String)
     (status, body)
 }
 
-/// A served child process, killed if the test fails before it stops it (an orphan holding the
-/// test's output open would keep `cargo test` waiting).
-struct KillOnDrop(std::process::Child);
+/// `countersign serve` in a child process, killed if the test fails before it stops it (an
+/// orphan holding the test's output open would keep `cargo test` waiting).
+struct Served {
+    child: std::process::Child,
+    /// Where it listens, from its JSON log.
+    address: String,
+    /// Reads the rest of its log as it comes (a full pipe would stall the service).
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
 
-impl Drop for KillOnDrop {
+impl Served {
+    /// Starts `command` (a `serve` listening on port 0) and waits until it says where it listens.
+    fn start(command: &mut Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let address = lines.by_ref().map_while(Result::ok).find_map(|line| {
+            let log: serde_json::Value = serde_json::from_str(&line).ok()?;
+            (log["fields"]["message"] == "countersign listening")
+                .then(|| log["fields"]["address"].as_str().map(str::to_owned))?
+        });
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        let mut served = Self {
+            child,
+            address: String::new(),
+            log: Some(log),
+        };
+        served.address = address.expect("a JSON log line with the address");
+        served
+    }
+
+    /// Sends SIGTERM and requires a clean exit; returns the rest of the log.
+    fn stop(mut self) -> Vec<String> {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = self.child.wait().expect("exits");
+        assert!(status.success(), "graceful shutdown exits 0");
+        self.log
+            .take()
+            .map(|log| log.join().expect("log reader"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
@@ -261,7 +306,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn serve_answers_health_readiness_and_metrics_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut child = KillOnDrop(
+    let served = Served::start(
         Command::new(env!("CARGO_BIN_EXE_countersign"))
             .args([
                 "serve",
@@ -271,21 +316,9 @@ fn serve_answers_health_readiness_and_metrics_and_stops_on_sigterm() {
                 dir.path().to_str().expect("utf-8"),
             ])
             .env_remove("DATABASE_URL")
-            .env("COUNTERSIGN_METRICS_TOKEN", "scrape")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("serve starts"),
+            .env("COUNTERSIGN_METRICS_TOKEN", "scrape"),
     );
-    let mut lines = BufReader::new(child.0.stderr.take().expect("stderr")).lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let log: serde_json::Value = serde_json::from_str(&line).ok()?;
-            (log["fields"]["message"] == "countersign listening")
-                .then(|| log["fields"]["address"].as_str().map(str::to_owned))?
-        })
-        .expect("a JSON log line with the address");
+    let address = served.address.clone();
 
     assert_eq!(http_get(&address, "/healthz").0, 200);
     let (status, body) = http_get(&address, "/readyz");
@@ -318,16 +351,10 @@ fn serve_answers_health_readiness_and_metrics_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = child.0.wait().expect("exits");
-    assert!(status.success(), "graceful shutdown exits 0");
     assert!(
-        lines
-            .map_while(Result::ok)
+        served
+            .stop()
+            .iter()
             .any(|line| line.contains("shutting down"))
     );
 }
@@ -506,28 +533,17 @@ async fn serve_runs_approved_actions_through_nats_on_postgres() {
     let store = TestStore::postgres().await.expect("database");
     let unique = uuid::Uuid::new_v4().simple().to_string();
     let secret = "server-mode-test-secret-0123456789";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_countersign"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--dev-keys", "false"])
-        .env("DATABASE_URL", store.location())
-        .env("NATS_URL", "nats://127.0.0.1:4222")
-        .env("COUNTERSIGN_NATS_STREAM", format!("CLI_{}", &unique[..12]))
-        .env("COUNTERSIGN_NATS_PREFIX", format!("cli{}", &unique[..12]))
-        .env("COUNTERSIGN_JWT_HS256_SECRET", secret)
-        .env("COUNTERSIGN_SWEEP_SECONDS", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let log: serde_json::Value = serde_json::from_str(&line).ok()?;
-            (log["fields"]["message"] == "countersign listening")
-                .then(|| log["fields"]["address"].as_str().map(str::to_owned))?
-        })
-        .expect("listening");
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let served = Served::start(
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--dev-keys", "false"])
+            .env("DATABASE_URL", store.location())
+            .env("NATS_URL", "nats://127.0.0.1:4222")
+            .env("COUNTERSIGN_NATS_STREAM", format!("CLI_{}", &unique[..12]))
+            .env("COUNTERSIGN_NATS_PREFIX", format!("cli{}", &unique[..12]))
+            .env("COUNTERSIGN_JWT_HS256_SECRET", secret)
+            .env("COUNTERSIGN_SWEEP_SECONDS", "1"),
+    );
+    let address = served.address.clone();
     let mint = |user: &str, roles: &[&str]| {
         countersign_gateway::mint_hs256(
             secret.as_bytes(),
@@ -591,10 +607,5 @@ async fn serve_runs_approved_actions_through_nats_on_postgres() {
         serde_json::json!({ "echo": { "hello": "world" } })
     );
     assert_eq!(detail["execution"]["attempts"], 1);
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    assert!(child.wait().expect("exits").success());
+    served.stop();
 }
