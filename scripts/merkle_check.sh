@@ -1,13 +1,3 @@
 #!/usr/bin/env bash
-# Runs scripts/merkle_check.py in a virtual environment of its own (created on first use, with
-# the `blake3` package from PyPI), so the test that calls it needs nothing installed by hand.
-# The environment lives in $COUNTERSIGN_PY_VENV, default target/py-blake3.
-set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-venv="${COUNTERSIGN_PY_VENV:-$here/../target/py-blake3}"
-if ! "$venv/bin/python" -c 'import blake3' >/dev/null 2>&1; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'blake3>=0.4,<2' >&2
-fi
-exec "$venv/bin/python" "$here/merkle_check.py" "$@"
+# Runs scripts/merkle_check.py with `blake3` available (see scripts/py_blake3.sh).
+exec "$(dirname "$0")/py_blake3.sh" merkle_check.py "$@"
