@@ -239,15 +239,7 @@ impl Executor {
                 return Processed::Nothing;
             }
         };
-        let invocation = Invocation {
-            tenant: state.tenant.clone(),
-            action_id: state.id,
-            action_type: state.action_type.clone(),
-            payload: state.submission.payload.clone(),
-            execution_key: state.execution_key.clone(),
-            attempt,
-            settings,
-        };
+        let invocation = invocation(state, attempt, settings);
         let outcome = match self.registry.resolve(&state.action_type) {
             None => Err(Failure::permanent(format!(
                 "unknown capability {}: no built-in and no external provider",
@@ -317,15 +309,7 @@ impl Executor {
             .load::<TenantSettings>(state.tenant.as_str())
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-        let invocation = Invocation {
-            tenant: state.tenant.clone(),
-            action_id: state.id,
-            action_type: state.action_type.clone(),
-            payload: state.submission.payload.clone(),
-            execution_key: state.execution_key.clone(),
-            attempt: state.execution.attempts + 1,
-            settings: settings.settings,
-        };
+        let invocation = invocation(state, state.execution.attempts + 1, settings.settings);
         Ok(match self.registry.resolve(&state.action_type) {
             None => Err(Failure::permanent(format!(
                 "unknown capability {}",
@@ -342,4 +326,21 @@ pub fn may_need_work(event_type: &str) -> bool {
         event_type,
         "ActionApproved" | "ExecutionRequested" | "ExecutionFailed" | "ExecutionStarted"
     )
+}
+
+/// What a capability is asked to do for attempt `attempt` of the action.
+fn invocation(
+    state: &countersign_domain::action::ActionState,
+    attempt: u32,
+    settings: countersign_domain::tenant::Settings,
+) -> Invocation {
+    Invocation {
+        tenant: state.tenant.clone(),
+        action_id: state.id,
+        action_type: state.action_type.clone(),
+        payload: state.submission.payload.clone(),
+        execution_key: state.execution_key.clone(),
+        attempt,
+        settings,
+    }
 }
