@@ -103,14 +103,18 @@ impl Relay {
     /// Publishes the next batch; returns how many events were published and acknowledged.
     pub async fn process_next(&mut self) -> anyhow::Result<usize> {
         // After a success the checkpoint is the cursor this relay saved (one instance runs,
-        // under the tailer lock); otherwise it is read back.
-        let checkpoint = match &self.ahead {
-            Some((after, _)) => *after,
-            None => self.ledger.load_checkpoint(&self.checkpoint).await?,
+        // under the tailer lock), with the batch read after it; otherwise it is read back.
+        let (checkpoint, ahead) = match self.ahead.take() {
+            Some(ahead) => ahead,
+            None => (
+                self.ledger.load_checkpoint(&self.checkpoint).await?,
+                Vec::new(),
+            ),
         };
-        let events = match self.ahead.take() {
-            Some((after, events)) if after == checkpoint && !events.is_empty() => events,
-            _ => self.ledger.read_log(checkpoint, self.batch).await?,
+        let events = if ahead.is_empty() {
+            self.ledger.read_log(checkpoint, self.batch).await?
+        } else {
+            ahead
         };
         let Some(last) = events.last().map(|event| event.cursor) else {
             return Ok(0);
