@@ -174,11 +174,17 @@ pub struct LogSource {
 impl LogSource {
     const CHECKPOINT: &'static str = "executor";
 
-    /// Processes the next batch; returns the number of events read.
-    pub async fn process_next(&self) -> anyhow::Result<usize> {
+    /// Processes the next batch; returns the number of events read. `checkpoint` is where this
+    /// instance has saved its checkpoint, read from the store only when unknown (only the holder
+    /// of the tailer lock moves it).
+    async fn process_next(&self, checkpoint: &mut Option<LogCursor>) -> anyhow::Result<usize> {
         let ledger = self.executor.ledger();
-        let checkpoint = ledger.load_checkpoint(Self::CHECKPOINT).await?;
-        let events = ledger.read_log(checkpoint, 200).await?;
+        let after = match *checkpoint {
+            Some(after) => after,
+            None => ledger.load_checkpoint(Self::CHECKPOINT).await?,
+        };
+        *checkpoint = Some(after);
+        let events = ledger.read_log(after, 200).await?;
         let Some(last) = events.last().map(|event| event.cursor) else {
             return Ok(0);
         };
@@ -194,6 +200,7 @@ impl LogSource {
             }
         }
         ledger.save_checkpoint(Self::CHECKPOINT, last).await?;
+        *checkpoint = Some(last);
         Ok(events.len())
     }
 
@@ -206,9 +213,10 @@ impl LogSource {
             tokio::select! { _ = shutdown.changed() => return Ok(()), () = tokio::time::sleep(Duration::from_secs(2)) => {} }
         };
         let mut waker = ledger.log_waker().await?;
+        let mut checkpoint = None;
         info!("executor tailing the log (embedded mode)");
         while !*shutdown.borrow() {
-            match self.process_next().await {
+            match self.process_next(&mut checkpoint).await {
                 Ok(0) => {
                     tokio::select! { _ = shutdown.changed() => {}, () = waker.wait(Duration::from_secs(1)) => {} }
                 }
