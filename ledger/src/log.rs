@@ -231,9 +231,7 @@ impl Ledger {
         } else {
             None
         };
-        cache.from_store.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("countersign_log_reads_total", "source" => "store").increment(1);
-        let events = self.read_store(after, limit).await?;
+        let events = self.read_stored_log(after, limit).await?;
         cache
             .stretch
             .lock()
@@ -260,10 +258,6 @@ impl Ledger {
     ) -> anyhow::Result<Vec<LoggedEvent>> {
         self.tail.from_store.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("countersign_log_reads_total", "source" => "store").increment(1);
-        self.read_store(after, limit).await
-    }
-
-    async fn read_store(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {
         match &self.backend {
             Backend::Postgres(pool) => {
                 let rows = sqlx::query(PG_READ)
