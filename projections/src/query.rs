@@ -964,8 +964,9 @@ mod tests {
     }
 }
 
+/// What the projection store sets up on PostgreSQL.
 #[cfg(test)]
-mod reader_tests {
+mod postgres_tests {
     use super::*;
     use crate::store::GenerationState;
 
@@ -991,12 +992,6 @@ mod reader_tests {
         assert_eq!(user, "countersign_reader");
         Ok(())
     }
-}
-
-#[cfg(test)]
-mod compression_tests {
-    use super::*;
-    use crate::store::GenerationState;
 
     /// Large texts are compressed with lz4 where the server has it (this one does).
     #[tokio::test]
