@@ -283,6 +283,11 @@ impl Action {
         self.0.as_deref()
     }
 
+    /// The action's state, once submitted, taken out of the aggregate.
+    pub fn into_state(self) -> Option<ActionState> {
+        self.0.map(|state| *state)
+    }
+
     /// Folds events from the start.
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a ActionEvent>) -> Self {
         let mut action = Self::default();

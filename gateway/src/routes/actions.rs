@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use countersign_domain::action::{
-    Action, ActionCommand, ActionError, ActionStatus, CancelAction, CastVote, CommandContext,
-    RequestExecution, SubmitAction,
+    Action, ActionCommand, ActionError, ActionState, ActionStatus, CancelAction, CastVote,
+    CommandContext, RequestExecution, SubmitAction,
 };
 use countersign_domain::canonical::ExecutionKey;
 use countersign_domain::quorum::Vote;
@@ -57,6 +57,21 @@ fn context(caller: &Caller, headers: &HeaderMap) -> Result<CommandContext, ApiEr
         at: chrono::Utc::now(),
         correlation_id: correlation_id(headers)?,
     })
+}
+
+/// The action and its stream's version as the ledger holds them, when it exists in the
+/// caller's tenant: another tenant's action answers exactly like a missing one.
+async fn load_action(
+    state: &AppState,
+    caller: &Caller,
+    id: ActionId,
+) -> Result<(ActionState, u64), ApiError> {
+    let (action, sequence) = state.ledger.load::<Action>(&id.to_string()).await?;
+    let current = action
+        .into_state()
+        .filter(|current| current.tenant == caller.tenant)
+        .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
+    Ok((current, sequence))
 }
 
 fn detail_of(committed: &Committed<Action>) -> Result<ActionDetail, ApiError> {
@@ -125,11 +140,8 @@ async fn submit(
             .at(committed.last_cursor())
             .into_response()),
         Err(LedgerError::Rejected(ActionError::AlreadySubmitted { action_id })) => {
-            let (action, _) = state.ledger.load::<Action>(&action_id.to_string()).await?;
-            let state = action
-                .state()
-                .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
-            Ok(Reply::<_, 200>::new(ActionDetail::from_state(state, -1)).into_response())
+            let (existing, _) = load_action(&state, &caller, action_id).await?;
+            Ok(Reply::<_, 200>::new(ActionDetail::from_state(&existing, -1)).into_response())
         }
         Err(err) => Err(err.into()),
     }
@@ -524,11 +536,7 @@ async fn execute(
     OptionalJson(body): OptionalJson<ExecuteBody>,
 ) -> Result<Reply<ExecuteResult, 202>, ApiError> {
     let id = action_id(&id)?;
-    let (action, _) = state.ledger.load::<Action>(&id.to_string()).await?;
-    let current = action
-        .state()
-        .filter(|current| current.tenant == caller.tenant)
-        .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
+    let (current, _) = load_action(&state, &caller, id).await?;
     if !caller.has_any(&[roles::OWNER, roles::ADMIN]) && current.requester.id != caller.principal.id
     {
         return Err(ApiError::forbidden(
@@ -718,11 +726,7 @@ async fn rollback(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let id = action_id(&id)?;
-    let (action, _) = state.ledger.load::<Action>(&id.to_string()).await?;
-    let original = action
-        .state()
-        .filter(|current| current.tenant == caller.tenant)
-        .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
+    let (original, _) = load_action(&state, &caller, id).await?;
     if !caller.has_any(&[roles::OWNER, roles::ADMIN])
         && original.requester.id != caller.principal.id
     {
@@ -776,14 +780,8 @@ async fn rollback(
         match service::execute_action(&state, &caller, rollback_id, command).await {
             Ok(committed) => (detail_of(&committed)?, committed.last_cursor(), true),
             Err(LedgerError::Rejected(ActionError::AlreadySubmitted { .. })) => {
-                let (existing, _) = state
-                    .ledger
-                    .load::<Action>(&rollback_id.to_string())
-                    .await?;
-                let existing = existing
-                    .state()
-                    .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
-                (ActionDetail::from_state(existing, -1), None, false)
+                let (existing, _) = load_action(&state, &caller, rollback_id).await?;
+                (ActionDetail::from_state(&existing, -1), None, false)
             }
             Err(err) => return Err(err.into()),
         };
