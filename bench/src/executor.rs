@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use countersign_domain::action::{
-    Action, ActionCommand, ActionEvent, CommandContext, SubmitAction,
-};
+use countersign_domain::action::{Action, ActionEvent};
 use countersign_domain::policy::PolicySnapshot;
 use countersign_domain::{ActionId, TenantMode};
 use countersign_executor::{
@@ -18,7 +16,7 @@ use countersign_executor::{
 use countersign_ledger::{Ledger, LogCursor, Metadata, StoreConfig};
 use tokio::sync::watch;
 
-use crate::ledger::{Database, Settings, submission};
+use crate::ledger::{Database, Settings, submission, submit_command};
 use crate::projections::{People, people, percentile, seed};
 use crate::report::{Figure, Section, machine, progress};
 
@@ -114,20 +112,14 @@ async fn approval_to_start(
         let mut submission = submission()?;
         submission.module = countersign_domain::ModuleSlug::parse("noop")?;
         submission.capability = countersign_domain::CapabilityName::parse("echo")?;
-        let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
-            context: CommandContext {
-                tenant: tenant.clone(),
-                by: people.requester.clone(),
-                at: chrono::Utc::now(),
-                correlation_id: None,
-            },
-            action_id: id,
+        let command = submit_command(
+            &tenant,
+            &people.requester,
+            id,
             submission,
-            mode: TenantMode::Auto,
-            policy: policy.clone(),
-            idempotency_key: None,
-            rollback_of: None,
-        }));
+            TenantMode::Auto,
+            policy.clone(),
+        );
         ledger
             .execute::<Action>(
                 &id.to_string(),

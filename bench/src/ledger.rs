@@ -25,6 +25,31 @@ pub(crate) struct Settings {
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
 
+/// The command submitting `submission` as `action_id`, as the gateway builds it.
+pub(crate) fn submit_command(
+    tenant: &TenantId,
+    by: &Principal,
+    action_id: ActionId,
+    submission: Submission,
+    mode: TenantMode,
+    policy: PolicySnapshot,
+) -> ActionCommand {
+    ActionCommand::SubmitAction(Box::new(SubmitAction {
+        context: CommandContext {
+            tenant: tenant.clone(),
+            by: by.clone(),
+            at: chrono::Utc::now(),
+            correlation_id: None,
+        },
+        action_id,
+        submission,
+        mode,
+        policy,
+        idempotency_key: None,
+        rollback_of: None,
+    }))
+}
+
 /// A submission the size of a typical one (about 1 KiB stored).
 pub(crate) fn submission() -> anyhow::Result<Submission> {
     Ok(serde_json::from_value(json!({
@@ -136,20 +161,14 @@ async fn ledger_appends(ledger: &Ledger, writers: usize, seconds: u64) -> anyhow
                 let metadata = Metadata::new(tenant.clone(), requester.id.clone());
                 while Instant::now() < deadline {
                     let id = ActionId::from_uuid(uuid::Uuid::now_v7());
-                    let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
-                        context: CommandContext {
-                            tenant: tenant.clone(),
-                            by: requester.clone(),
-                            at: chrono::Utc::now(),
-                            correlation_id: None,
-                        },
-                        action_id: id,
-                        submission: submission.clone(),
-                        mode: TenantMode::RequireApproval,
-                        policy: policy.clone(),
-                        idempotency_key: None,
-                        rollback_of: None,
-                    }));
+                    let command = submit_command(
+                        &tenant,
+                        &requester,
+                        id,
+                        submission.clone(),
+                        TenantMode::RequireApproval,
+                        policy.clone(),
+                    );
                     ledger
                         .execute::<Action>(&id.to_string(), command, &metadata)
                         .await

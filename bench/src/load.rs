@@ -488,7 +488,7 @@ async fn verify_everything(url: &str) -> anyhow::Result<f64> {
 
 /// Adds `count` pending actions (one event each) for `tenants`, many rows per INSERT.
 async fn seed_pending(url: &str, count: usize, tenants: &[String]) -> anyhow::Result<usize> {
-    use countersign_domain::action::{Action, ActionCommand, CommandContext, SubmitAction};
+    use countersign_domain::action::Action;
     let mut connection = PgConnection::connect(url).await?;
     let requester = countersign_domain::Principal::new(
         countersign_domain::UserId::parse("bench-requester")?,
@@ -501,20 +501,14 @@ async fn seed_pending(url: &str, count: usize, tenants: &[String]) -> anyhow::Re
     for n in 0..count {
         let tenant = countersign_domain::TenantId::parse(tenants[n % tenants.len()].as_str())?;
         let id = countersign_domain::ActionId::from_uuid(uuid::Uuid::now_v7());
-        let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
-            context: CommandContext {
-                tenant: tenant.clone(),
-                by: requester.clone(),
-                at: chrono::Utc::now(),
-                correlation_id: None,
-            },
-            action_id: id,
-            submission: serde_json::from_value(submission(n))?,
-            mode: countersign_domain::TenantMode::RequireApproval,
-            policy: policy.clone(),
-            idempotency_key: None,
-            rollback_of: None,
-        }));
+        let command = crate::ledger::submit_command(
+            &tenant,
+            &requester,
+            id,
+            serde_json::from_value(submission(n))?,
+            countersign_domain::TenantMode::RequireApproval,
+            policy.clone(),
+        );
         let events = Action::default()
             .decide(command)
             .map_err(|err| anyhow::anyhow!("{err}"))?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use countersign_domain::action::{Action, ActionCommand, CastVote, CommandContext, SubmitAction};
+use countersign_domain::action::{Action, ActionCommand, CastVote, CommandContext};
 use countersign_domain::policy::PolicySnapshot;
 use countersign_domain::quorum::Vote;
 use countersign_domain::{ActionId, Principal, Role, TenantId, TenantMode, UserId};
@@ -17,7 +17,7 @@ use countersign_projections::{Projection, ProjectionStore, Supervisor, rebuild};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Semaphore;
 
-use crate::ledger::{Database, Settings, submission};
+use crate::ledger::{Database, Settings, submission, submit_command};
 use crate::report::{Figure, Section, machine, progress};
 
 pub(crate) struct People {
@@ -47,17 +47,16 @@ pub(crate) fn commands(
         at: Utc::now(),
         correlation_id: None,
     };
-    let submit = ActionCommand::SubmitAction(Box::new(SubmitAction {
-        context: context(&people.requester),
-        action_id: id,
-        submission: submission()?,
-        mode: TenantMode::RequireApproval,
-        policy: PolicySnapshot::tenant_default(serde_json::from_value(serde_json::json!({
+    let submit = submit_command(
+        tenant,
+        &people.requester,
+        id,
+        submission()?,
+        TenantMode::RequireApproval,
+        PolicySnapshot::tenant_default(serde_json::from_value(serde_json::json!({
             "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }]
         }))?),
-        idempotency_key: None,
-        rollback_of: None,
-    }));
+    );
     let vote = ActionCommand::CastVote(CastVote {
         context: context(&people.approver),
         vote: Vote::Approve,
