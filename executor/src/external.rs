@@ -39,6 +39,30 @@ pub struct CapabilityReply {
     pub retryable: bool,
 }
 
+impl CapabilityReply {
+    /// The capability did its work: `result` is recorded, `undo_payload` enables a rollback.
+    pub fn succeeded(result: Value, undo_payload: Option<Value>) -> Self {
+        Self {
+            ok: true,
+            result,
+            undo_payload,
+            error: None,
+            retryable: false,
+        }
+    }
+
+    /// The capability failed; a `retryable` failure is tried again up to the policy's attempts.
+    pub fn failed(error: impl Into<String>, retryable: bool) -> Self {
+        Self {
+            ok: false,
+            result: Value::Null,
+            undo_payload: None,
+            error: Some(error.into()),
+            retryable,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct External {
     client: async_nats::Client,

@@ -916,26 +916,6 @@ impl Answer {
     }
 }
 
-fn succeeded(result: Value, undo_payload: Option<Value>) -> CapabilityReply {
-    CapabilityReply {
-        ok: true,
-        result,
-        undo_payload,
-        error: None,
-        retryable: false,
-    }
-}
-
-fn failed(error: Option<&str>, retryable: bool) -> CapabilityReply {
-    CapabilityReply {
-        ok: false,
-        result: Value::Null,
-        undo_payload: None,
-        error: error.map(str::to_owned),
-        retryable,
-    }
-}
-
 /// A provider on a connection of its own, serving `countersign.capability.<action_type>`:
 /// records every request and answers as `answer` says. Ready when this returns.
 async fn provider(
@@ -982,7 +962,7 @@ async fn external_execute_sends_the_invocation_and_returns_result_undo_payload_a
     let action_type = format!("{}.refund", module());
     let mut requests = provider(&action_type, |request| Answer {
         progress: (1..=50).map(|step| json!({ "step": step })).collect(),
-        ..Answer::reply(succeeded(
+        ..Answer::reply(CapabilityReply::succeeded(
             json!({ "refunded": request.payload["order"] }),
             Some(json!({ "charge": request.payload["order"] })),
         ))
@@ -1022,7 +1002,7 @@ async fn external_execute_sends_the_invocation_and_returns_result_undo_payload_a
 async fn external_preview_asks_the_provider_for_a_preview() {
     let action_type = format!("{}.refund", module());
     let mut requests = provider(&action_type, |request| {
-        Answer::reply(succeeded(
+        Answer::reply(CapabilityReply::succeeded(
             json!({ "would_refund": request.payload["order"], "operation": request.operation }),
             None,
         ))
@@ -1045,9 +1025,13 @@ async fn external_provider_failures_keep_their_message_and_retryable_flag() {
     let action_type = format!("{}.charge", module());
     let _requests = provider(&action_type, |request| {
         Answer::reply(match request.payload["case"].as_str() {
-            Some("busy") => failed(Some("the ledger is busy"), true),
-            Some("declined") => failed(Some("card declined"), false),
-            _ => failed(None, false),
+            Some("busy") => CapabilityReply::failed("the ledger is busy", true),
+            Some("declined") => CapabilityReply::failed("card declined", false),
+            // A failure that names no error.
+            _ => CapabilityReply {
+                error: None,
+                ..CapabilityReply::failed("", false)
+            },
         })
     })
     .await;
@@ -1177,7 +1161,7 @@ async fn external_timeout_is_the_capabilitys_not_the_nats_clients_default() {
     let action_type = format!("{}.refund", module());
     let _requests = provider(&action_type, |_| Answer {
         delay: Duration::from_millis(800),
-        ..Answer::reply(succeeded(json!({ "slow": true }), None))
+        ..Answer::reply(CapabilityReply::succeeded(json!({ "slow": true }), None))
     })
     .await;
     // A client whose own request timeout is shorter than the provider takes.
@@ -1216,7 +1200,10 @@ async fn external_capability_without_a_provider_is_an_unknown_capability_and_fai
 async fn the_registry_runs_built_ins_by_name_and_every_other_action_type_through_nats() {
     let action_type = format!("{}.refund", module());
     let mut requests = provider(&action_type, |_| {
-        Answer::reply(succeeded(json!({ "by": "provider" }), None))
+        Answer::reply(CapabilityReply::succeeded(
+            json!({ "by": "provider" }),
+            None,
+        ))
     })
     .await;
     let registry = countersign_executor::registry(Some(WEBHOOK_KEY), None, Some(nats().await))

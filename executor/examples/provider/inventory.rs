@@ -87,23 +87,7 @@ struct Inventory {
 
 /// A failure that trying again cannot fix.
 fn refuse(error: String) -> CapabilityReply {
-    CapabilityReply {
-        ok: false,
-        result: Value::Null,
-        undo_payload: None,
-        error: Some(error),
-        retryable: false,
-    }
-}
-
-fn answer(result: Value, undo_payload: Option<Value>) -> CapabilityReply {
-    CapabilityReply {
-        ok: true,
-        result,
-        undo_payload,
-        error: None,
-        retryable: false,
-    }
+    CapabilityReply::failed(error, false)
 }
 
 fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T, CapabilityReply> {
@@ -168,7 +152,7 @@ impl Inventory {
         );
         if let Some(done) = self.reservations.get(&id) {
             // A retry after a lost reply, or a repeat: the reservation exists, answer it again.
-            return answer(
+            return CapabilityReply::succeeded(
                 json!({ "reservation": id, "sku": done.sku, "quantity": done.quantity, "repeated": true }),
                 Some(json!({ "release": id })),
             );
@@ -204,7 +188,7 @@ impl Inventory {
             json!({ "step": "reserved", "reservation": id }),
         )
         .await;
-        answer(
+        CapabilityReply::succeeded(
             json!({
                 "reservation": id,
                 "sku": reserve.sku,
@@ -217,7 +201,7 @@ impl Inventory {
 
     fn preview_reserve(&self, reserve: &Reserve) -> CapabilityReply {
         let available = self.available(&reserve.sku);
-        answer(
+        CapabilityReply::succeeded(
             json!({
                 "would_reserve": { "sku": reserve.sku, "quantity": reserve.quantity },
                 "available": available,
@@ -239,7 +223,7 @@ impl Inventory {
             }
         }
         let (sku, quantity) = (reservation.sku.clone(), reservation.quantity);
-        answer(
+        CapabilityReply::succeeded(
             json!({
                 "released": id,
                 "sku": sku,
@@ -253,7 +237,7 @@ impl Inventory {
 
     fn preview_release(&self, id: &str) -> CapabilityReply {
         match self.reservations.get(id) {
-            Some(reservation) => answer(
+            Some(reservation) => CapabilityReply::succeeded(
                 json!({
                     "would_release": id,
                     "sku": reservation.sku,
