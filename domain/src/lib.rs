@@ -14,6 +14,7 @@
 pub mod action;
 pub mod canonical;
 pub mod criteria;
+pub mod document;
 mod ids;
 pub mod policy;
 pub mod quorum;
@@ -27,7 +28,7 @@ pub use ids::{
     ActionId, ActionType, CapabilityName, Connector, CorrelationId, IdempotencyKey, ModuleSlug,
     PolicyId, Role, TenantId, Timestamp, UserId,
 };
-pub use text::{Comment, Flag, NonEmpty, Source, Summary, Text, UserSet};
+pub use text::{Comment, Flag, NonEmpty, Source, Summary, Text, UserSet, check_visible};
 
 use std::collections::BTreeSet;
 

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use crate::risk::{RiskAssessment, RiskTag};
 use crate::{
-    ActionType, CapabilityName, Connector, Flag, ModuleSlug, Source, Summary, Text, UserId,
+    ActionType, CapabilityName, Connector, Flag, ModuleSlug, ParseError, Source, Summary, Text,
+    UserId, check_visible, document,
 };
 
 /// The submitter's description of an action. Every field is checked on construction.
@@ -54,6 +55,23 @@ fn default_source() -> Source {
 }
 
 impl Submission {
+    /// What a new submission must satisfy beyond its types (see [`crate::document`]): documents
+    /// every reader of the log can decode, and text that displays as it reads.
+    pub fn check(&self) -> Result<(), ParseError> {
+        document::check(&self.payload, "payload")?;
+        if let Some(undo) = &self.undo_payload {
+            document::check(undo, "undo_payload")?;
+        }
+        check_visible(self.summary.as_str(), "summary")?;
+        check_visible(self.impact.as_str(), "impact")?;
+        check_visible(self.scope.as_str(), "scope")?;
+        check_visible(self.source.as_str(), "source")?;
+        self.flags
+            .iter()
+            .enumerate()
+            .try_for_each(|(index, flag)| check_visible(flag.as_str(), &format!("flags[{index}]")))
+    }
+
     pub fn action_type(&self) -> ActionType {
         ActionType::new(&self.module, &self.capability)
     }

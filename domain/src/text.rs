@@ -15,6 +15,44 @@ fn is_readable(value: &str) -> bool {
         .all(|c| c == '\n' || c == '\t' || !c.is_control())
 }
 
+/// Whether a character changes how text around it displays without being seen itself:
+/// bidirectional embeddings, overrides, isolates and marks, invisible separators and operators,
+/// the byte order mark, interlinear annotations and tag characters. Zero-width joiner and
+/// non-joiner stay allowed: emoji sequences and several scripts need them, and they cannot
+/// reorder text.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'
+            | '\u{200E}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
+/// Refuses text that would display differently from what it says (see
+/// [`is_invisible_format`]). Commands run it on every text a person will read; stored events are
+/// decoded without it, so history recorded before the rule stays readable.
+pub fn check_visible(value: &str, field: &str) -> Result<(), ParseError> {
+    match value.chars().find(|c| is_invisible_format(*c)) {
+        Some(c) => Err(ParseError::new(
+            field,
+            format!(
+                "must not contain invisible formatting characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 macro_rules! bounded_text {
     ($(#[$meta:meta])* $name:ident, $field:literal, min = $min:expr, max = $max:expr) => {
         $(#[$meta])*
@@ -278,6 +316,18 @@ mod tests {
         assert!(Summary::parse("a\u{0}b").is_err());
         assert!(Summary::parse("x".repeat(501)).is_err());
         assert!(Text::parse("").is_ok());
+    }
+
+    #[test]
+    fn bidirectional_overrides_and_invisible_characters_are_refused_joiners_kept() {
+        let error = check_visible("Refund \u{202E}0001 rodnev\u{202C} ok", "summary")
+            .expect_err("override");
+        assert_eq!(error.field, "summary");
+        assert!(error.message.contains("U+202E"), "{error}");
+        for hidden in ["\u{2066}x\u{2069}", "a\u{200B}b", "\u{FEFF}x", "x\u{E0041}", "\u{200F}"] {
+            assert!(check_visible(hidden, "comment").is_err(), "{hidden:?}");
+        }
+        assert!(check_visible("👨\u{200D}👩\u{200D}👧 family, مرحبا, नमस्ते", "comment").is_ok());
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use countersign_domain::action::MAX_ERROR_CHARS;
 use countersign_domain::canonical::ExecutionKey;
+use countersign_domain::document;
 use countersign_domain::tenant::Settings;
 use countersign_domain::{ActionId, ActionType, TenantId};
 use serde_json::Value;
@@ -32,6 +34,27 @@ pub struct Completed {
     pub undo_payload: Option<Value>,
 }
 
+impl Completed {
+    /// The run as the ledger can record it: a result or undo payload beyond what every reader of
+    /// the log accepts (too deep, too large, `\u0000`) turns the run into a permanent failure
+    /// instead of an outcome that could never be recorded. Not retried: the capability may
+    /// already have acted, and it would answer the same again.
+    pub fn storable(self) -> Result<Self, Failure> {
+        document::check(&self.result, "result")
+            .and_then(|()| {
+                self.undo_payload
+                    .as_ref()
+                    .map_or(Ok(()), |undo| document::check(undo, "undo_payload"))
+            })
+            .map_err(|error| {
+                Failure::permanent(format!(
+                    "the capability's answer cannot be recorded: {error}"
+                ))
+            })?;
+        Ok(self)
+    }
+}
+
 /// A failed run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -54,6 +77,22 @@ impl Failure {
             message: message.into(),
             retryable: false,
         }
+    }
+
+    /// The message as the ledger records it: `\u0000` replaced, at most
+    /// [`MAX_ERROR_CHARS`] characters (a provider's error text is not trusted to fit).
+    pub fn recorded_message(&self) -> String {
+        let mut message: String = self
+            .message
+            .chars()
+            .map(|c| if c == '\0' { char::REPLACEMENT_CHARACTER } else { c })
+            .take(MAX_ERROR_CHARS)
+            .collect();
+        if self.message.chars().count() > MAX_ERROR_CHARS {
+            message.pop();
+            message.push('…');
+        }
+        message
     }
 }
 

@@ -16,7 +16,7 @@ use countersign_domain::{ActionId, Principal, UserId};
 use countersign_ledger::{Committed, Ledger, LedgerError, Metadata};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::capability::{Failure, Invocation, Progress, ProgressHub, Registry};
+use crate::capability::{Completed, Failure, Invocation, Progress, ProgressHub, Registry};
 
 /// What processing an action did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,6 +263,7 @@ impl Executor {
             }
         };
         let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let outcome = outcome.and_then(Completed::storable);
         let succeeded = outcome.is_ok();
         metrics::counter!("countersign_executions_total", "capability" => state.action_type.to_string(), "outcome" => if succeeded { "succeeded" } else { "failed" }).increment(1);
         let command = match outcome {
@@ -278,7 +279,7 @@ impl Executor {
                 ActionCommand::RecordExecutionFailure(RecordExecutionFailure {
                     context: self.context(state),
                     attempt,
-                    error: failure.message,
+                    error: failure.recorded_message(),
                     retryable: failure.retryable,
                 })
             }

@@ -186,6 +186,7 @@ impl OperationOutput for ApiError {
 impl From<ActionError> for ApiError {
     fn from(error: ActionError) -> Self {
         let status = match &error {
+            ActionError::InvalidInput(parse) => return Self::invalid_input(parse.clone()),
             ActionError::NotFound => StatusCode::NOT_FOUND,
             ActionError::NotEligible { .. }
             | ActionError::SelfApprovalForbidden
@@ -237,6 +238,14 @@ where
                 )
             },
             LedgerError::Store(error) => Self::internal(error),
+            LedgerError::Unreadable(detail) => {
+                tracing::warn!(%detail, "a command's event would not read back; refused");
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unreadable_input",
+                    format!("the request cannot be recorded: {detail}"),
+                )
+            }
         }
     }
 }

@@ -49,6 +49,7 @@ pub async fn execute_action(
             Err(LedgerError::Rejected(error)) => error.code(),
             Err(LedgerError::Conflict { .. }) => "conflict",
             Err(LedgerError::Store(_)) => "store_error",
+            Err(LedgerError::Unreadable(_)) => "unreadable_input",
         },
     );
     result
@@ -81,6 +82,7 @@ where
             Err(LedgerError::Rejected(error)) => error.code(),
             Err(LedgerError::Conflict { .. }) => "conflict",
             Err(LedgerError::Store(_)) => "store_error",
+            Err(LedgerError::Unreadable(_)) => "unreadable_input",
         },
     );
     result.map_err(ApiError::from)

@@ -105,6 +105,11 @@ pub enum LedgerError<E: std::error::Error> {
     /// The store failed; nothing was recorded (the transaction did not commit).
     #[error("event store: {0}")]
     Store(String),
+    /// An event would not read back with the log's decoder (too deep, `\u0000` that PostgreSQL
+    /// refuses, a shape its own type cannot decode); nothing was recorded. Commands check their
+    /// documents before deciding, so this is the last line, not the usual refusal.
+    #[error("the event would not read back ({0}); nothing was recorded")]
+    Unreadable(String),
 }
 
 impl<E: std::error::Error> LedgerError<E> {
@@ -127,6 +132,26 @@ where
 {
     Done(A, Vec<RecordedEvent<A::Event>>),
     Conflict,
+}
+
+/// Refuses events whose stored form the log's readers could not decode: each is encoded as the
+/// store keeps it, scanned as a front door scans a request (`\u0000`, which PostgreSQL's `jsonb`
+/// refuses, is refused on every store so that a log can move between stores), and decoded with
+/// the readers' decoder (serde_json, its recursion limit included).
+fn ensure_readable<A>(events: &[A::Event]) -> Result<(), LedgerError<A::Error>>
+where
+    A: LedgerAggregate,
+    A::Command: Clone,
+{
+    for event in events {
+        let text = serde_json::to_string(event)
+            .map_err(|err| LedgerError::Unreadable(format!("encoding: {err}")))?;
+        countersign_domain::document::scan(text.as_bytes())
+            .map_err(|err| LedgerError::Unreadable(err.to_string()))?;
+        serde_json::from_str::<A::Event>(&text)
+            .map_err(|err| LedgerError::Unreadable(format!("decoding: {err}")))?;
+    }
+    Ok(())
 }
 
 impl Ledger {
@@ -227,6 +252,7 @@ impl Ledger {
         if events.is_empty() {
             return Ok(Attempt::Done(after, Vec::new()));
         }
+        ensure_readable::<A>(&events)?;
         match store.commit(events, context, metadata.to_map()).await {
             Ok(envelopes) => {
                 let events = envelopes
@@ -278,6 +304,7 @@ impl Ledger {
         if events.is_empty() {
             return Ok(Attempt::Done(after, Vec::new()));
         }
+        ensure_readable::<A>(&events)?;
         let map = metadata.to_map();
         let serialized = events
             .iter()

@@ -14,6 +14,7 @@ use countersign_domain::action::{Action, ActionEvent, ActionStatus};
 use countersign_ledger::testing::TestStore;
 use countersign_ledger::{LedgerError, LogCursor, LoggedEvent, RetryPolicy};
 use fixtures::*;
+use serde_json::json;
 
 /// Declares a test that runs once against PostgreSQL and once against SQLite.
 macro_rules! on_both_stores {
@@ -920,4 +921,57 @@ async fn tailers_share_reads(store: &TestStore) {
     assert_eq!(store.ledger.log_reads().from_store, after.from_store + 1);
     // Behind the stretch: the store, and the full log as it is.
     assert_eq!(read_all(store).await.len(), first.len() + written.len());
+}
+
+// ------------------------------------------------------------------ what is written reads back
+
+on_both_stores!(
+    an_event_that_would_not_read_back_is_never_appended,
+    unreadable_events_are_refused
+);
+async fn unreadable_events_are_refused(store: &TestStore) {
+    // Deeper than serde_json reads back (the event wraps the document in two more levels), and
+    // U+0000 (PostgreSQL's jsonb refuses it; refused on SQLite too so logs can move).
+    for (name, document) in [
+        ("deep", nested(127)),
+        ("nul in a string", json!({"note": "a\u{0}b"})),
+        ("nul in a key", json!({"k\u{0}": 1})),
+    ] {
+        let refused = store
+            .ledger
+            .execute::<Notebook>("n-1", document, &metadata("x"))
+            .await
+            .expect_err(name);
+        assert!(
+            matches!(refused, LedgerError::Unreadable(_)),
+            "{name}: {refused}"
+        );
+    }
+    let (notebook, version) = store
+        .ledger
+        .load::<Notebook>("n-1")
+        .await
+        .expect("the stream reads");
+    assert_eq!((notebook.notes, version), (0, 0), "nothing was appended");
+
+    // What does read back is appended, and every reader decodes it.
+    let committed = store
+        .ledger
+        .execute::<Notebook>("n-1", nested(100), &metadata("x"))
+        .await
+        .expect("a document serde_json reads back");
+    let position = committed.last_position().expect("appended");
+    let log = read_through(store, position).await;
+    let decoded = log
+        .iter()
+        .map(|event| event.decode::<Notebook>().expect("decodes"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        decoded,
+        vec![NotebookEvent::Noted {
+            document: nested(100)
+        }]
+    );
+    let (notebook, _) = store.ledger.load::<Notebook>("n-1").await.expect("load");
+    assert_eq!(notebook.notes, 1);
 }

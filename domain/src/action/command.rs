@@ -10,8 +10,12 @@ use crate::policy::PolicySnapshot;
 use crate::quorum::Vote;
 use crate::submission::Submission;
 use crate::{
-    ActionId, Comment, CorrelationId, IdempotencyKey, Principal, TenantId, TenantMode, Timestamp,
+    ActionId, Comment, CorrelationId, IdempotencyKey, ParseError, Principal, TenantId, TenantMode,
+    Timestamp, check_visible, document,
 };
+
+/// The longest failure message recorded, in characters.
+pub const MAX_ERROR_CHARS: usize = 4000;
 
 /// Who asks, for which tenant, when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -49,6 +53,45 @@ impl ActionCommand {
             Self::RecordExecutionSuccess(c) => &c.context,
             Self::RecordExecutionFailure(c) => &c.context,
             Self::RequestRollback(c) => &c.context,
+        }
+    }
+
+    /// What the command carries from outside the domain (a submitter's documents and text, a
+    /// voter's comment, a capability's result) checked against what every reader of the log
+    /// accepts. Runs before any decision: a command that fails it records nothing.
+    pub fn check(&self) -> Result<(), ParseError> {
+        let comment = |comment: &Option<Comment>, field: &str| {
+            comment
+                .as_ref()
+                .map_or(Ok(()), |comment| check_visible(comment.as_str(), field))
+        };
+        match self {
+            Self::SubmitAction(submit) => submit.submission.check(),
+            Self::CastVote(vote) => comment(&vote.comment, "comment"),
+            Self::CancelAction(cancel) => comment(&cancel.reason, "reason"),
+            Self::RecordExecutionSuccess(success) => {
+                document::check(&success.result, "result")?;
+                success
+                    .undo_payload
+                    .as_ref()
+                    .map_or(Ok(()), |undo| document::check(undo, "undo_payload"))
+            }
+            Self::RecordExecutionFailure(failure) => {
+                if failure.error.contains('\0') {
+                    Err(ParseError::new("error", "must not contain U+0000"))
+                } else if failure.error.chars().count() > MAX_ERROR_CHARS {
+                    Err(ParseError::new(
+                        "error",
+                        format!("must be at most {MAX_ERROR_CHARS} characters"),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            Self::ExpireAction(_)
+            | Self::RequestExecution(_)
+            | Self::StartExecution(_)
+            | Self::RequestRollback(_) => Ok(()),
         }
     }
 

@@ -2,10 +2,14 @@
 //! in problem+json; nothing is recorded when a command is refused.
 
 use crate::action::ActionStatus;
-use crate::{ActionId, Timestamp, UserId};
+use crate::{ActionId, ParseError, Timestamp, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionError {
+    /// A document or text in the command is beyond what the log accepts (see
+    /// [`crate::document`]). Handling: 422 naming the field.
+    #[error(transparent)]
+    InvalidInput(ParseError),
     /// No such action in this tenant (another tenant's action looks exactly like this).
     /// Handling: 404.
     #[error("action not found")]
@@ -61,6 +65,7 @@ impl ActionError {
     /// The stable, machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
+            Self::InvalidInput(_) => "invalid_input",
             Self::NotFound => "action_not_found",
             Self::AlreadySubmitted { .. } => "already_submitted",
             Self::IdempotencyKeyReused => "idempotency_key_reused",

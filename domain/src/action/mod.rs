@@ -299,6 +299,7 @@ impl Action {
 
     /// Decides which events a command causes. Changes nothing; an error records nothing.
     pub fn decide(&self, command: ActionCommand) -> Result<Vec<ActionEvent>, ActionError> {
+        command.check().map_err(ActionError::InvalidInput)?;
         let (state, command) = match (self.state(), command) {
             (_, ActionCommand::SubmitAction(submit)) => return self.submit(*submit),
             (Some(state), command) if state.tenant == command.context().tenant => (state, command),
