@@ -2,6 +2,7 @@
 
 mod auth;
 mod demo;
+mod doctor;
 mod projections;
 mod schemas;
 mod serve;
@@ -90,6 +91,9 @@ enum Command {
     /// Export a tenant's events with proofs, or verify such an export offline.
     #[command(subcommand)]
     Audit(verify::AuditCommand),
+    /// Check the store and every tailer: whether each can get past the next event after its
+    /// checkpoint. Exits 1 when one cannot (docs/operations.md, "A stalled tailer").
+    Doctor(StoreArgs),
     /// Manage the keys that sign ledger heads.
     #[command(subcommand)]
     Keys(verify::KeysCommand),
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
         Command::Seal(command) => block_on(verify::seal(&command)),
         Command::Audit(command) => block_on(verify::run_audit(command)),
         Command::Keys(command) => verify::run_keys(command),
+        Command::Doctor(store) => block_on(doctor::run(&store)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

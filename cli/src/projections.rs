@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use countersign_domain::TenantId;
 use countersign_ledger::Ledger;
 use countersign_projections::replay::{Until, replay};
-use countersign_projections::{Projection, ProjectionStore, rebuild};
+use countersign_projections::{GenerationState, Projection, ProjectionStore, rebuild};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -129,6 +129,17 @@ async fn status(store: &StoreArgs) -> anyhow::Result<()> {
                 generation.events,
                 (head.position - generation.checkpoint.position).max(0)
             )?;
+            if generation.state == GenerationState::Retired {
+                continue;
+            }
+            let tailer = format!("projection:{projection}:g{}", generation.generation);
+            if let Some(error) = ledger.standing(&tailer, generation.checkpoint).await?.stuck {
+                writeln!(
+                    out,
+                    "  STALLED: {tailer} cannot get past position {}: {error}",
+                    generation.checkpoint.position
+                )?;
+            }
         }
     }
     writeln!(

@@ -609,3 +609,116 @@ async fn serve_runs_approved_actions_through_nats_on_postgres() {
     assert_eq!(detail["execution"]["attempts"], 1);
     served.stop();
 }
+
+/// Runs `countersign doctor` (or any command) on a data directory.
+fn on_data(args: &[&str], data: &str) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", data]);
+    countersign(&all, &[])
+}
+
+#[test]
+fn a_log_event_no_reader_can_decode_stalls_readiness_and_doctor_and_status_name_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    assert!(on_data(&["demo"], data).status.success());
+    let healthy = on_data(&["doctor"], data);
+    assert!(
+        healthy.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&healthy.stdout),
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    assert!(String::from_utf8_lossy(&healthy.stdout).contains("all tailers can go on"));
+
+    // An event written before the write-side checks existed (or by hand): deeper than
+    // serde_json reads back. The API can no longer write one; the readers must still say so.
+    let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let position: i64 = runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{data}/countersign.db"))
+            .await
+            .expect("open the store");
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             VALUES ('action', 'poisoned', 1, 'ActionSubmitted', '1', $1, '{\"tenant\":\"evil\"}')",
+        )
+        .bind(format!("{{\"ActionSubmitted\":{deep}}}"))
+        .execute(&pool)
+        .await
+        .expect("insert");
+        let position = sqlx::query_scalar("SELECT position FROM events WHERE aggregate_id = 'poisoned'")
+            .fetch_one(&pool)
+            .await
+            .expect("position");
+        pool.close().await;
+        position
+    });
+
+    let served = Served::start(
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+            .env_remove("DATABASE_URL"),
+    );
+    let address = served.address.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = http_get(&address, "/readyz");
+        if status == 503 && body.contains("projection:actions") && body.contains("sealer") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never named the stalled tailers: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let readiness: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let stalled = readiness["stalled"].as_array().expect("stalled tailers");
+    assert!(
+        stalled.iter().all(|stall| {
+            stall["after"]["position"]
+                .as_i64()
+                .is_some_and(|after| after < position)
+                && stall["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains(&format!("position {position}")))
+        }),
+        "each is stuck before the poisoned event and names it: {body}"
+    );
+
+    // Another process sees it from the store: doctor fails naming the position, status too.
+    let doctor = on_data(&["doctor"], data);
+    assert!(!doctor.status.success());
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains(&format!("the event at position {position}")),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&doctor.stderr).contains("cannot get past the next event"),
+        "{}",
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    let status = on_data(&["projections", "status"], data);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("STALLED: projection:actions"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    // The sealer of the running service holds its lock (it is stalled, not gone): the CLI's seal
+    // refuses instead of sealing beside it.
+    let seal = on_data(&["seal"], data);
+    assert!(!seal.status.success());
+    assert!(
+        String::from_utf8_lossy(&seal.stderr).contains("another instance"),
+        "{}",
+        String::from_utf8_lossy(&seal.stderr)
+    );
+    let log = served.stop();
+    assert!(
+        log.iter().any(|line| line.contains("tailer stalled")),
+        "a stalled tailer is logged"
+    );
+}

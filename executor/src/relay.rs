@@ -171,7 +171,11 @@ impl Relay {
         let mut backoff = Duration::from_millis(100);
         info!(stream = self.config.stream, "relay started");
         while !*shutdown.borrow() {
-            match self.process_next().await {
+            let step = self.process_next().await;
+            if step.is_ok() {
+                self.ledger.health().progressed(&self.checkpoint);
+            }
+            match step {
                 Ok(0) => {
                     backoff = Duration::from_millis(100);
                     tokio::select! {
@@ -182,6 +186,8 @@ impl Relay {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(err) => {
                     warn!(error = %err, retry_in = ?backoff, "relay: publishing failed; retrying from the checkpoint");
+                    let stuck_after = self.ledger.load_checkpoint(&self.checkpoint).await.ok();
+                    self.ledger.health().failed(&self.checkpoint, stuck_after, &err);
                     let _ = self.config.ensure(&self.jetstream).await;
                     tokio::select! {
                         _ = shutdown.changed() => {}

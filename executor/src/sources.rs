@@ -216,14 +216,19 @@ impl LogSource {
         let mut checkpoint = None;
         info!("executor tailing the log (embedded mode)");
         while !*shutdown.borrow() {
-            match self.process_next(&mut checkpoint).await {
+            let step = self.process_next(&mut checkpoint).await;
+            if step.is_ok() {
+                ledger.health().progressed(Self::CHECKPOINT);
+            }
+            match step {
                 Ok(0) => {
                     tokio::select! { _ = shutdown.changed() => {}, () = waker.wait(Duration::from_secs(1)) => {} }
                 }
                 Ok(_) => {}
                 Err(err) => {
                     warn!(error = %err, "executor: reading the log failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let pause = ledger.health().failed(Self::CHECKPOINT, checkpoint, &err);
+                    tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(pause) => {} }
                 }
             }
         }

@@ -18,6 +18,9 @@ impl Default for EventHub {
     }
 }
 
+/// The hub's name among the process's tailers (see `countersign_ledger::health`).
+const TAILER: &str = "live-hub";
+
 impl EventHub {
     pub fn new() -> Self {
         Self {
@@ -39,13 +42,20 @@ impl EventHub {
         let mut waker = ledger.log_waker().await?;
         while !*shutdown.borrow() {
             let batch = match ledger.read_log(cursor, 500).await {
-                Ok(batch) => batch,
+                Ok(batch) => {
+                    ledger.health().progressed(TAILER);
+                    batch
+                }
                 Err(err) => {
                     tracing::warn!(
                         error = format!("{err:#}"),
                         "event hub: reading the log failed"
                     );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let pause = ledger.health().failed(TAILER, Some(cursor), &err);
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             };

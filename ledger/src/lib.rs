@@ -16,6 +16,7 @@
 
 mod commit;
 mod execute;
+pub mod health;
 mod lock;
 pub mod log;
 pub mod testing;
@@ -229,6 +230,8 @@ pub struct Ledger {
     committer: Arc<OnceLock<commit::GroupCommitter>>,
     /// The newest events read, shared by the process's tailers.
     tail: Arc<log::TailCache>,
+    /// Which of the process's tailers are stuck (see [`health`]).
+    health: health::Health,
 }
 
 impl Ledger {
@@ -284,6 +287,7 @@ impl Ledger {
             committer: Arc::new(OnceLock::new()),
             cache: Arc::default(),
             tail: Arc::default(),
+            health: health::Health::default(),
         }
     }
 
@@ -296,6 +300,11 @@ impl Ledger {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Which of this process's tailers are stuck.
+    pub fn health(&self) -> &health::Health {
+        &self.health
     }
 
     /// `postgres` or `sqlite`.

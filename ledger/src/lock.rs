@@ -1,19 +1,19 @@
 //! One active instance per named tailer (projection runner, relay, sealer, executor reactors).
 //!
 //! PostgreSQL: a session advisory lock held on a connection of its own for as long as the tailer
-//! runs; if the process dies, the server drops the session and the lock with it. SQLite: the file
-//! belongs to one process, so an in-process registry is enough.
+//! runs; if the process dies, the server drops the session and the lock with it. SQLite: an
+//! exclusive `flock` on a file of its own beside the database (`<db>.locks/<key>`), so that a CLI
+//! command (`countersign seal`) and a running `serve` on the same file exclude each other too;
+//! the kernel releases it when the holder closes it or dies.
 
-use std::collections::HashSet;
-use std::sync::{LazyLock, Mutex};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use crate::{Backend, Ledger};
-
-static IN_PROCESS: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
 
 /// Held while a tailer runs; dropping it releases the lock.
 #[derive(Debug)]
@@ -26,7 +26,8 @@ pub struct TailerLock {
 enum Held {
     /// The session holding the advisory lock; closing it releases the lock.
     Postgres(Option<PgConnection>),
-    InProcess(String),
+    /// The locked file; closing it releases the lock.
+    File(#[expect(dead_code, reason = "held for its lock, released when dropped")] File),
 }
 
 /// The advisory lock key of a tailer name: the first 8 bytes of its blake3 hash.
@@ -62,17 +63,26 @@ impl Ledger {
                 }))
             }
             Backend::Sqlite(_) => {
-                let key = format!("{}#{name}", self.identity);
-                let mut held = IN_PROCESS
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("tailer lock registry poisoned"))?;
-                if !held.insert(key.clone()) {
-                    return Ok(None);
+                let dir = PathBuf::from(format!("{}.locks", self.identity));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let path = dir.join(format!("{:016x}", advisory_key(name)));
+                let file = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("opening the lock file {}", path.display()))?;
+                match file.try_lock() {
+                    Ok(()) => Ok(Some(TailerLock {
+                        name: name.to_owned(),
+                        held: Held::File(file),
+                    })),
+                    Err(TryLockError::WouldBlock) => Ok(None),
+                    Err(TryLockError::Error(err)) => {
+                        Err(err).with_context(|| format!("locking {}", path.display()))
+                    }
                 }
-                Ok(Some(TailerLock {
-                    name: name.to_owned(),
-                    held: Held::InProcess(key),
-                }))
             }
         }
     }
@@ -88,7 +98,7 @@ impl TailerLock {
         match &mut self.held {
             Held::Postgres(Some(connection)) => connection.ping().await.is_ok(),
             Held::Postgres(None) => false,
-            Held::InProcess(_) => true,
+            Held::File(_) => true,
         }
     }
 
@@ -108,11 +118,8 @@ impl Drop for TailerLock {
             // Dropping the connection closes its socket; the server then ends the session and
             // releases the advisory lock.
             Held::Postgres(connection) => drop(connection.take()),
-            Held::InProcess(key) => {
-                if let Ok(mut held) = IN_PROCESS.lock() {
-                    held.remove(key);
-                }
-            }
+            // Closing the file (dropping it) releases the flock.
+            Held::File(_) => {}
         }
     }
 }

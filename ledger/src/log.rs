@@ -25,7 +25,7 @@ use sqlx::{FromRow, Row};
 use crate::{Backend, Ledger, LedgerAggregate};
 
 /// A place in the log. Compare cursors to compare places.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct LogCursor {
     /// The writing transaction (always 0 on SQLite).
     pub txid: i64,
@@ -267,18 +267,7 @@ impl Ledger {
                     .fetch_all(pool)
                     .await
                     .context("reading the log")?;
-                rows.iter()
-                    .map(|row| {
-                        let base = LogRow::from_row(row)?;
-                        Ok(logged(
-                            base,
-                            row.try_get("payload")?,
-                            row.try_get("metadata")?,
-                            row.try_get("recorded_at")?,
-                        ))
-                    })
-                    .collect::<Result<_, sqlx::Error>>()
-                    .context("decoding log rows")
+                rows.iter().map(postgres_logged).collect()
             }
             Backend::Sqlite(pool) => {
                 let rows = sqlx::query(SQLITE_READ)
@@ -318,16 +307,8 @@ impl Ledger {
                     .await
                     .context("reading an aggregate's events")?;
                     rows.iter()
-                        .map(|row| {
-                            let base = LogRow::from_row(row)?;
-                            Ok(logged(
-                                base,
-                                row.try_get("payload")?,
-                                row.try_get("metadata")?,
-                                row.try_get("recorded_at")?,
-                            ))
-                        })
-                        .collect::<Result<Vec<_>, sqlx::Error>>()?
+                        .map(postgres_logged)
+                        .collect::<anyhow::Result<Vec<_>>>()?
                 }
                 Backend::Sqlite(pool) => {
                     let rows = sqlx::query(
@@ -372,17 +353,7 @@ impl Ledger {
                 .fetch_all(pool)
                 .await
                 .context("reading events by position")?;
-                rows.iter()
-                    .map(|row| {
-                        Ok(logged(
-                            LogRow::from_row(row)?,
-                            row.try_get("payload")?,
-                            row.try_get("metadata")?,
-                            row.try_get("recorded_at")?,
-                        ))
-                    })
-                    .collect::<Result<_, sqlx::Error>>()
-                    .context("decoding event rows")
+                rows.iter().map(postgres_logged).collect()
             }
             Backend::Sqlite(pool) => {
                 let mut events = Vec::with_capacity(positions.len());
@@ -485,18 +456,40 @@ impl Ledger {
     }
 }
 
+/// A stored row as a [`LoggedEvent`]; an error names the row's position, so that a reader
+/// stuck on it says where (see `health`).
+fn postgres_logged(row: &sqlx::postgres::PgRow) -> anyhow::Result<LoggedEvent> {
+    let base = LogRow::from_row(row).context("decoding a log row")?;
+    let position = base.position;
+    let decoded = (|| -> Result<_, sqlx::Error> {
+        Ok((
+            row.try_get("payload")?,
+            row.try_get("metadata")?,
+            row.try_get("recorded_at")?,
+        ))
+    })()
+    .with_context(|| format!("decoding the event at position {position}"))?;
+    let (payload, metadata, recorded_at) = decoded;
+    Ok(logged(base, payload, metadata, recorded_at))
+}
+
 fn sqlite_logged(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LoggedEvent> {
     let base = LogRow::from_row(row).context("decoding a log row")?;
+    let position = base.position;
     let text = |column: &str| -> anyhow::Result<String> { Ok(row.try_get(column)?) };
-    let recorded_at = DateTime::parse_from_rfc3339(&text("recorded_at")?)
-        .context("recorded_at")?
-        .with_timezone(&Utc);
-    Ok(logged(
-        base,
-        serde_json::from_str(&text("payload")?)?,
-        serde_json::from_str(&text("metadata")?)?,
-        recorded_at,
-    ))
+    let decoded = (|| -> anyhow::Result<_> {
+        let recorded_at = DateTime::parse_from_rfc3339(&text("recorded_at")?)
+            .context("recorded_at")?
+            .with_timezone(&Utc);
+        Ok((
+            serde_json::from_str(&text("payload")?).context("payload")?,
+            serde_json::from_str(&text("metadata")?).context("metadata")?,
+            recorded_at,
+        ))
+    })()
+    .with_context(|| format!("decoding the event at position {position}"))?;
+    let (payload, metadata, recorded_at) = decoded;
+    Ok(logged(base, payload, metadata, recorded_at))
 }
 
 fn logged(

@@ -225,6 +225,9 @@ impl Runner {
                     () = &mut shutdown => break Outcome::Idle,
                     step = self.process_next() => step,
                 };
+                if step.is_ok() {
+                    self.ledger.health().progressed(&name);
+                }
                 match step {
                     Ok(Outcome::Applied { .. }) => {}
                     Ok(Outcome::Idle) => {
@@ -239,8 +242,16 @@ impl Runner {
                             error = format!("{err:#}"),
                             "projection batch failed; retrying"
                         );
+                        let stuck_after = match self.checkpoint.take() {
+                            Some(checkpoint) => Some(checkpoint),
+                            None => self.current_checkpoint().await.ok().flatten(),
+                        };
                         self.checkpoint = None;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let pause = self.ledger.health().failed(&name, stuck_after, &err);
+                        tokio::select! {
+                            () = &mut shutdown => break Outcome::Idle,
+                            () = tokio::time::sleep(pause) => {}
+                        }
                     }
                 }
             };

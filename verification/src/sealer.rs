@@ -428,6 +428,9 @@ impl Sealer {
                     () = &mut shutdown => break,
                     step = self.process_next() => step,
                 };
+                if step.is_ok() {
+                    self.ledger.health().progressed(SEALER_LOCK);
+                }
                 match step {
                     Ok(Outcome::Sealed { .. }) => {}
                     Ok(Outcome::Idle { .. }) => {
@@ -438,8 +441,15 @@ impl Sealer {
                     }
                     Err(err) => {
                         warn!(error = format!("{err:#}"), "sealing failed; retrying");
-                        self.checkpoint = None;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let stuck_after = match self.checkpoint.take() {
+                            Some(checkpoint) => Some(checkpoint.cursor),
+                            None => self.store.checkpoint().await.ok().map(|checkpoint| checkpoint.cursor),
+                        };
+                        let pause = self.ledger.health().failed(SEALER_LOCK, stuck_after, &err);
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(pause) => {}
+                        }
                     }
                 }
             }

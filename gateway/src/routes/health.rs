@@ -1,4 +1,5 @@
-//! `/healthz` (the process answers) and `/readyz` (the database answers and is migrated).
+//! `/healthz` (the process answers) and `/readyz` (the database answers and is migrated, and
+//! none of the process's tailers is stalled: see `countersign_ledger::health`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -30,10 +31,22 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         );
     }
     match state.ledger.pending_migrations().await {
-        Ok(0) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "store": store })),
-        ),
+        Ok(0) => {
+            let stalled = state.ledger.health().stalled();
+            if stalled.is_empty() {
+                return (
+                    StatusCode::OK,
+                    Json(json!({ "status": "ready", "store": store })),
+                );
+            }
+            let names: Vec<&str> = stalled.iter().map(|stall| stall.tailer.as_str()).collect();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "store": store,
+                             "reason": format!("stalled: {}", names.join(", ")),
+                             "stalled": stalled })),
+            )
+        }
         Ok(pending) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "unavailable", "store": store,
