@@ -64,12 +64,49 @@ fn random_hex() -> String {
     )
 }
 
-/// The development keys under `data_dir`, created on first use.
+/// The development keys at `path`, when the file exists. A file others can read (written by an
+/// older version) is narrowed to its owner first.
+fn read_dev_keys(path: &Path) -> anyhow::Result<Option<DevKeys>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "the development keys were readable by others; narrowing them to mode 0600");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("narrowing {} to mode 0600", path.display()))?;
+        }
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not valid", path.display()))
+}
+
+/// Creates `path` readable and writable by its owner only (mode 0600 from the start, never
+/// wider), refusing to replace an existing file.
+fn create_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// The development keys under `data_dir`, created on first use (mode 0600).
 pub fn ensure_dev_keys(data_dir: &Path) -> anyhow::Result<DevKeys> {
     let path = dev_keys_path(data_dir);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid", path.display()));
+    if let Some(keys) = read_dev_keys(&path)? {
+        return Ok(keys);
     }
     std::fs::create_dir_all(data_dir)?;
     let keys = DevKeys {
@@ -77,9 +114,13 @@ pub fn ensure_dev_keys(data_dir: &Path) -> anyhow::Result<DevKeys> {
         api_key_secret: random_hex(),
         webhook_secret: Some(random_hex()),
     };
-    std::fs::write(&path, serde_json::to_string_pretty(&keys)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(keys)
+    match create_secret_file(&path, serde_json::to_string_pretty(&keys)?.as_bytes()) {
+        Ok(()) => Ok(keys),
+        // Another process wrote them first: use theirs.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => read_dev_keys(&path)?
+            .with_context(|| format!("{} vanished while being created", path.display())),
+        Err(err) => Err(err).with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 impl AuthArgs {
@@ -87,12 +128,7 @@ impl AuthArgs {
         if !self.dev_keys {
             return Ok(None);
         }
-        match std::fs::read_to_string(dev_keys_path(&store.data_dir)) {
-            Ok(text) => Ok(Some(
-                serde_json::from_str(&text).context("dev-keys.json is not valid")?,
-            )),
-            Err(_) => Ok(None),
-        }
+        read_dev_keys(&dev_keys_path(&store.data_dir))
     }
 
     /// The key webhook signing secrets derive from: the flag or environment, else the development keys.
@@ -109,21 +145,10 @@ impl AuthArgs {
 
     /// The key material: flags and environment first, then the development keys.
     pub fn config(&self, store: &StoreArgs) -> anyhow::Result<AuthConfig> {
-        let dev = if self.dev_keys {
-            let path = dev_keys_path(&store.data_dir);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    tracing::warn!(path = %path.display(), "using development keys written by `countersign demo`; configure real keys in production");
-                    Some(
-                        serde_json::from_str::<DevKeys>(&text)
-                            .with_context(|| format!("{} is not valid", path.display()))?,
-                    )
-                }
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
+        let dev = self.dev_keys(store)?;
+        if dev.is_some() {
+            tracing::warn!(path = %dev_keys_path(&store.data_dir).display(), "using development keys written by `countersign demo`; configure real keys in production");
+        }
         let hs256_secret = self
             .jwt_hs256_secret
             .clone()
@@ -214,6 +239,9 @@ pub struct TokenArgs {
 pub fn token_command(args: &TokenArgs) -> anyhow::Result<()> {
     TenantId::parse(args.tenant.as_str()).context("--tenant")?;
     UserId::parse(args.sub.as_str()).context("--sub")?;
+    if let Some(prefix) = countersign_gateway::auth::reserved_subject(&args.sub) {
+        bail!("--sub: the `{prefix}` prefix is reserved for callers the service names itself");
+    }
     for role in &args.roles {
         Role::parse(role.as_str()).context("--roles")?;
     }

@@ -188,6 +188,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         limits: Limits {
             body_bytes: args.body_limit_bytes,
             request_timeout: Duration::from_secs(args.request_timeout_seconds),
+            ..Limits::default()
         },
         metrics,
         metrics_token: args.metrics_token.clone(),

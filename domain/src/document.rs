@@ -374,7 +374,10 @@ mod tests {
             "name"
         );
         assert!(scan(br#"{"payload":{"k\u0000":1}}"#).is_err());
-        assert!(scan(br#"{"name":"a\\u0000b"}"#).is_ok(), "an escaped backslash");
+        assert!(
+            scan(br#"{"name":"a\\u0000b"}"#).is_ok(),
+            "an escaped backslash"
+        );
     }
 
     #[test]

@@ -303,7 +303,33 @@ impl WebhookUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The URL as shown to people: credentials in its userinfo (`https://user:pass@host/…`)
+    /// replaced by `***` (`https://***@host/…`). Only the executor needs the real URL.
+    pub fn redacted(&self) -> Self {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.clone();
+        };
+        // The authority ends where the path, query or fragment begins (`\` too, as URL parsers
+        // treat it like `/` in http and https URLs); userinfo ends at its last `@`.
+        let end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        match authority.rfind('@') {
+            Some(at) => Self(format!(
+                "{scheme}://{REDACTED}@{}{tail}",
+                &authority[at + 1..]
+            )),
+            None => self.clone(),
+        }
+    }
+
+    fn has_credentials(&self) -> bool {
+        *self != self.redacted()
+    }
 }
+
+/// What replaces a webhook URL's credentials wherever it is shown.
+pub const REDACTED: &str = "***";
 
 impl TryFrom<String> for WebhookUrl {
     type Error = crate::ParseError;
@@ -328,6 +354,29 @@ pub struct Settings {
     /// Where `webhook.post` actions deliver their payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<WebhookUrl>,
+}
+
+impl Settings {
+    /// The settings as shown to people: the webhook URL's credentials redacted.
+    pub fn redacted(&self) -> Self {
+        Self {
+            webhook_url: self.webhook_url.as_ref().map(WebhookUrl::redacted),
+            ..self.clone()
+        }
+    }
+
+    /// `self` as sent back by a client that read `current` redacted: a webhook URL equal to
+    /// the current one's redacted form keeps the current URL (its credentials were never
+    /// shown, so the client could not send them).
+    fn keeping_credentials_of(mut self, current: &Self) -> Self {
+        if let (Some(sent), Some(current)) = (&self.webhook_url, &current.webhook_url)
+            && current.has_credentials()
+            && *sent == current.redacted()
+        {
+            self.webhook_url = Some(current.clone());
+        }
+        self
+    }
 }
 
 impl Default for Settings {
@@ -377,6 +426,7 @@ pub struct TenantSettings {
 impl TenantSettings {
     pub fn decide(&self, command: SettingsCommand) -> Result<Vec<SettingsEvent>, TenantError> {
         let SettingsCommand::UpdateSettings { context, settings } = command;
+        let settings = settings.keeping_credentials_of(&self.settings);
         if self
             .tenant
             .as_ref()
@@ -738,6 +788,90 @@ mod tests {
         let err = parse_draft(&json!({ "name": "x", "requirements": { "stages": [] } }))
             .expect_err("no stages");
         assert_eq!(err.field, "requirements.stages");
+    }
+
+    #[test]
+    fn webhook_url_credentials_are_redacted_and_nothing_else() {
+        let redacted = |url: &str| {
+            WebhookUrl::parse(url)
+                .expect("valid")
+                .redacted()
+                .as_str()
+                .to_owned()
+        };
+        assert_eq!(
+            redacted("https://user:pass@hooks.example.com/x?y=1"),
+            "https://***@hooks.example.com/x?y=1"
+        );
+        assert_eq!(
+            redacted("https://token@hooks.example.com"),
+            "https://***@hooks.example.com"
+        );
+        assert_eq!(
+            redacted("http://u:p@ss@hooks.example.com:8080/a@b"),
+            "http://***@hooks.example.com:8080/a@b"
+        );
+        assert_eq!(
+            redacted("https://hooks.example.com/a@b#c@d"),
+            "https://hooks.example.com/a@b#c@d"
+        );
+        assert_eq!(
+            redacted("https://u:p@hooks.example.com\\x@y"),
+            "https://***@hooks.example.com\\x@y"
+        );
+    }
+
+    #[test]
+    fn settings_sent_back_redacted_keep_the_webhook_credentials() {
+        let secret = WebhookUrl::parse("https://user:pass@hooks.example.com/x").expect("url");
+        let mut current = TenantSettings::default();
+        for event in current
+            .decide(SettingsCommand::UpdateSettings {
+                context: context("acme", 0),
+                settings: Settings {
+                    webhook_url: Some(secret.clone()),
+                    ..Settings::default()
+                },
+            })
+            .expect("update")
+        {
+            current.apply(event);
+        }
+        let mut echoed = current.settings.redacted();
+        assert_eq!(
+            echoed.webhook_url.as_ref().map(WebhookUrl::as_str),
+            Some("https://***@hooks.example.com/x")
+        );
+        echoed.mode = TenantMode::Safe;
+        let events = current
+            .decide(SettingsCommand::UpdateSettings {
+                context: context("acme", 1),
+                settings: echoed,
+            })
+            .expect("update");
+        let [SettingsEvent::SettingsUpdated { settings, .. }] = events.as_slice() else {
+            panic!("one update: {events:?}");
+        };
+        assert_eq!(settings.webhook_url, Some(secret));
+        assert_eq!(settings.mode, TenantMode::Safe);
+        let replaced = WebhookUrl::parse("https://***@other.example.com/x").expect("url");
+        let events = current
+            .decide(SettingsCommand::UpdateSettings {
+                context: context("acme", 2),
+                settings: Settings {
+                    webhook_url: Some(replaced.clone()),
+                    ..Settings::default()
+                },
+            })
+            .expect("update");
+        let [SettingsEvent::SettingsUpdated { settings, .. }] = events.as_slice() else {
+            panic!("one update: {events:?}");
+        };
+        assert_eq!(
+            settings.webhook_url,
+            Some(replaced),
+            "another host is a new URL"
+        );
     }
 
     #[test]

@@ -324,7 +324,13 @@ mod tests {
             .expect_err("override");
         assert_eq!(error.field, "summary");
         assert!(error.message.contains("U+202E"), "{error}");
-        for hidden in ["\u{2066}x\u{2069}", "a\u{200B}b", "\u{FEFF}x", "x\u{E0041}", "\u{200F}"] {
+        for hidden in [
+            "\u{2066}x\u{2069}",
+            "a\u{200B}b",
+            "\u{FEFF}x",
+            "x\u{E0041}",
+            "\u{200F}",
+        ] {
             assert!(check_visible(hidden, "comment").is_err(), "{hidden:?}");
         }
         assert!(check_visible("👨\u{200D}👩\u{200D}👧 family, مرحبا, नमस्ते", "comment").is_ok());

@@ -85,7 +85,13 @@ impl Failure {
         let mut message: String = self
             .message
             .chars()
-            .map(|c| if c == '\0' { char::REPLACEMENT_CHARACTER } else { c })
+            .map(|c| {
+                if c == '\0' {
+                    char::REPLACEMENT_CHARACTER
+                } else {
+                    c
+                }
+            })
             .take(MAX_ERROR_CHARS)
             .collect();
         if self.message.chars().count() > MAX_ERROR_CHARS {

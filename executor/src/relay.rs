@@ -187,7 +187,9 @@ impl Relay {
                 Err(err) => {
                     warn!(error = %err, retry_in = ?backoff, "relay: publishing failed; retrying from the checkpoint");
                     let stuck_after = self.ledger.load_checkpoint(&self.checkpoint).await.ok();
-                    self.ledger.health().failed(&self.checkpoint, stuck_after, &err);
+                    self.ledger
+                        .health()
+                        .failed(&self.checkpoint, stuck_after, &err);
                     let _ = self.config.ensure(&self.jetstream).await;
                     tokio::select! {
                         _ = shutdown.changed() => {}

@@ -5,14 +5,22 @@
 //! `exp`; or an API key `csk.<tenant>.<key id>.<secret>` created by an admin, stored only as a
 //! keyed blake3 digest. The tenant comes only from the credential. With no key material
 //! configured every `/v1` request is refused (fail closed).
+//!
+//! A JWT is refused before its `nbf` or `iat` and after its `exp` (each with
+//! [`LEEWAY_SECONDS`] for clock skew), and when its `sub` takes a form reserved for the service's
+//! own callers ([`reserved_subject`]): only an API key makes a `key:` caller. A long-lived
+//! response (an event stream) re-checks its credential with a [`CredentialWatch`] and ends when
+//! a new request with it would be refused.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aide::OperationInput;
 use aide::generate::GenContext;
 use aide::openapi::Operation;
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use countersign_domain::tenant::ApiKeys;
 use countersign_domain::{Principal, Role, TenantId, UserId};
@@ -143,10 +151,47 @@ impl Caller {
     pub fn is(&self, user: &str) -> bool {
         self.principal.id.as_str() == user
     }
+
+    /// Whether the caller may see what `user` requested or voted: their own history, or any
+    /// with the owner, admin or auditor role. One rule for `/v1/users/{id}/…` and for the
+    /// inbox's `requested_by` filter, so a filter never reveals what the resource refuses.
+    pub fn may_read_history_of(&self, user: &str) -> Result<(), ApiError> {
+        if self.is(user) || self.has_any(&[roles::OWNER, roles::ADMIN, roles::AUDITOR]) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "reading another user's history requires the owner, admin or auditor role",
+            ))
+        }
+    }
+}
+
+/// How far (in seconds) a JWT's `exp`, `nbf` and `iat` may be off to allow for clock skew.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+/// Prefixes of the callers the service names itself: API keys (`key:<key id>`), the deadline
+/// sweeper (`system:…`), executors (`executor:…`) and the command line (`cli:…`).
+pub const RESERVED_SUBJECT_PREFIXES: [&str; 4] = ["key:", "system:", "executor:", "cli:"];
+
+/// The reserved prefix `subject` takes, compared without regard to ASCII case: a JWT whose `sub`
+/// has one is refused, so no token can pass for an API key or for the service itself.
+pub fn reserved_subject(subject: &str) -> Option<&'static str> {
+    RESERVED_SUBJECT_PREFIXES.into_iter().find(|prefix| {
+        subject
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    })
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
     ApiError::unauthorized("invalid_token", detail)
+}
+
+fn not_yet_valid(claim: &str) -> ApiError {
+    ApiError::unauthorized(
+        "token_not_yet_valid",
+        format!("the token is not valid yet: its `{claim}` claim lies in the future"),
+    )
 }
 
 /// Verifies credentials.
@@ -168,7 +213,8 @@ impl Authenticator {
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
         let mut validation = Validation::new(algorithm);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &self.config.issuer {
             Some(issuer) => validation.set_issuer(&[issuer]),
@@ -219,6 +265,10 @@ impl Authenticator {
                     ErrorKind::ExpiredSignature => {
                         ApiError::unauthorized("token_expired", "the token has expired")
                     }
+                    ErrorKind::ImmatureSignature => not_yet_valid("nbf"),
+                    ErrorKind::InvalidClaimFormat(claim) => invalid(format!(
+                        "the token's `{claim}` claim is not a number of seconds"
+                    )),
                     ErrorKind::InvalidSignature => invalid("the token's signature does not verify"),
                     ErrorKind::MissingRequiredClaim(claim) => {
                         invalid(format!("the token has no `{claim}` claim"))
@@ -227,6 +277,18 @@ impl Authenticator {
                 }
             })?;
         let claims = data.claims;
+        let leeway = i64::try_from(LEEWAY_SECONDS).unwrap_or(i64::MAX);
+        if claims
+            .iat
+            .is_some_and(|iat| iat > chrono::Utc::now().timestamp().saturating_add(leeway))
+        {
+            return Err(not_yet_valid("iat"));
+        }
+        if let Some(prefix) = reserved_subject(&claims.sub) {
+            return Err(invalid(format!(
+                "claim `sub`: the `{prefix}` prefix is reserved for callers the service names itself"
+            )));
+        }
         let tenant = TenantId::parse(claims.tenant)
             .map_err(|e| invalid(format!("claim `tenant`: {}", e.message)))?;
         let id = UserId::parse(claims.sub)
@@ -318,6 +380,50 @@ impl Authenticator {
             self.verify_api_key(state, token).await
         } else {
             self.verify_jwt(token)
+        }
+    }
+}
+
+/// Re-verifies the credential of a long-lived response (an event stream) every
+/// [`crate::Limits::credential_recheck`], so the response ends when its key is revoked or its
+/// token expires instead of outliving them.
+#[derive(Debug, Clone)]
+pub struct CredentialWatch {
+    state: AppState,
+    authorization: Option<String>,
+    every: Duration,
+}
+
+impl CredentialWatch {
+    /// Watches the credential `headers` authenticated with.
+    pub fn new(state: &AppState, headers: &HeaderMap) -> Self {
+        Self {
+            state: state.clone(),
+            authorization: headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            every: state.limits.credential_recheck,
+        }
+    }
+
+    /// Resolves with the refusal a new request with this credential would get (`api_key_revoked`,
+    /// `token_expired`, …), at the first re-check after it stops authenticating. A check that
+    /// cannot be made (the store is unreachable) refuses too: fail closed.
+    pub async fn refused(self) -> ApiError {
+        let every = self.every.max(Duration::from_millis(10));
+        let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            checks.tick().await;
+            if let Err(refusal) = self
+                .state
+                .auth
+                .authenticate(&self.state, self.authorization.as_deref())
+                .await
+            {
+                return refusal;
+            }
         }
     }
 }

@@ -29,6 +29,24 @@ pub struct StrictJson<T>(pub T);
 
 fn json_error(path: String, error: &serde_json::Error) -> ApiError {
     let field = if path == "." { String::new() } else { path };
+    if error.to_string().starts_with("recursion limit exceeded") {
+        // Deeper than the parser goes: far beyond the documents' limit. Name the top field, not
+        // a path of a hundred `[0]`s.
+        let top = field
+            .split(['.', '['])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            format!(
+                "{top}: nests deeper than {} levels",
+                countersign_domain::document::MAX_DEPTH
+            ),
+        )
+        .with_field(top);
+    }
     let (status, code) = match error.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             (StatusCode::BAD_REQUEST, "malformed_json")
@@ -43,17 +61,31 @@ fn json_error(path: String, error: &serde_json::Error) -> ApiError {
     ApiError::new(status, code, detail).with_field(field)
 }
 
-/// Parses JSON bytes into `T`, naming the path of the first offending field.
+/// Parses JSON bytes into `T`, naming the path of the first offending field. Bytes that parse
+/// are also scanned for what a parsed value hides (duplicate keys, `\u0000`, numbers that
+/// would be rounded; see [`countersign_domain::document::scan`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        json_error(path, err.inner())
-    })?;
-    deserializer
-        .end()
-        .map_err(|err| json_error(String::new(), &err))?;
-    Ok(value)
+    let parsed = serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|err| {
+            let path = err.path().to_string();
+            json_error(path, err.inner())
+        })
+        .and_then(|value| {
+            deserializer
+                .end()
+                .map_err(|err| json_error(String::new(), &err))?;
+            Ok(value)
+        });
+    // A syntax error is the parser's to name; anything else waits for the scan, which names
+    // hostile bytes more precisely than a type error they caused.
+    if let Err(error) = &parsed
+        && error.code == "malformed_json"
+    {
+        return parsed;
+    }
+    countersign_domain::document::scan(bytes).map_err(ApiError::invalid_input)?;
+    parsed
 }
 
 impl<T, S> FromRequest<S> for StrictJson<T>
@@ -179,7 +211,27 @@ pub fn parse_consistency_token(token: &str) -> Result<LogCursor, ApiError> {
     Ok(LogCursor { txid, position })
 }
 
-/// Waits (up to 5 s) until `projection`'s live generation has reached `token`.
+/// Refuses a token for a write the log does not hold: one above the readable head of the log
+/// that is not the place of a stored event (on PostgreSQL a committed write can be briefly above
+/// the readable head while an older transaction is still open). Waiting for it could only end
+/// in `not_caught_up`, so it is refused at once.
+async fn require_written(state: &AppState, wanted: LogCursor) -> Result<(), ApiError> {
+    if wanted <= state.ledger.log_head().await? {
+        return Ok(());
+    }
+    let stored = state.ledger.read_positions(&[wanted.position]).await?;
+    if stored.iter().any(|event| event.cursor >= wanted) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(
+        "consistency_token_ahead",
+        "consistent_with names a write the log does not hold; send a token from X-Consistency-Token",
+    )
+    .with_field("consistent_with"))
+}
+
+/// Waits (up to 5 s) until `projection`'s live generation has reached `token`; a token for a
+/// write the log does not hold is refused at once.
 pub async fn wait_for(
     state: &AppState,
     projection: Projection,
@@ -187,6 +239,7 @@ pub async fn wait_for(
 ) -> Result<(), ApiError> {
     let Some(token) = token else { return Ok(()) };
     let wanted = parse_consistency_token(token)?;
+    require_written(state, wanted).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let reached = state

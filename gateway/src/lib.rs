@@ -9,6 +9,7 @@ pub mod extract;
 mod hub;
 pub mod routes;
 mod service;
+mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use aide::axum::ApiRouter;
 use aide::openapi::{Info, OpenApi};
 use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::{Extension, Router};
@@ -23,6 +25,7 @@ use countersign_ledger::Ledger;
 use countersign_projections::ProjectionStore;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -34,6 +37,9 @@ pub use hub::EventHub;
 pub struct Limits {
     pub body_bytes: usize,
     pub request_timeout: Duration,
+    /// How often a long-lived response (an event stream) re-checks its credential: it ends at
+    /// the first check after the key is revoked or the token expires.
+    pub credential_recheck: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +47,7 @@ impl Default for Limits {
         Self {
             body_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(30),
+            credential_recheck: Duration::from_secs(5),
         }
     }
 }
@@ -165,5 +172,19 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        // Responses carry payloads, settings and keys: no cache keeps them.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        // Nothing here is meant to run scripts or be framed; the reference page sets its own.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(routes::docs::API_CSP),
+        ))
         .with_state(state)
 }

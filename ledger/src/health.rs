@@ -57,20 +57,23 @@ pub struct Health {
 impl Health {
     /// Records a failed step of `tailer`, stuck after `after`; returns how long to wait before
     /// the next attempt (1 s, doubling up to 30 s).
-    pub fn failed(&self, tailer: &str, after: Option<LogCursor>, error: &anyhow::Error) -> Duration {
+    pub fn failed(
+        &self,
+        tailer: &str,
+        after: Option<LogCursor>,
+        error: &anyhow::Error,
+    ) -> Duration {
         let mut failing = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = failing
-            .entry(tailer.to_owned())
-            .or_insert_with(|| Failing {
-                stall: Stall {
-                    tailer: tailer.to_owned(),
-                    after,
-                    failures: 0,
-                    since: Utc::now(),
-                    error: String::new(),
-                },
-                last_warned: None,
-            });
+        let entry = failing.entry(tailer.to_owned()).or_insert_with(|| Failing {
+            stall: Stall {
+                tailer: tailer.to_owned(),
+                after,
+                failures: 0,
+                since: Utc::now(),
+                error: String::new(),
+            },
+            last_warned: None,
+        });
         if entry.stall.after != after {
             // Stuck somewhere else now: a new stall.
             entry.stall.after = after;

@@ -27,13 +27,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::AppState;
-use crate::auth::{Caller, roles};
+use crate::auth::{Caller, CredentialWatch, roles};
 use crate::error::{ApiError, Problem};
 use crate::extract::{
     EventStream, IdPath, OptionalJson, Reply, StrictJson, StrictQuery, action_id, correlation_id,
     wait_for,
 };
 use crate::service;
+use crate::stream::ActionStream;
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -199,6 +200,9 @@ fn parse_statuses(raw: Option<&str>) -> Result<Vec<ActionStatus>, ApiError> {
 
 impl InboxQuery {
     pub fn filter(&self, caller: &Caller) -> Result<InboxFilter, ApiError> {
+        if let Some(user) = &self.requested_by {
+            caller.may_read_history_of(user)?;
+        }
         let risk_levels = match &self.risk {
             None => Vec::new(),
             Some(raw) => raw
@@ -612,107 +616,22 @@ async fn audit(
 }
 
 /// Server-sent events: the action's status now, then every change (`event:` is the event type,
-/// `data:` carries the status after it and the event's content).
+/// `data:` carries the status after it and the event's content). The stream ends when the
+/// action is finished, or with a `closed` event (a problem document) once the caller's key is
+/// revoked or token expires.
 async fn stream(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(IdPath { id }): Path<IdPath>,
 ) -> Result<EventStream<impl Stream<Item = Result<Event, Infallible>> + Send + 'static>, ApiError> {
     let id = action_id(&id)?;
-    let receiver = state.hub.subscribe();
-    let progress = state.progress.subscribe();
-    let (action, sequence) = state.ledger.load::<Action>(&id.to_string()).await?;
-    let current = action
-        .state()
-        .filter(|current| current.tenant == caller.tenant)
-        .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
-    let first = Event::default()
-        .event("status")
-        .json_data(serde_json::json!({ "status": current.status, "sequence": sequence }))
-        .unwrap_or_default();
-    let key = id.to_string();
-    let ledger = state.ledger.clone();
-    let stream = futures::stream::unfold(
-        (Some(first), action, sequence, (receiver, progress), false),
-        move |(pending, mut action, mut sequence, (mut receiver, mut progress), done)| {
-            let key = key.clone();
-            let ledger = ledger.clone();
-            async move {
-                if let Some(event) = pending {
-                    return Some((
-                        Ok(event),
-                        (None, action, sequence, (receiver, progress), done),
-                    ));
-                }
-                if done {
-                    return None;
-                }
-                loop {
-                    let next = tokio::select! {
-                        next = receiver.recv() => next,
-                        update = progress.recv() => {
-                            if let Ok((action_id, update)) = update
-                                && action_id.to_string() == key
-                            {
-                                let event = Event::default().event("progress").json_data(update).unwrap_or_default();
-                                return Some((Ok(event), (None, action, sequence, (receiver, progress), done)));
-                            }
-                            continue;
-                        }
-                    };
-                    match next {
-                        Ok(logged)
-                            if logged.aggregate_id == key && logged.sequence as u64 > sequence =>
-                        {
-                            let Ok(event) = logged.decode::<Action>() else {
-                                continue;
-                            };
-                            action.apply(event);
-                            sequence = logged.sequence as u64;
-                            let status = action.state().map(|s| s.status);
-                            let finished = status.is_some_and(|s| {
-                                matches!(
-                                    s,
-                                    ActionStatus::Executed
-                                        | ActionStatus::Failed
-                                        | ActionStatus::Rejected
-                                        | ActionStatus::Expired
-                                        | ActionStatus::Cancelled
-                                        | ActionStatus::Skipped
-                                )
-                            });
-                            let data = serde_json::json!({
-                                "status": status, "sequence": sequence, "position": logged.cursor.position,
-                                "content": logged.payload.get(&logged.event_type).cloned().unwrap_or(Value::Null),
-                            });
-                            let event = Event::default()
-                                .event(logged.event_type.clone())
-                                .json_data(data)
-                                .unwrap_or_default();
-                            return Some((
-                                Ok(event),
-                                (None, action, sequence, (receiver, progress), finished),
-                            ));
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            // Missed hub messages: reload the action and carry on from its state.
-                            if let Ok((reloaded, reloaded_sequence)) =
-                                ledger.load::<Action>(&key).await
-                            {
-                                action = reloaded;
-                                sequence = reloaded_sequence;
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        },
-    );
-    Ok(EventStream(Sse::new(stream).keep_alive(
-        KeepAlive::new().interval(Duration::from_secs(15)),
-    )))
+    let credential = CredentialWatch::new(&state, &headers);
+    let subscription = ActionStream::open(&state, &caller, id, credential).await?;
+    Ok(EventStream(
+        Sse::new(subscription.into_stream())
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
+    ))
 }
 
 /// Roll an executed action back: submits a new action that runs the stored undo payload through

@@ -39,7 +39,8 @@ fn context(caller: &Caller, headers: &HeaderMap) -> Result<TenantCommandContext,
     })
 }
 
-/// The tenant's mode and default policy (owner, admin, auditor).
+/// The tenant's mode and default policy (owner, admin, auditor). Credentials in the webhook URL
+/// are shown redacted.
 async fn read_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -52,11 +53,12 @@ async fn read_settings(
         .ledger
         .load::<TenantSettings>(caller.tenant.as_str())
         .await?;
-    Ok(Reply::new(settings.settings).no_store())
+    Ok(Reply::new(settings.settings.redacted()).no_store())
 }
 
 /// Change the mode or the default policy (owner, admin). Pending actions keep the mode and
-/// policy they were submitted under.
+/// policy they were submitted under. A webhook URL sent back as it was shown (redacted) keeps
+/// its credentials; the answer shows them redacted.
 async fn update_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -76,7 +78,7 @@ async fn update_settings(
         correlation_id(&headers)?,
     )
     .await?;
-    Ok(Reply::new(committed.aggregate.settings.clone())
+    Ok(Reply::new(committed.aggregate.settings.redacted())
         .at(committed.last_cursor())
         .no_store())
 }
@@ -266,16 +268,6 @@ async fn stats(
     Ok(Reply::new(state.projections.stats(&caller.tenant).await?))
 }
 
-fn may_read_history(caller: &Caller, user: &str) -> Result<(), ApiError> {
-    if caller.is(user) || caller.has_any(&[roles::OWNER, roles::ADMIN, roles::AUDITOR]) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "reading another user's history requires the owner, admin or auditor role",
-        ))
-    }
-}
-
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
@@ -291,7 +283,7 @@ async fn user_actions(
     Path(IdPath { id: user }): Path<IdPath>,
     StrictQuery(query): StrictQuery<HistoryQuery>,
 ) -> Result<Reply<InboxPage>, ApiError> {
-    may_read_history(&caller, &user)?;
+    caller.may_read_history_of(&user)?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(
@@ -322,7 +314,7 @@ async fn user_votes(
     Path(IdPath { id: user }): Path<IdPath>,
     StrictQuery(query): StrictQuery<HistoryQuery>,
 ) -> Result<Reply<VoteHistory>, ApiError> {
-    may_read_history(&caller, &user)?;
+    caller.may_read_history_of(&user)?;
     if query.cursor.is_some() {
         return Err(ApiError::bad_request(
             "invalid_query",
