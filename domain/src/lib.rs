@@ -28,7 +28,9 @@ pub use ids::{
     ActionId, ActionType, CapabilityName, Connector, CorrelationId, IdempotencyKey, ModuleSlug,
     PolicyId, Role, TenantId, Timestamp, UserId,
 };
-pub use text::{Comment, Flag, NonEmpty, Source, Summary, Text, UserSet, check_visible};
+pub use text::{
+    Comment, Flag, NonEmpty, Source, Summary, Text, UserSet, check_name, check_visible,
+};
 
 use std::collections::BTreeSet;
 

@@ -11,7 +11,15 @@ use serde_json::Value;
 
 use crate::criteria::Criteria;
 use crate::policy::{Policy, Requirements};
-use crate::{CorrelationId, PolicyId, Principal, Role, TenantId, TenantMode, Timestamp, UserId};
+use crate::{
+    CorrelationId, ParseError, PolicyId, Principal, Role, TenantId, TenantMode, Timestamp, UserId,
+    check_name, document,
+};
+
+/// The longest policy name, in characters.
+pub const MAX_POLICY_NAME: usize = 200;
+/// The longest API key name, in characters.
+pub const MAX_API_KEY_NAME: usize = 100;
 
 /// Who, when and why, for tenant-level events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -47,6 +55,10 @@ impl TenantCommandContext {
 /// Why a tenant-level command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TenantError {
+    /// A name or document in the command is not acceptable (see [`crate::document`] and
+    /// [`crate::check_name`]). Handling: 422 naming the field.
+    #[error(transparent)]
+    InvalidInput(ParseError),
     /// Handling: 409.
     #[error("policy `{0}` already exists")]
     PolicyExists(PolicyId),
@@ -74,6 +86,7 @@ pub enum TenantError {
 impl TenantError {
     pub fn code(&self) -> &'static str {
         match self {
+            Self::InvalidInput(_) => "invalid_input",
             Self::PolicyExists(_) => "policy_exists",
             Self::PolicyNotFound(_) => "policy_not_found",
             Self::WrongTenant => "not_found",
@@ -96,6 +109,15 @@ pub struct PolicyDraft {
     #[serde(default = "match_all")]
     pub criteria: Criteria,
     pub requirements: Requirements,
+}
+
+impl PolicyDraft {
+    /// What a new or changed policy must satisfy beyond its types: a visible name and a criteria
+    /// document every reader of the log can decode.
+    pub fn check(&self) -> Result<(), ParseError> {
+        check_name(&self.name, "name", MAX_POLICY_NAME)?;
+        document::check(self.criteria.document(), "criteria")
+    }
 }
 
 fn match_all() -> Criteria {
@@ -188,6 +210,11 @@ impl PolicySet {
 
     pub fn decide(&self, command: PolicyCommand) -> Result<Vec<PolicyEvent>, TenantError> {
         self.check_tenant(command.context())?;
+        if let PolicyCommand::CreatePolicy { draft, .. } | PolicyCommand::UpdatePolicy { draft, .. } =
+            &command
+        {
+            draft.check().map_err(TenantError::InvalidInput)?;
+        }
         Ok(match command {
             PolicyCommand::CreatePolicy { context, id, draft } => {
                 if self.policies.contains_key(&id) {
@@ -283,7 +310,7 @@ pub struct WebhookUrl(
 );
 
 impl WebhookUrl {
-    pub fn parse(value: impl Into<String>) -> Result<Self, crate::ParseError> {
+    pub fn parse(value: impl Into<String>) -> Result<Self, ParseError> {
         let value = value.into();
         let scheme_ok = value.starts_with("http://") || value.starts_with("https://");
         let host = value.split("://").nth(1).unwrap_or_default();
@@ -292,7 +319,7 @@ impl WebhookUrl {
             || value.len() > 2048
             || value.chars().any(char::is_whitespace)
         {
-            return Err(crate::ParseError::new(
+            return Err(ParseError::new(
                 "webhook_url",
                 "must be an http:// or https:// URL",
             ));
@@ -332,7 +359,7 @@ impl WebhookUrl {
 pub const REDACTED: &str = "***";
 
 impl TryFrom<String> for WebhookUrl {
-    type Error = crate::ParseError;
+    type Error = ParseError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::parse(value)
     }
@@ -539,6 +566,7 @@ impl ApiKeys {
                 roles,
                 digest,
             } => {
+                check_name(&name, "name", MAX_API_KEY_NAME).map_err(TenantError::InvalidInput)?;
                 if self.keys.contains_key(&key_id) {
                     return Err(TenantError::ApiKeyExists(key_id));
                 }
@@ -632,11 +660,11 @@ tenant_aggregate!(
 tenant_aggregate!(ApiKeys, "api_keys", ApiKeyCommand, ApiKeyEvent);
 
 /// Parses a policy draft from JSON, naming the offending path (criteria paths included).
-pub fn parse_draft(document: &Value) -> Result<PolicyDraft, crate::ParseError> {
+pub fn parse_draft(document: &Value) -> Result<PolicyDraft, ParseError> {
     serde_path_to_error::deserialize(document).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner().to_string();
-        crate::ParseError::new(if path == "." { String::new() } else { path }, inner)
+        ParseError::new(if path == "." { String::new() } else { path }, inner)
     })
 }
 

@@ -37,6 +37,22 @@ fn is_invisible_format(c: char) -> bool {
     )
 }
 
+/// A short name a person gives (a policy's, an API key's): 1 to `max` characters once trimmed,
+/// readable (no control characters) and visible (see [`check_visible`]).
+pub fn check_name(value: &str, field: &str, max: usize) -> Result<(), ParseError> {
+    let length = value.trim().chars().count();
+    if length == 0 || length > max {
+        return Err(ParseError::new(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
+    }
+    if !is_readable(value) {
+        return Err(ParseError::new(field, "must not contain control characters"));
+    }
+    check_visible(value, field)
+}
+
 /// Refuses text that would display differently from what it says (see
 /// [`is_invisible_format`]). Commands run it on every text a person will read; stored events are
 /// decoded without it, so history recorded before the rule stays readable.

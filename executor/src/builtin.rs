@@ -128,7 +128,12 @@ impl Capability for Webhook {
 
     async fn preview(&self, invocation: &Invocation) -> Result<Value, Failure> {
         Ok(json!({
-            "would_post_to": invocation.settings.webhook_url.as_ref().map(|url| url.as_str()),
+            // Credentials in the URL stay out of what a requester may read.
+            "would_post_to": invocation
+                .settings
+                .webhook_url
+                .as_ref()
+                .map(|url| url.redacted().as_str().to_owned()),
             "idempotency_key": invocation.execution_key.as_str(),
             "body": invocation.payload,
         }))

@@ -848,6 +848,17 @@ async fn webhook_preview_names_the_destination_and_key_and_posts_nothing() {
 }
 
 #[tokio::test]
+async fn webhook_preview_hides_the_credentials_of_the_destination() {
+    let mut invocation = invocation("webhook.post", json!({ "order": 1042 }));
+    invocation.settings.webhook_url =
+        Some(WebhookUrl::parse("https://crm:s3cret@hooks.example/in?x=1").expect("a URL"));
+
+    let preview = webhook().preview(&invocation).await.expect("a preview");
+
+    assert_eq!(preview["would_post_to"], "https://***@hooks.example/in?x=1");
+}
+
+#[tokio::test]
 async fn webhook_post_without_a_signing_key_refuses_to_run_or_preview() {
     let mut receiver = receiver::Receiver::start().await;
     let mut invocation = invocation("webhook.post", json!({ "order": 1042 }));

@@ -209,6 +209,7 @@ impl From<ActionError> for ApiError {
 impl From<TenantError> for ApiError {
     fn from(error: TenantError) -> Self {
         let status = match &error {
+            TenantError::InvalidInput(parse) => return Self::invalid_input(parse.clone()),
             TenantError::PolicyNotFound(_)
             | TenantError::ApiKeyNotFound(_)
             | TenantError::WrongTenant => StatusCode::NOT_FOUND,

@@ -283,6 +283,35 @@ async fn hostile_documents_and_text_get_422_naming_the_field_and_change_nothing(
             "criteria.module.$eq",
         ),
         (
+            "criteria nested beyond the limit",
+            "/v1/policies",
+            &olga,
+            policy(&format!(r#"{{"payload":{{"$eq":{}}}}}"#, nested(40))),
+            "criteria.payload.$eq",
+        ),
+        (
+            "criteria nested beyond the parser (issue 12's policy attack)",
+            "/v1/policies",
+            &olga,
+            policy(&format!(r#"{{"payload":{{"$eq":{}}}}}"#, nested(123))),
+            "criteria",
+        ),
+        (
+            "a bidirectional override in a policy name",
+            "/v1/policies",
+            &olga,
+            r#"{"id":"p2","name":"safe\u202e","requirements":{"stages":[{"rules":[{"type":"any","min_approvals":1}]}]}}"#
+                .to_owned(),
+            "name",
+        ),
+        (
+            "an invisible character in an API key name",
+            "/v1/api-keys",
+            &olga,
+            r#"{"name":"svc\u200b","roles":["requester"]}"#.to_owned(),
+            "name",
+        ),
+        (
             "NUL in an API key name",
             "/v1/api-keys",
             &olga,

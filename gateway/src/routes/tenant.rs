@@ -155,14 +155,6 @@ async fn create_key(
         )
     })?;
     let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            "name: 1 to 100 characters",
-        )
-        .with_field("name"));
-    }
     if body.roles.iter().any(|role| role.as_str() == roles::OWNER)
         && !caller.has_any(&[roles::OWNER])
     {
