@@ -1,23 +1,30 @@
-//! `countersign demo`: migrates the store and loads a demo tenant like reference 000's seed —
-//! two pending approvals (high and medium risk), one executing, one executed, one rejected with a
-//! comment, one expired. Every action has an idempotency key, so a second run finds it and adds
-//! nothing.
+//! `countersign demo`: migrates the store and loads a demo tenant like reference 000's seed, the
+//! way its people would have: the owner installs the example policies and the settings, the
+//! requester submits, approvers vote, and the executor — the real one, with the built-in
+//! capabilities — runs what was approved and fires the deadlines that passed. The result: two
+//! pending approvals (high and medium risk), a payout escalated by its deadline, an approved
+//! email waiting for someone to run it, an executed email, a rejection with a comment and an
+//! expired request. Submissions are back-dated so that deadlines have passed; every other step
+//! happens now. Every action has an idempotency key and every policy an id, so a second run
+//! finds them and adds nothing.
 
 use std::io::Write;
 
 use anyhow::{Context, anyhow};
 use chrono::{DateTime, Duration, Utc};
 use countersign_domain::action::{
-    Action, ActionCommand, ActionError, CastVote, CommandContext, ExpireAction,
-    RecordExecutionSuccess, RequestExecution, StartExecution, SubmitAction,
+    Action, ActionCommand, ActionError, CastVote, CommandContext, RequestExecution, SubmitAction,
 };
-use countersign_domain::policy::{Policy, Requirements, resolve};
+use countersign_domain::policy::{Policy, resolve};
 use countersign_domain::quorum::Vote;
 use countersign_domain::risk::assess;
 use countersign_domain::submission::Submission;
-use countersign_domain::{
-    ActionId, Comment, IdempotencyKey, Principal, Role, TenantId, TenantMode, UserId,
+use countersign_domain::tenant::{
+    PolicyCommand, PolicyDraft, PolicySet, Settings, SettingsCommand, TenantCommandContext,
+    TenantError, TenantSettings,
 };
+use countersign_domain::{ActionId, Comment, IdempotencyKey, Principal, Role, TenantId, UserId};
+use countersign_executor::{Executor, ExecutorConfig, ProgressHub, registry};
 use countersign_ledger::{Ledger, LedgerError, Metadata};
 use serde_json::{Value, json};
 
@@ -71,7 +78,8 @@ impl People {
 struct Loader<'a> {
     ledger: &'a Ledger,
     tenant: TenantId,
-    policies: Vec<Policy>,
+    /// The real executor with the built-in capabilities (email is logged without SMTP_URL).
+    executor: Executor,
     now: DateTime<Utc>,
 }
 
@@ -91,6 +99,53 @@ impl Loader<'_> {
         }
     }
 
+    fn tenant_context(&self, by: &Principal) -> TenantCommandContext {
+        TenantCommandContext {
+            tenant: self.tenant.clone(),
+            by: by.clone(),
+            at: self.now,
+            correlation_id: None,
+        }
+    }
+
+    /// The owner installs the example policies (each once) and the tenant's settings.
+    async fn install(&self, owner: &Principal) -> anyhow::Result<usize> {
+        let metadata = Metadata::new(self.tenant.clone(), owner.id.clone());
+        let policies: Vec<Policy> =
+            serde_json::from_str(POLICIES).context("docs/examples/policies.json")?;
+        let mut installed = 0;
+        for policy in policies {
+            let command = PolicyCommand::CreatePolicy {
+                context: self.tenant_context(owner),
+                id: policy.id.clone(),
+                draft: PolicyDraft {
+                    name: policy.name,
+                    priority: policy.priority,
+                    criteria: policy.criteria,
+                    requirements: policy.requirements,
+                },
+            };
+            match self
+                .ledger
+                .execute::<PolicySet>(self.tenant.as_str(), command, &metadata)
+                .await
+            {
+                Ok(_) => installed += 1,
+                Err(LedgerError::Rejected(TenantError::PolicyExists(_))) => {}
+                Err(err) => return Err(anyhow!("installing demo policy {}: {err}", policy.id)),
+            }
+        }
+        let command = SettingsCommand::UpdateSettings {
+            context: self.tenant_context(owner),
+            settings: Settings::default(),
+        };
+        self.ledger
+            .execute::<TenantSettings>(self.tenant.as_str(), command, &metadata)
+            .await
+            .map_err(|err| anyhow!("installing the demo settings: {err}"))?;
+        Ok(installed)
+    }
+
     async fn run(&self, id: ActionId, command: ActionCommand) -> anyhow::Result<()> {
         let by = command.context().by.id.clone();
         let name = command.name();
@@ -105,6 +160,7 @@ impl Loader<'_> {
             .map_err(|err| anyhow!("{name} on demo action {id}: {err}"))
     }
 
+    /// Submits as the gateway does: the tenant's mode and the policy its installed policies give.
     async fn submit(
         &self,
         key: &str,
@@ -116,17 +172,22 @@ impl Loader<'_> {
         let id = ActionId::for_idempotency_key(&self.tenant, &key);
         let submission: Submission =
             serde_json::from_value(submission).context("demo submission")?;
+        let ((settings, _), (policies, _)) = tokio::try_join!(
+            self.ledger.load::<TenantSettings>(self.tenant.as_str()),
+            self.ledger.load::<PolicySet>(self.tenant.as_str()),
+        )
+        .map_err(|err| anyhow!("loading the demo tenant: {err}"))?;
         let risk = assess(&submission);
         let policy = resolve(
-            &self.policies,
+            &policies.list(),
             &submission.facts(&requester.id, &risk),
-            &Requirements::builtin_default(),
+            &settings.settings.default_requirements,
         );
         let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
             context: self.context(requester, self.now - Duration::minutes(minutes_ago)),
             action_id: id,
             submission,
-            mode: TenantMode::RequireApproval,
+            mode: settings.settings.mode,
             policy,
             idempotency_key: Some(key.clone()),
             rollback_of: None,
@@ -150,40 +211,49 @@ impl Loader<'_> {
         id: ActionId,
         voter: &Principal,
         vote: Vote,
-        minutes_ago: i64,
         comment: &str,
     ) -> anyhow::Result<()> {
         let command = ActionCommand::CastVote(CastVote {
-            context: self.context(voter, self.now - Duration::minutes(minutes_ago)),
+            context: self.context(voter, self.now),
             vote,
             comment: Some(Comment::parse(comment)?),
         });
         self.run(id, command).await
     }
 
-    async fn start(
-        &self,
-        id: ActionId,
-        minutes_ago: i64,
-        lease_seconds: u32,
-    ) -> anyhow::Result<()> {
-        let executor = principal("executor:demo", &[])?;
-        let command = ActionCommand::StartExecution(StartExecution {
-            context: self.context(&executor, self.now - Duration::minutes(minutes_ago)),
-            lease_seconds,
+    async fn request_execution(&self, id: ActionId, by: &Principal) -> anyhow::Result<()> {
+        let command = ActionCommand::RequestExecution(RequestExecution {
+            context: self.context(by, self.now),
         });
         self.run(id, command).await
+    }
+
+    /// What the executor's reactor does when it hears of the action: run it if it awaits
+    /// execution, escalate or expire it if its deadline has passed.
+    async fn react(&self, id: ActionId) -> anyhow::Result<()> {
+        self.executor
+            .process(&id.to_string())
+            .await
+            .map(drop)
+            .with_context(|| format!("the executor on demo action {id}"))
     }
 }
 
 /// Loads the demo tenant; returns how many actions were new.
 pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyhow::Result<usize> {
+    let executor = Executor::new(
+        ledger.clone(),
+        registry(None, None, None)?,
+        ProgressHub::default(),
+        ExecutorConfig::default(),
+    );
     let loader = Loader {
         ledger,
         tenant: TenantId::parse(DEMO_TENANT)?,
-        policies: serde_json::from_str(POLICIES).context("docs/examples/policies.json")?,
+        executor,
         now,
     };
+    loader.install(&people.owner).await?;
     let mut new = 0;
 
     // Pending, high risk.
@@ -219,49 +289,13 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
         new += 1;
     }
 
-    // Executing: approved by the owner, an executor holds the lease.
-    if let Loaded::New(id) = loader
-        .submit(
-            "demo-contact-sync",
-            &people.requester,
-            50,
-            json!({
-                "module": "crm", "capability": "sync-contacts",
-                "payload": { "from": "hubspot", "to": "salesforce", "contacts": 3200 },
-                "summary": "Sync 3,200 contacts from HubSpot to Salesforce",
-                "connectors": ["hubspot", "salesforce"], "impact": "3,200 contact records updated",
-                "scope": "sales pipeline", "source": "board",
-            }),
-        )
-        .await?
-    {
-        loader
-            .vote(
-                id,
-                &people.owner,
-                Vote::Approve,
-                40,
-                "mapping checked with sales ops",
-            )
-            .await?;
-        loader
-            .run(
-                id,
-                ActionCommand::RequestExecution(RequestExecution {
-                    context: loader.context(&people.requester, now - Duration::minutes(39)),
-                }),
-            )
-            .await?;
-        loader.start(id, 2, 3600).await?;
-        new += 1;
-    }
-
-    // Executed: the high-value payout policy, two finance_ops approvals.
+    // Escalated: the high-value payout policy wants two finance_ops approvals within an hour;
+    // one came, the hour passed, and the deadline escalated it to the `cfo` role.
     if let Loaded::New(id) = loader
         .submit(
             "demo-payout-pause",
             &people.requester,
-            300,
+            90,
             json!({
                 "module": "payouts", "capability": "pause",
                 "payload": { "merchant": "m-42", "amount": 1_000_000, "currency": "XOF" },
@@ -272,45 +306,66 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
         .await?
     {
         loader
-            .vote(
-                id,
-                &people.fay,
-                Vote::Approve,
-                290,
-                "matches the fraud ticket",
-            )
+            .vote(id, &people.fay, Vote::Approve, "matches the fraud ticket")
             .await?;
+        loader.react(id).await?;
+        new += 1;
+    }
+
+    // Approved, waiting for someone to run it (`POST /v1/actions/{id}/execute`).
+    if let Loaded::New(id) = loader
+        .submit(
+            "demo-invoice-reminder",
+            &people.requester,
+            50,
+            json!({
+                "module": "email", "capability": "send",
+                "payload": {
+                    "to": ["billing@customer-12.example.com"],
+                    "subject": "Your November invoice",
+                    "text": "A friendly reminder: invoice 2026-11-12 is due on Friday.",
+                },
+                "summary": "Remind a customer of the November invoice",
+                "connectors": ["gmail"], "impact": "one email", "source": "board",
+            }),
+        )
+        .await?
+    {
         loader
             .vote(
                 id,
-                &people.felix,
+                &people.owner,
                 Vote::Approve,
-                280,
-                "confirmed with the merchant",
+                "wording checked with billing",
             )
             .await?;
+        new += 1;
+    }
+
+    // Executed: approved, requested, and run by the executor through `email.send`.
+    if let Loaded::New(id) = loader
+        .submit(
+            "demo-refund-confirmation",
+            &people.requester,
+            300,
+            json!({
+                "module": "email", "capability": "send",
+                "payload": {
+                    "to": ["customer-1042@example.com"],
+                    "subject": "Your refund for order 1042",
+                    "text": "We refunded order 1042; the money is on its way.",
+                },
+                "summary": "Confirm the refund of order 1042 to its customer",
+                "connectors": ["gmail"], "impact": "one email", "source": "billing-service",
+            }),
+        )
+        .await?
+    {
         loader
-            .run(
-                id,
-                ActionCommand::RequestExecution(RequestExecution {
-                    context: loader.context(&people.admin, now - Duration::minutes(279)),
-                }),
-            )
+            .vote(id, &people.admin, Vote::Approve, "refund went through")
             .await?;
-        loader.start(id, 278, 60).await?;
-        let executor = principal("executor:demo", &[])?;
-        loader
-            .run(
-                id,
-                ActionCommand::RecordExecutionSuccess(RecordExecutionSuccess {
-                    context: loader.context(&executor, now - Duration::minutes(278)),
-                    attempt: 1,
-                    result: json!({ "paused": true, "payout": "po_8842" }),
-                    undo_payload: Some(json!({ "merchant": "m-42", "resume": "po_8842" })),
-                    duration_ms: 412,
-                }),
-            )
-            .await?;
+        loader.request_execution(id, &people.requester).await?;
+        loader.react(id).await?;
         new += 1;
     }
 
@@ -334,14 +389,13 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
                 id,
                 &people.admin,
                 Vote::Reject,
-                180,
                 "these leads are still in an active nurture campaign",
             )
             .await?;
         new += 1;
     }
 
-    // Expired: nobody answered within the default 24 hours.
+    // Expired: nobody answered within the default 24 hours; the deadline expired it.
     if let Loaded::New(id) = loader
         .submit("demo-quarantine", &people.requester, 60 * 26, json!({
             "module": "mailbox", "capability": "quarantine",
@@ -350,8 +404,7 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
         }))
         .await?
     {
-        let deadlines = principal("system:deadlines", &[])?;
-        loader.run(id, ActionCommand::ExpireAction(ExpireAction { context: loader.context(&deadlines, now - Duration::minutes(60)) })).await?;
+        loader.react(id).await?;
         new += 1;
     }
     Ok(new)

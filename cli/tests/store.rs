@@ -40,7 +40,10 @@ async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
         };
         cursor = last.cursor;
         count += batch.len();
-        for event in batch {
+        for event in batch
+            .iter()
+            .filter(|event| event.aggregate_type == "action")
+        {
             events
                 .entry(event.aggregate_id.clone())
                 .or_default()
@@ -54,6 +57,25 @@ async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
             .map(|(id, events)| (id, Action::from_events(&events)))
             .collect(),
     )
+}
+
+/// Every action event of the log, in order.
+async fn all_action_events(ledger: &Ledger) -> Vec<ActionEvent> {
+    let mut cursor = LogCursor::START;
+    let mut events = Vec::new();
+    loop {
+        let batch = ledger.read_log(cursor, 500).await.expect("read");
+        let Some(last) = batch.last() else {
+            return events;
+        };
+        cursor = last.cursor;
+        events.extend(
+            batch
+                .iter()
+                .filter(|event| event.aggregate_type == "action")
+                .map(|event| event.decode::<Action>().expect("decodes")),
+        );
+    }
 }
 
 fn statuses(actions: &BTreeMap<String, Action>) -> Vec<ActionStatus> {
@@ -72,7 +94,7 @@ async fn check_demo_loads_once(args: &[&str], envs: &[(&str, &str)], config: Sto
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout).contains("Loaded 6 demo actions"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("Loaded 7 demo actions"));
     let second = countersign(args, envs);
     assert!(
         second.status.success(),
@@ -88,12 +110,59 @@ async fn check_demo_loads_once(args: &[&str], envs: &[(&str, &str)], config: Sto
         [
             ActionStatus::Pending,
             ActionStatus::Pending,
-            ActionStatus::Executing,
+            ActionStatus::Escalated,
+            ActionStatus::Approved,
             ActionStatus::Executed,
             ActionStatus::Rejected,
             ActionStatus::Expired
         ]
     );
+    // The demo's policies are installed, as an owner would install them, and its actions name
+    // them.
+    let (policies, _) = ledger
+        .load::<countersign_domain::tenant::PolicySet>("demo")
+        .await
+        .expect("policies");
+    let installed: Vec<String> = policies
+        .list()
+        .iter()
+        .map(|policy| policy.id.to_string())
+        .collect();
+    assert_eq!(installed.len(), 3, "{installed:?}");
+    let escalated = actions
+        .values()
+        .find_map(|a| a.state().filter(|s| s.status == ActionStatus::Escalated))
+        .expect("escalated");
+    assert_eq!(escalated.policy.id.as_str(), "high-value-payout");
+    // Every step is a real one: no made-up actor; the deadline path and the executor acted.
+    let all_events = all_action_events(&ledger).await;
+    assert!(
+        all_events
+            .iter()
+            .all(|event| event.context().actor.as_str() != "executor:demo"),
+        "no made-up executor"
+    );
+    let executor_acts: Vec<&str> = all_events
+        .iter()
+        .filter(|event| event.context().actor.as_str().starts_with("executor:"))
+        .map(ActionEvent::event_type)
+        .collect();
+    for expected in [
+        "ActionEscalated",
+        "ActionExpired",
+        "ExecutionStarted",
+        "ExecutionSucceeded",
+    ] {
+        assert!(
+            executor_acts.contains(&expected),
+            "{expected} by the executor: {executor_acts:?}"
+        );
+    }
+    let executed = actions
+        .values()
+        .find_map(|a| a.state().filter(|s| s.status == ActionStatus::Executed))
+        .expect("executed");
+    assert_eq!(executed.action_type.as_str(), "email.send");
     let levels: Vec<_> = actions
         .values()
         .filter(|a| a.state().expect("state").status == ActionStatus::Pending)
@@ -148,7 +217,7 @@ async fn check_demo_loads_once(args: &[&str], envs: &[(&str, &str)], config: Sto
         .unwrap_or_else(|failure| panic!("{}: {failure}", state.action_type.as_str()));
         previewed += 1;
     }
-    assert_eq!(previewed, 1, "the demo has one email");
+    assert_eq!(previewed, 3, "the demo's emails");
     ledger.close().await;
 }
 
