@@ -126,6 +126,9 @@ pub struct Caller {
     pub tenant: TenantId,
     pub principal: Principal,
     pub credential: Credential,
+    /// The request's `X-Request-Id` (set by the gateway when the client sent none), recorded in
+    /// the metadata of every event the request causes.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -303,6 +306,7 @@ impl Authenticator {
             tenant,
             principal: Principal { id, roles },
             credential: Credential::Jwt,
+            request_id: None,
         })
     }
 
@@ -349,6 +353,7 @@ impl Authenticator {
             credential: Credential::ApiKey {
                 key_id: key_id.to_owned(),
             },
+            request_id: None,
         })
     }
 
@@ -444,7 +449,12 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
-        let caller = state.auth.authenticate(state, header).await?;
+        let mut caller = state.auth.authenticate(state, header).await?;
+        caller.request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         tracing::Span::current().record("tenant", caller.tenant.as_str());
         tracing::Span::current().record("principal", caller.principal.id.as_str());
         Ok(caller)

@@ -19,7 +19,7 @@ fn metadata(
 ) -> Metadata {
     Metadata {
         correlation_id,
-        request_id: None,
+        request_id: caller.request_id.clone(),
         ..Metadata::new(caller.tenant.clone(), caller.principal.id.clone())
     }
 }

@@ -608,30 +608,169 @@ async fn api_keys_authenticate_until_revoked(kind: &str) {
 
 on_both_stores!(stats_and_user_history);
 async fn stats_and_user_history(kind: &str) {
-    let app = TestApp::spawn(kind).await;
+    let app = TestApp::with_executor(kind, [3; 32]).await;
     let p = people();
-    let id = app.post("/v1/actions", &p.requester, refund()).await.body["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let voted = app
-        .post(&format!("/v1/actions/{id}/approve"), &p.owner, json!({}))
+    // Deadlines of one second for two modules: one expires, one escalates to `cfo` and then
+    // expires.
+    for (id, module, escalation) in [
+        ("fast-expiry", "mailbox", None),
+        ("fast-escalation", "payouts", Some("cfo")),
+    ] {
+        let created = app
+            .post("/v1/policies", &p.owner, json!({
+                "id": id, "name": id, "priority": 10,
+                "criteria": { "module": module },
+                "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }],
+                                  "timeout_seconds": 1, "escalation_role": escalation, "max_escalations": 1 }
+            }))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    }
+    let submit = async |module: &str, capability: &str| {
+        let answer = app
+            .post("/v1/actions", &p.requester, json!({
+                "module": module, "capability": capability, "summary": format!("{module}.{capability}"),
+                "payload": { "n": 1 }
+            }))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        (
+            answer.body["id"].as_str().expect("id").to_owned(),
+            answer.body["risk"]["level"]
+                .as_str()
+                .expect("level")
+                .to_owned(),
+        )
+    };
+    let executed = submit("noop", "echo").await;
+    let failed = submit("webhook", "post").await; // no webhook_url: fails for good
+    let rejected = submit("billing", "refund").await;
+    let cancelled = submit("billing", "refund").await;
+    let expired = submit("mailbox", "quarantine").await;
+    let escalated = submit("payouts", "pause").await;
+    let all = [
+        &executed, &failed, &rejected, &cancelled, &expired, &escalated,
+    ];
+    for id in [&executed.0, &failed.0] {
+        let approved = app
+            .post(&format!("/v1/actions/{id}/approve"), &p.owner, json!({}))
+            .await;
+        assert_eq!(approved.body["status"], "approved", "{}", approved.body);
+        let requested = app
+            .post(&format!("/v1/actions/{id}/execute"), &p.owner, json!({}))
+            .await;
+        assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.body);
+    }
+    let refused = app
+        .post(
+            &format!("/v1/actions/{}/reject", rejected.0),
+            &p.admin,
+            json!({}),
+        )
         .await;
-    app.post("/v1/actions", &p.requester, refund()).await;
-    let token = voted.token().expect("token");
-    let stats = app
-        .get(&format!("/v1/stats?consistent_with={token}"), &p.auditor)
+    assert_eq!(refused.body["status"], "rejected", "{}", refused.body);
+    let withdrawn = app
+        .post(
+            &format!("/v1/actions/{}/cancel", cancelled.0),
+            &p.requester,
+            json!({}),
+        )
         .await;
-    assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);
-    assert!(stats.body["submitted"].as_i64().expect("submitted") >= 1);
-    assert_eq!(stats.body["decisions"]["approved"], 1);
+    assert_eq!(withdrawn.body["status"], "cancelled", "{}", withdrawn.body);
+
+    // Wait for the executor and the deadlines to settle every action.
+    let settled = [
+        "executed",
+        "failed",
+        "rejected",
+        "cancelled",
+        "expired",
+        "expired",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut details = Vec::new();
+    loop {
+        details.clear();
+        for (id, _) in all {
+            details.push(app.get(&format!("/v1/actions/{id}"), &p.auditor).await.body);
+        }
+        let statuses: Vec<&str> = details
+            .iter()
+            .map(|d| d["status"].as_str().unwrap_or(""))
+            .collect();
+        if statuses == settled {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{statuses:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(details[5]["escalations"], 1, "escalated before it expired");
+
+    // Every figure, against what the actions' own records say.
+    let instant = |value: &Value| {
+        chrono::DateTime::parse_from_rfc3339(value.as_str().expect("a time")).expect("RFC 3339")
+    };
+    let mut latencies: Vec<f64> = details
+        .iter()
+        .filter(|detail| detail["status"] != "cancelled")
+        .map(|detail| {
+            let taken = instant(&detail["decision"]["at"]) - instant(&detail["submitted_at"]);
+            taken.num_microseconds().expect("micros") as f64 / 1e6
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        let rank = (p * latencies.len() as f64).ceil() as usize;
+        let latency = latencies[rank.max(1) - 1];
+        countersign_projections::rows::latency_bucket_bound(
+            countersign_projections::rows::latency_bucket(latency),
+        )
+    };
+    let mut by_risk = std::collections::BTreeMap::new();
+    for (_, level) in all {
+        *by_risk.entry(level.clone()).or_insert(0) += 1;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats = app.get("/v1/stats", &p.auditor).await;
+        assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);
+        if stats.body["execution_success_rate"] == json!(0.5) && stats.body["submitted"] == 6 {
+            break stats.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", stats.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        stats,
+        json!({
+            "by_status": { "cancelled": 1, "executed": 1, "expired": 2, "failed": 1, "rejected": 1 },
+            "by_risk": by_risk,
+            "by_module": { "billing": 2, "mailbox": 1, "noop": 1, "payouts": 1, "webhook": 1 },
+            "submitted": 6,
+            "decisions": { "approved": 2, "cancelled": 1, "expired": 2, "rejected": 1 },
+            "decision_latency_p50_seconds": percentile(0.5),
+            "decision_latency_p95_seconds": percentile(0.95),
+            "approval_rate": 0.4,
+            "rejection_rate": 0.2,
+            "timeout_rate": 0.4,
+            "escalation_rate": 1.0 / 6.0,
+            "execution_success_rate": 0.5,
+            "votes_cast": 3,
+            "vote_participation": 0.5,
+        })
+    );
     assert_eq!(
         app.get("/v1/stats", &p.requester).await.status,
         StatusCode::FORBIDDEN
     );
 
     let mine = app.get("/v1/users/rita/actions", &p.requester).await;
-    assert!(!mine.body["items"].as_array().expect("items").is_empty());
+    assert_eq!(
+        mine.body["items"].as_array().map(Vec::len),
+        Some(6),
+        "{}",
+        mine.body
+    );
     assert_eq!(
         app.get("/v1/users/olga/actions", &p.requester).await.status,
         StatusCode::FORBIDDEN
@@ -639,11 +778,17 @@ async fn stats_and_user_history(kind: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let votes = app.get("/v1/users/olga/votes", &p.auditor).await;
-        if votes.body["votes"]
-            .as_array()
-            .is_some_and(|votes| votes.len() == 1)
+        if let Some(votes) = votes.body["votes"].as_array()
+            && votes.len() == 2
         {
-            assert_eq!(votes.body["votes"][0]["action_id"], id);
+            let mut voted: Vec<&str> = votes
+                .iter()
+                .filter_map(|vote| vote["action_id"].as_str())
+                .collect();
+            voted.sort_unstable();
+            let mut approved = [executed.0.as_str(), failed.0.as_str()];
+            approved.sort_unstable();
+            assert_eq!(voted, approved);
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{}", votes.body);
@@ -725,5 +870,132 @@ async fn openapi_docs_and_metrics_are_served() {
     assert_eq!(
         app.get("/metrics", "metrics-secret").await.status,
         StatusCode::OK
+    );
+}
+
+/// POSTs `body` with extra headers.
+async fn post_with(
+    app: &TestApp,
+    path: &str,
+    bearer: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> support::Answer {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    app.raw(request.body(Body::from(body.to_string())).expect("request"))
+        .await
+}
+
+on_both_stores!(the_correlation_id_travels_from_the_header_into_every_event_and_the_audit_trail);
+async fn the_correlation_id_travels_from_the_header_into_every_event_and_the_audit_trail(
+    kind: &str,
+) {
+    let app = TestApp::spawn(kind).await;
+    let p = people();
+    let flow = [("x-correlation-id", "refund-1042-flow")];
+    let submitted = post_with(&app, "/v1/actions", &p.requester, &flow, refund()).await;
+    assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+    let id = submitted.body["id"].as_str().expect("id").to_owned();
+    let approved = post_with(
+        &app,
+        &format!("/v1/actions/{id}/approve"),
+        &p.owner,
+        &flow,
+        json!({}),
+    )
+    .await;
+    assert_eq!(approved.status, StatusCode::OK, "{}", approved.body);
+    // Without the header, the request id generated for the request is the correlation id.
+    let plain = app.post("/v1/actions", &p.requester, refund()).await;
+    let plain_id = plain.body["id"].as_str().expect("id").to_owned();
+    let request_ids: Vec<String> = [&submitted, &approved, &plain]
+        .iter()
+        .map(|answer| {
+            answer.headers["x-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        })
+        .collect();
+
+    // The log: every event of the flow carries it, in its metadata and its context, with the
+    // id of the request that caused it.
+    let position = plain.token().expect("token");
+    let written: i64 = position
+        .split('.')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("position");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let mut cursor = countersign_ledger::LogCursor::START;
+        let mut all = Vec::new();
+        loop {
+            let batch = app.store.ledger.read_log(cursor, 500).await.expect("log");
+            let Some(last) = batch.last() else { break };
+            cursor = last.cursor;
+            all.extend(batch);
+        }
+        if all.iter().any(|event| event.cursor.position == written) {
+            break all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let of = |action: &str| {
+        events
+            .iter()
+            .filter(|event| event.aggregate_id == action)
+            .collect::<Vec<_>>()
+    };
+    let flow_events = of(&id);
+    assert!(flow_events.len() >= 3, "submitted, voted, approved");
+    for event in &flow_events {
+        assert_eq!(event.metadata["correlation_id"], "refund-1042-flow");
+        let decoded = event
+            .decode::<countersign_domain::action::Action>()
+            .expect("decodes");
+        assert_eq!(
+            decoded.context().correlation_id.as_ref().map(|c| c.as_str()),
+            Some("refund-1042-flow")
+        );
+    }
+    assert_eq!(
+        flow_events[0].metadata["request_id"],
+        request_ids[0].as_str()
+    );
+    assert_eq!(
+        flow_events[1].metadata["request_id"],
+        request_ids[1].as_str()
+    );
+    for event in of(&plain_id) {
+        assert_eq!(event.metadata["correlation_id"], request_ids[2].as_str());
+        assert_eq!(event.metadata["request_id"], request_ids[2].as_str());
+    }
+
+    // The audit trail shows it on every entry.
+    let token = approved.token().expect("token");
+    let audit = app
+        .get(
+            &format!("/v1/actions/{id}/audit?consistent_with={token}"),
+            &p.auditor,
+        )
+        .await;
+    assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
+    let entries = audit.body["events"].as_array().expect("events");
+    assert_eq!(entries.len(), flow_events.len());
+    assert!(
+        entries
+            .iter()
+            .all(|entry| entry["correlation_id"] == "refund-1042-flow"),
+        "{}",
+        audit.body
     );
 }

@@ -33,8 +33,18 @@ async fn pending_by(app: &TestApp, requester: &str) -> String {
     answer.body["id"].as_str().expect("id").to_owned()
 }
 
-async fn approved(app: &TestApp) -> String {
-    approved_by(app, &as_role("requester")).await
+/// A fresh approved action of `requester-user`, with the consistency token of its approval.
+async fn approved_with_token(app: &TestApp) -> (String, String) {
+    let id = pending(app).await;
+    let answer = app
+        .post(
+            &format!("/v1/actions/{id}/approve"),
+            &as_role("owner"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(answer.body["status"], "approved");
+    (id, answer.token().expect("consistency token"))
 }
 
 async fn approved_by(app: &TestApp, requester: &str) -> String {
@@ -104,15 +114,19 @@ async fn every_cell_of_the_authorization_matrix() {
         code(app.get("/v1/actions", t).await)
     })
     .await;
-    let id = pending(&app).await;
+    let submitted = app
+        .post("/v1/actions", &as_role("requester"), refund())
+        .await;
+    assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+    let id = submitted.body["id"].as_str().expect("id").to_owned();
+    let written = submitted.token().expect("consistency token");
     check(&app, "read an action", [true; 5], async |app, t| {
-        let answer = app.get(&format!("/v1/actions/{id}"), t).await;
-        // The projection may not have the new action yet: a 404 here would be a lag, not a refusal.
-        if answer.status == StatusCode::NOT_FOUND {
-            (StatusCode::OK, String::new())
-        } else {
-            code(answer)
-        }
+        // Read our own write: the projection has the action, so anything but 200 is a refusal.
+        let answer = app
+            .get(&format!("/v1/actions/{id}?consistent_with={written}"), t)
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        code(answer)
     })
     .await;
     check(
@@ -164,13 +178,15 @@ async fn every_cell_of_the_authorization_matrix() {
         "read an audit trail",
         [true, true, false, false, true],
         async |app, t| {
-            let id = approved(app).await;
-            let answer = app.get(&format!("/v1/actions/{id}/audit"), t).await;
-            if answer.status == StatusCode::NOT_FOUND {
-                (StatusCode::OK, String::new())
-            } else {
-                code(answer)
-            }
+            let (id, written) = approved_with_token(app).await;
+            let answer = app
+                .get(
+                    &format!("/v1/actions/{id}/audit?consistent_with={written}"),
+                    t,
+                )
+                .await;
+            assert_ne!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+            code(answer)
         },
     )
     .await;
@@ -313,7 +329,7 @@ async fn every_cell_of_the_authorization_matrix() {
         .status,
         StatusCode::OK
     );
-    let own = approved(&app).await;
+    let (own, _) = approved_with_token(&app).await;
     assert_eq!(
         app.post(
             &format!("/v1/actions/{own}/execute"),
@@ -329,7 +345,7 @@ async fn every_cell_of_the_authorization_matrix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn another_tenants_resources_answer_exactly_like_missing_ones() {
     let app = TestApp::spawn("postgres").await;
-    let id = approved(&app).await;
+    let (id, _) = approved_with_token(&app).await;
     let policy = app.post("/v1/policies", &as_role("admin"), json!({ "id": "acme-only", "name": "a", "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } })).await;
     assert_eq!(policy.status, StatusCode::CREATED);
     let key = app
