@@ -326,7 +326,8 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
                     "text": "A friendly reminder: invoice 2026-11-12 is due on Friday.",
                 },
                 "summary": "Remind a customer of the November invoice",
-                "connectors": ["gmail"], "impact": "one email", "source": "board",
+                "connectors": ["gmail", "stripe"], "impact": "one email", "source": "board",
+                "risk_tag": "medium", "flags": ["financial"],
             }),
         )
         .await?
@@ -339,6 +340,8 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
                 "wording checked with billing",
             )
             .await?;
+        // Its policy does not auto-execute: the executor leaves it for a person to run.
+        loader.react(id).await?;
         new += 1;
     }
 

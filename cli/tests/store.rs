@@ -23,35 +23,56 @@ fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("countersign runs")
 }
 
-async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
-    let mut events: BTreeMap<String, Vec<ActionEvent>> = BTreeMap::new();
-    let mut cursor = LogCursor::START;
-    let mut count = 0;
+/// The number of events committed to the store (readable or not yet).
+async fn committed_events(ledger: &Ledger) -> usize {
+    let sql = "SELECT COUNT(*) FROM events";
+    let count: i64 = match ledger.backend() {
+        countersign_ledger::Backend::Postgres(pool) => {
+            sqlx::query_scalar(sql).fetch_one(pool).await
+        }
+        countersign_ledger::Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+    }
+    .expect("count");
+    usize::try_from(count).expect("a count")
+}
+
+/// Every event of the log once all committed ones are readable (on PostgreSQL the readable
+/// horizon waits for the oldest transaction open anywhere on the server, other tests' included).
+async fn whole_log(ledger: &Ledger) -> Vec<countersign_ledger::LoggedEvent> {
+    let committed = committed_events(ledger).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let batch = ledger.read_log(cursor, 500).await.expect("read");
-        let Some(last) = batch.last() else {
-            // On PostgreSQL other tests' open transactions can hold the horizon back briefly.
-            if count > 0 || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        cursor = last.cursor;
-        count += batch.len();
-        for event in batch
-            .iter()
-            .filter(|event| event.aggregate_type == "action")
-        {
-            events
-                .entry(event.aggregate_id.clone())
-                .or_default()
-                .push(event.decode::<Action>().expect("decodes"));
+        let mut cursor = LogCursor::START;
+        let mut all = Vec::new();
+        loop {
+            let batch = ledger.read_log(cursor, 500).await.expect("read");
+            let Some(last) = batch.last() else { break };
+            cursor = last.cursor;
+            all.extend(batch);
         }
+        if all.len() >= committed {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {committed} events readable",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
+    let log = whole_log(ledger).await;
+    let mut events: BTreeMap<String, Vec<ActionEvent>> = BTreeMap::new();
+    for event in log.iter().filter(|event| event.aggregate_type == "action") {
+        events
+            .entry(event.aggregate_id.clone())
+            .or_default()
+            .push(event.decode::<Action>().expect("decodes"));
     }
     (
-        count,
+        log.len(),
         events
             .into_iter()
             .map(|(id, events)| (id, Action::from_events(&events)))
@@ -61,21 +82,12 @@ async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
 
 /// Every action event of the log, in order.
 async fn all_action_events(ledger: &Ledger) -> Vec<ActionEvent> {
-    let mut cursor = LogCursor::START;
-    let mut events = Vec::new();
-    loop {
-        let batch = ledger.read_log(cursor, 500).await.expect("read");
-        let Some(last) = batch.last() else {
-            return events;
-        };
-        cursor = last.cursor;
-        events.extend(
-            batch
-                .iter()
-                .filter(|event| event.aggregate_type == "action")
-                .map(|event| event.decode::<Action>().expect("decodes")),
-        );
-    }
+    whole_log(ledger)
+        .await
+        .iter()
+        .filter(|event| event.aggregate_type == "action")
+        .map(|event| event.decode::<Action>().expect("decodes"))
+        .collect()
 }
 
 fn statuses(actions: &BTreeMap<String, Action>) -> Vec<ActionStatus> {
@@ -789,5 +801,121 @@ fn a_log_event_no_reader_can_decode_stalls_readiness_and_doctor_and_status_name_
     assert!(
         log.iter().any(|line| line.contains("tailer stalled")),
         "a stalled tailer is logged"
+    );
+}
+
+/// One HTTP/1.1 request with a JSON body; answers (status, body).
+fn http_send(
+    address: &str,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let body = body.to_string();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+#[test]
+fn the_correlation_id_reaches_the_logs_of_the_work_it_caused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    let demo = on_data(&["demo"], data);
+    let tokens = String::from_utf8_lossy(&demo.stdout).into_owned();
+    let token_of = |user: &str| {
+        tokens
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.first() == Some(&user)).then(|| fields[3].to_owned())
+            })
+            .expect("a token")
+    };
+    let (rita, olivia) = (token_of("rita"), token_of("olivia"));
+    let served = Served::start(
+        Command::new(env!("CARGO_BIN_EXE_countersign"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+            .env_remove("DATABASE_URL"),
+    );
+    let address = served.address.clone();
+    let flow = [("X-Correlation-Id", "order-1042-notice")];
+    let (status, submitted) = http_send(
+        &address,
+        "POST",
+        "/v1/actions",
+        &rita,
+        &flow,
+        &serde_json::json!({
+            "module": "email", "capability": "send", "summary": "Tell customer 1042",
+            "payload": { "to": ["c1042@example.com"], "subject": "Refund", "text": "Done." }
+        }),
+    );
+    assert_eq!(status, 201, "{submitted}");
+    let id = submitted["id"].as_str().expect("id").to_owned();
+    let (status, body) = http_send(
+        &address,
+        "POST",
+        &format!("/v1/actions/{id}/approve"),
+        &olivia,
+        &flow,
+        &serde_json::json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_send(
+        &address,
+        "POST",
+        &format!("/v1/actions/{id}/execute"),
+        &olivia,
+        &flow,
+        &serde_json::json!({}),
+    );
+    assert!(status == 202 || status == 200, "{status} {body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, detail) = http_get_as(&address, &format!("/v1/actions/{id}"), Some(&olivia));
+        if detail.contains(r#""status":"executed""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never executed: {detail}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = served.stop();
+    let recorded = log
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| {
+            line["fields"]["message"] == "execution recorded"
+                && line["span"]["action_id"] == id.as_str()
+        })
+        .expect("the executor logged the run");
+    let spans = recorded["spans"].as_array().expect("span list");
+    assert!(
+        spans
+            .iter()
+            .any(|span| span["correlation_id"] == "order-1042-notice"
+                && span["tenant"] == "demo"
+                && span["action_id"] == id.as_str()),
+        "{recorded}"
     );
 }
