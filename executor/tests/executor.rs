@@ -7,7 +7,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,8 +23,8 @@ use countersign_executor::{
     Capability, Completed, Executor, ExecutorConfig, Failure, Invocation, JetStreamSource,
     LogSource, Processed, Progress, ProgressHub, Registry, Relay, StreamConfig, Sweeper,
 };
+use countersign_ledger::Metadata;
 use countersign_ledger::testing::TestStore;
-use countersign_ledger::{LogCursor, Metadata};
 use countersign_projections::{ProjectionStore, Supervisor};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -38,6 +38,34 @@ struct Counter {
     fail_first: AtomicUsize,
     /// Block this long inside the call (to be killed mid-call).
     hold: std::sync::Mutex<Option<Duration>>,
+    /// Calls in progress now.
+    in_flight: AtomicUsize,
+    /// The most calls ever in progress at once.
+    peak: watch::Sender<usize>,
+    /// While set, a call waits (up to a minute) until two calls have been in progress at once:
+    /// two runners are then known to have run at the same time.
+    rendezvous: AtomicBool,
+}
+
+/// Counts a call in progress until it ends, however it ends (an aborted call included).
+struct InFlight<'a>(&'a Counter);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a Counter) -> Self {
+        let now = counter.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counter.peak.send_if_modified(|peak| {
+            let higher = now > *peak;
+            *peak = (*peak).max(now);
+            higher
+        });
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -57,6 +85,13 @@ impl Capability for Counting {
             .expect("lock")
             .push(invocation.execution_key.to_string());
         progress.report(json!({ "step": "counting" }));
+        let _in_flight = InFlight::enter(&self.0);
+        if self.0.rendezvous.load(Ordering::SeqCst) {
+            // Gives up after a minute; the test then fails on what it checks.
+            let mut peak = self.0.peak.subscribe();
+            let _ = tokio::time::timeout(Duration::from_secs(60), peak.wait_for(|peak| *peak >= 2))
+                .await;
+        }
         let hold = *self.0.hold.lock().expect("lock");
         if let Some(hold) = hold {
             tokio::time::sleep(hold).await;
@@ -121,13 +156,14 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts (Debian package nats-server)");
         self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("nats-server never listened");
     }
 
     fn stop(&mut self) {
@@ -195,6 +231,10 @@ impl World {
     }
 
     fn executor(&self) -> Executor {
+        self.executor_with(config())
+    }
+
+    fn executor_with(&self, config: ExecutorConfig) -> Executor {
         let registry = Registry::default()
             .with("test.count", self.counting.clone())
             .with("noop.echo", countersign_executor::builtin::Echo);
@@ -202,7 +242,7 @@ impl World {
             self.store.ledger.clone(),
             registry,
             ProgressHub::default(),
-            config(),
+            config,
         )
     }
 
@@ -289,25 +329,16 @@ impl World {
         action.state().expect("submitted").status
     }
 
+    /// The action's events as stored, decoded.
     async fn events(&self, id: ActionId) -> Vec<ActionEvent> {
-        let (action, _) = self
-            .store
-            .ledger
-            .load::<Action>(&id.to_string())
-            .await
-            .expect("load");
-        let _ = action;
-        let mut events = Vec::new();
-        for logged in self
-            .store
+        self.store
             .ledger
             .events_of("action", &id.to_string())
             .await
             .expect("events")
-        {
-            events.push(logged.decode::<Action>().expect("decode"));
-        }
-        events
+            .iter()
+            .map(|logged| logged.decode::<Action>().expect("decode"))
+            .collect()
     }
 
     async fn wait_for(&self, id: ActionId, wanted: ActionStatus) {
@@ -458,7 +489,28 @@ async fn the_embedded_executor_tails_the_store_the_same_way() {
         )
         .await;
     world.approve(manual).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The executor saves its checkpoint after processing what it read: once it is past the
+    // approval, the executor has seen the approved manual action and left it alone.
+    let approved = world
+        .store
+        .ledger
+        .events_of("action", &manual.to_string())
+        .await
+        .expect("events")
+        .last()
+        .expect("approved")
+        .cursor;
+    let tailer = LogSource {
+        executor: world.executor(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tailer.checkpoint().await.expect("checkpoint") < approved {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the executor never read the approval"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(world.status(manual).await, ActionStatus::Approved);
     world
         .run(
@@ -485,8 +537,12 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
         .submit("test.count", auto(), TenantMode::RequireApproval)
         .await;
     world.approve(id).await;
-    // The first executor claims the attempt and hangs inside the capability; then it dies.
-    let first = world.executor();
+    // The first executor claims the attempt and hangs inside the capability; then it dies. Its
+    // lease is long enough for the checks below to run inside it however busy the machine is.
+    let first = world.executor_with(ExecutorConfig {
+        lease: Duration::from_secs(10),
+        ..config()
+    });
     let running = tokio::spawn(async move { first.process(&id.to_string()).await });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while world.counting.calls() == 0 {
@@ -494,18 +550,28 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     running.abort();
+    let _ = running.await;
     assert_eq!(world.status(id).await, ActionStatus::Executing);
     *world.counting.0.hold.lock().expect("lock") = None;
 
-    // Before the lease runs out nobody may take over; after it, the sweep retries.
+    // Before the lease runs out nobody may take over; after it, the next processing retries.
     let second = world.executor();
     assert_eq!(
         second.process(&id.to_string()).await.expect("process"),
         Processed::Nothing
     );
-    tokio::time::sleep(config().lease).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let retried = loop {
+        match second.process(&id.to_string()).await.expect("process") {
+            Processed::Nothing => {
+                assert!(tokio::time::Instant::now() < deadline, "never taken over");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            outcome => break outcome,
+        }
+    };
     assert_eq!(
-        second.process(&id.to_string()).await.expect("process"),
+        retried,
         Processed::Ran {
             attempt: 2,
             succeeded: true
@@ -636,13 +702,15 @@ async fn safe_mode_records_a_skip_and_calls_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deadlines_escalate_then_expire_once_each_with_two_executors() {
     let world = World::new("postgres").await;
-    for _ in 0..2 {
-        tokio::spawn(
-            world
-                .sweeper(world.executor(), Duration::from_millis(50))
-                .run(world.stopped.clone()),
-        );
-    }
+    let sweepers: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                world
+                    .sweeper(world.executor(), Duration::from_millis(50))
+                    .run(world.stopped.clone()),
+            )
+        })
+        .collect();
     let id = world
         .submit(
             "test.count",
@@ -651,7 +719,27 @@ async fn deadlines_escalate_then_expire_once_each_with_two_executors() {
         )
         .await;
     world.wait_for(id, ActionStatus::Expired).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Stopped, the sweepers have finished whatever they had started; sweeping again by hand
+    // does nothing to the expired action.
+    world.stop.send(true).expect("stop");
+    for sweeper in sweepers {
+        tokio::time::timeout(Duration::from_secs(60), sweeper)
+            .await
+            .expect("the sweeper stops")
+            .expect("task")
+            .expect("sweeper");
+    }
+    for _ in 0..2 {
+        let done = world
+            .sweeper(world.executor(), Duration::from_millis(50))
+            .sweep()
+            .await
+            .expect("sweep");
+        assert!(
+            done.iter().all(|(swept, _)| *swept != id.to_string()),
+            "{done:?}"
+        );
+    }
     let events = world.events(id).await;
     let count = |name: &str| events.iter().filter(|e| e.event_type() == name).count();
     assert_eq!(count("ActionEscalated"), 1, "{events:?}");
@@ -707,22 +795,26 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
         ids.len(),
         "every action ran exactly once"
     );
+    // The relay publishes asynchronously and saves its checkpoint after publishing: it reaches
+    // the head of the log shortly after the last action ran.
     let head = world.store.ledger.log_head().await.expect("head");
-    let relayed = world
-        .store
-        .ledger
-        .load_checkpoint(&format!("relay:{}", stream.stream))
-        .await
-        .expect("checkpoint");
-    assert!(
-        relayed
-            >= LogCursor {
-                txid: 0,
-                position: 0
-            }
-            && relayed.position > 0
-    );
-    // The relay publishes asynchronously: the last events reach the stream shortly after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let relayed = world
+            .store
+            .ledger
+            .load_checkpoint(&format!("relay:{}", stream.stream))
+            .await
+            .expect("checkpoint");
+        if relayed >= head {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay stopped at {relayed:?} before the head {head:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let jetstream = async_nats::jetstream::new(client);
     let expected = u64::try_from(ids.len() * 4).unwrap_or(0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -750,7 +842,9 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_executors_on_one_consumer_share_the_work_and_never_run_an_action_twice() {
     let world = World::new("postgres").await;
-    *world.counting.0.hold.lock().expect("lock") = Some(Duration::from_millis(50));
+    // The first call waits until a second one runs beside it: with one call at a time per
+    // executor, that one is the other executor's.
+    world.counting.0.rendezvous.store(true, Ordering::SeqCst);
     let nats = NatsServer::start();
     let client = async_nats::connect(nats.url()).await.expect("nats");
     let stream = stream_config();
@@ -758,7 +852,12 @@ async fn two_executors_on_one_consumer_share_the_work_and_never_run_an_action_tw
         Relay::new(world.store.ledger.clone(), client.clone(), stream.clone())
             .run(world.stopped.clone()),
     );
-    let executors = [world.executor(), world.executor()];
+    // A lease (and so a call budget) far longer than the first call may wait for the second.
+    let leased = ExecutorConfig {
+        lease: Duration::from_secs(120),
+        ..config()
+    };
+    let executors = [world.executor_with(leased), world.executor_with(leased)];
     for executor in &executors {
         let source = JetStreamSource {
             executor: executor.clone(),
@@ -794,5 +893,9 @@ async fn two_executors_on_one_consumer_share_the_work_and_never_run_an_action_tw
     let identities: std::collections::BTreeSet<String> =
         executors.iter().map(|e| e.identity().to_string()).collect();
     assert!(runners.is_subset(&identities));
+    assert!(
+        *world.counting.0.peak.borrow() >= 2,
+        "two calls ran at the same time"
+    );
     assert_eq!(runners.len(), 2, "both executors took work: {runners:?}");
 }

@@ -10,6 +10,10 @@
 //! already taken), the group is retried one command per statement so that only the losers are
 //! told to decide again. Rows go in sorted by aggregate, so concurrent groups take their key locks
 //! in one order and cannot deadlock each other.
+//!
+//! With the `testing` feature, [`CommitProbe`] lets a test hold the committer, see how many
+//! commands wait for it, release it and read how many commands each statement carried, so that
+//! grouping is tested without depending on timing. Without the feature its hooks are empty.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -46,6 +50,7 @@ struct Pending {
 #[derive(Debug)]
 pub(crate) struct GroupCommitter {
     queue: mpsc::UnboundedSender<Pending>,
+    probe: Arc<Probe>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -62,10 +67,11 @@ impl GroupCommitter {
     pub(crate) fn start(pool: PgPool) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
+        let probe = Arc::new(Probe::new());
         for _ in 0..COMMITTERS {
-            tokio::spawn(run(pool.clone(), Arc::clone(&receiver)));
+            tokio::spawn(run(pool.clone(), Arc::clone(&receiver), Arc::clone(&probe)));
         }
-        Self { queue }
+        Self { queue, probe }
     }
 
     /// Appends one command's events (all of one aggregate, sequences consecutive).
@@ -84,19 +90,26 @@ impl GroupCommitter {
                 reply,
             })
             .map_err(|_| "the committer has stopped".to_owned())?;
+        // Counted once sent: a test that sees N waiting knows all N can be taken.
+        self.probe.queued(1);
         answer
             .await
             .map_err(|_| "the committer stopped before answering".to_owned())?
     }
 }
 
-async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+async fn run(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
+    probe: Arc<Probe>,
+) {
     loop {
         let group = {
             let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else {
                 return;
             };
+            probe.released().await;
             let mut events = first.events.len();
             let mut group = vec![first];
             while events < MAX_GROUP_EVENTS {
@@ -108,31 +121,32 @@ async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>
                     Err(_) => break,
                 }
             }
+            probe.taken(group.len());
             group
         };
-        commit_group(&pool, group).await;
+        commit_group(&pool, group, &probe).await;
     }
 }
 
 /// Commits a group, one command per aggregate per statement: a later command on an aggregate
 /// already in the statement goes in the next one (where it will usually lose the race and decide
 /// again).
-async fn commit_group(pool: &PgPool, mut group: Vec<Pending>) {
+async fn commit_group(pool: &PgPool, mut group: Vec<Pending>, probe: &Probe) {
     while !group.is_empty() {
         let mut seen = HashSet::new();
         let (now, later): (Vec<_>, Vec<_>) = group.into_iter().partition(|pending| {
             seen.insert((pending.aggregate_type.clone(), pending.aggregate_id.clone()))
         });
-        commit_statement(pool, now).await;
+        commit_statement(pool, now, probe).await;
         group = later;
     }
 }
 
-async fn commit_statement(pool: &PgPool, mut group: Vec<Pending>) {
+async fn commit_statement(pool: &PgPool, mut group: Vec<Pending>, probe: &Probe) {
     group.sort_by(|a, b| {
         (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
     });
-    match insert(pool, &group).await {
+    match insert(pool, &group, probe).await {
         Ok(placed) => {
             let mut placed = placed.into_iter();
             for pending in group {
@@ -146,7 +160,7 @@ async fn commit_statement(pool: &PgPool, mut group: Vec<Pending>) {
                 "a command in the group lost a race; committing one by one"
             );
             for pending in group {
-                let outcome = insert(pool, std::slice::from_ref(&pending)).await;
+                let outcome = insert(pool, std::slice::from_ref(&pending), probe).await;
                 let _ = pending.reply.send(answer(outcome));
             }
         }
@@ -184,7 +198,8 @@ fn is_conflict(err: &sqlx::Error) -> bool {
 }
 
 /// One autocommitted statement appending every event of the group, in the group's order.
-async fn insert(pool: &PgPool, group: &[Pending]) -> Result<Placed, sqlx::Error> {
+async fn insert(pool: &PgPool, group: &[Pending], probe: &Probe) -> Result<Placed, sqlx::Error> {
+    probe.statement(group.len());
     let count = group.iter().map(|pending| pending.events.len()).sum();
     let mut types = Vec::with_capacity(count);
     let mut ids = Vec::with_capacity(count);
@@ -239,4 +254,137 @@ async fn insert(pool: &PgPool, group: &[Pending]) -> Result<Placed, sqlx::Error>
         .into_iter()
         .map(|(position, txid, _)| (position, txid))
         .collect())
+}
+
+/// The committer's test hooks: empty (and compiled away) without the `testing` feature.
+#[cfg(not(feature = "testing"))]
+#[derive(Debug)]
+struct Probe;
+
+#[cfg(not(feature = "testing"))]
+impl Probe {
+    fn new() -> Self {
+        Self
+    }
+    fn queued(&self, _commands: usize) {}
+    fn taken(&self, _commands: usize) {}
+    async fn released(&self) {}
+    fn statement(&self, _commands: usize) {}
+}
+
+/// The committer's test hooks: a hold that stops committer tasks between taking a command and
+/// forming its group, a count of queued commands not yet in a group, and the commands each
+/// statement carried.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+struct Probe {
+    held: tokio::sync::watch::Sender<bool>,
+    /// Sent minus taken: briefly negative when a committer takes a command before its sender
+    /// has counted it (never while held, since nothing is taken then).
+    waiting: tokio::sync::watch::Sender<i64>,
+    statements: std::sync::Mutex<Vec<usize>>,
+}
+
+#[cfg(feature = "testing")]
+impl Probe {
+    fn new() -> Self {
+        Self {
+            held: tokio::sync::watch::Sender::new(false),
+            waiting: tokio::sync::watch::Sender::new(0),
+            statements: std::sync::Mutex::default(),
+        }
+    }
+
+    fn queued(&self, commands: usize) {
+        let commands = i64::try_from(commands).unwrap_or(i64::MAX);
+        self.waiting.send_modify(|waiting| *waiting += commands);
+    }
+
+    fn taken(&self, commands: usize) {
+        let commands = i64::try_from(commands).unwrap_or(i64::MAX);
+        self.waiting.send_modify(|waiting| *waiting -= commands);
+    }
+
+    /// Returns once the committer is not held.
+    async fn released(&self) {
+        let mut held = self.held.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` exists.
+        let _ = held.wait_for(|held| !held).await;
+    }
+
+    fn statement(&self, commands: usize) {
+        self.statements
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(commands);
+    }
+}
+
+/// A test's handle on a PostgreSQL ledger's group committer (feature `testing`), from
+/// [`Ledger::commit_probe`](crate::Ledger::commit_probe): hold it, wait until a known number of
+/// commands are queued, release it, and read how many commands each statement carried.
+#[cfg(feature = "testing")]
+#[derive(Debug, Clone)]
+pub struct CommitProbe(Arc<Probe>);
+
+#[cfg(feature = "testing")]
+impl CommitProbe {
+    /// Stops the committer from forming groups: appends queue up until [`release`](Self::release).
+    pub fn hold(&self) {
+        self.0.held.send_replace(true);
+    }
+
+    /// Lets the committer go on: everything queued meanwhile is taken as one group (up to the
+    /// largest group's size).
+    pub fn release(&self) {
+        self.0.held.send_replace(false);
+    }
+
+    /// How many commands are queued and not yet in a group (exact while the committer is held).
+    pub fn waiting(&self) -> usize {
+        usize::try_from(*self.0.waiting.borrow()).unwrap_or(0)
+    }
+
+    /// Waits until at least `commands` commands are queued; fails after `within`.
+    pub async fn until_waiting(
+        &self,
+        commands: usize,
+        within: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let wanted = i64::try_from(commands).unwrap_or(i64::MAX);
+        let mut waiting = self.0.waiting.subscribe();
+        match tokio::time::timeout(within, waiting.wait_for(|waiting| *waiting >= wanted)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => anyhow::bail!("the committer stopped"),
+            Err(_) => anyhow::bail!(
+                "{} of {commands} commands queued after {within:?}",
+                self.waiting()
+            ),
+        }
+    }
+
+    /// How many commands each statement carried so far, in the order they were sent (a group
+    /// retried one command per statement adds a statement per command).
+    pub fn statements(&self) -> Vec<usize> {
+        self.0
+            .statements
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(feature = "testing")]
+impl crate::Ledger {
+    /// The group committer's test handle (starting the committer if needed); `None` on SQLite,
+    /// which appends through sqlite-es without a committer.
+    pub fn commit_probe(&self) -> Option<CommitProbe> {
+        let crate::Backend::Postgres(pool) = &self.backend else {
+            return None;
+        };
+        let committer = self
+            .committer
+            .get_or_init(|| GroupCommitter::start(pool.clone()));
+        Some(CommitProbe(Arc::clone(&committer.probe)))
+    }
 }

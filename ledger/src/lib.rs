@@ -1,5 +1,7 @@
 //! The ledger owns the system of record: the `events` table in PostgreSQL (server mode) or SQLite
-//! (the embedded default), written through cqrs-es, and read back as one gap-safe global log.
+//! (the embedded default), and reads it back as one gap-safe global log. Commands are decided by
+//! cqrs-es aggregates; SQLite appends through sqlite-es, PostgreSQL through the group committer
+//! (`commit`), with events serialized the same way.
 //!
 //! - [`Ledger::execute`] runs a command against an aggregate: load its events, decide, append in
 //!   one transaction with optimistic concurrency, and return the committed events with their
@@ -19,6 +21,7 @@ mod execute;
 pub mod health;
 mod lock;
 pub mod log;
+mod secrets;
 pub mod testing;
 
 use std::collections::HashMap;
@@ -37,6 +40,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::Notify;
 
+#[cfg(feature = "testing")]
+pub use commit::CommitProbe;
 pub use execute::{Committed, LedgerError, RecordedEvent, RetryPolicy};
 pub use lock::TailerLock;
 pub use log::{LogCursor, LogReads, LogWaker, LoggedEvent};
@@ -182,7 +187,10 @@ pub enum Backend {
 pub struct Metadata {
     pub tenant: TenantId,
     pub actor: UserId,
+    /// The work this command belongs to, carried on to the commands it causes.
     pub correlation_id: Option<CorrelationId>,
+    /// The HTTP request that sent the command (`X-Request-Id`); `None` for commands no request
+    /// sent (the executor, the CLI).
     pub request_id: Option<String>,
 }
 

@@ -8,6 +8,8 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use countersign_domain::action::ActionStatus;
@@ -833,14 +835,18 @@ async fn a_rebuild_swaps_in_while_readers_always_get_complete_answers(kind: &str
 
     let projections = world.projections.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let readers: Vec<_> = (0..3)
-        .map(|_| {
+    // Each reader counts its complete reads, so that the test knows they read before the swap
+    // and after it instead of hoping they were scheduled.
+    let counts: Vec<_> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let readers: Vec<_> = counts
+        .iter()
+        .map(|count| {
             let projections = projections.clone();
             let acme = acme.clone();
             let expected = expected.clone();
             let stopped = stopped.clone();
+            let count = count.clone();
             tokio::spawn(async move {
-                let mut reads = 0;
                 while !*stopped.borrow() {
                     let page = projections
                         .inbox(
@@ -853,12 +859,36 @@ async fn a_rebuild_swaps_in_while_readers_always_get_complete_answers(kind: &str
                         .await
                         .expect("every read succeeds");
                     assert_eq!(page.items, expected, "every read is complete");
-                    reads += 1;
+                    count.fetch_add(1, Ordering::SeqCst);
                 }
-                reads
             })
         })
         .collect();
+    // Every reader has read at least `more` times more than it had when `reads` were taken.
+    let read_on = |reads: Vec<usize>, more: usize| {
+        let counts = counts.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while counts
+                .iter()
+                .zip(&reads)
+                .any(|(count, read)| count.load(Ordering::SeqCst) < read + more)
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a reader stopped reading (a failed read panics above)"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let snapshot = || -> Vec<usize> {
+        counts
+            .iter()
+            .map(|count| count.load(Ordering::SeqCst))
+            .collect()
+    };
+    read_on(vec![0; counts.len()], 1).await;
     let rebuilt = countersign_projections::rebuild(
         &world.store.ledger,
         &world.projections,
@@ -874,10 +904,11 @@ async fn a_rebuild_swaps_in_while_readers_always_get_complete_answers(kind: &str
         .drop_retired(Projection::Actions)
         .await
         .expect("drop");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two more reads each: the second began after the old generation was dropped.
+    read_on(snapshot(), 2).await;
     stop.send(true).expect("stop");
     for reader in readers {
-        assert!(reader.await.expect("reader") > 0);
+        reader.await.expect("reader");
     }
     let generations = world
         .projections

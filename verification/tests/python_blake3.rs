@@ -1,6 +1,6 @@
 //! An independent implementation agrees: `scripts/merkle_check.py`, written from RFC 9162 with
-//! Python's `blake3` package (installed by `scripts/merkle_check.sh` into a virtual environment
-//! under the target directory), computes the same root for every size from 1 to 300 over the
+//! Python's `blake3` package (installed by `scripts/py_blake3.sh` into the tests' virtual
+//! environment, `target/py-blake3`), computes the same root for every size from 1 to 300 over the
 //! leaf data of real sealed events.
 
 use countersign_verification::leaf::SealedEvent;
@@ -36,7 +36,7 @@ fn python_blake3_computes_the_same_roots_for_the_same_leaves() {
         .collect::<Result<_, _>>()
         .expect("roots");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let case = dir.join("merkle-case.json");
+    let case = dir.join(format!("merkle-case-{}.json", std::process::id()));
     std::fs::write(
         &case,
         serde_json::to_string(&json!({
@@ -50,7 +50,6 @@ fn python_blake3_computes_the_same_roots_for_the_same_leaves() {
     let output = std::process::Command::new("bash")
         .arg(script)
         .arg(&case)
-        .env("COUNTERSIGN_PY_VENV", dir.join("py-blake3"))
         .output()
         .expect("the check runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -59,5 +58,6 @@ fn python_blake3_computes_the_same_roots_for_the_same_leaves() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let _ = std::fs::remove_file(&case);
     assert!(stdout.contains("ok: 300 roots agree"), "{stdout}");
 }
