@@ -734,6 +734,12 @@ impl Decider {
         state: &ActionState,
         command: RequestExecution,
     ) -> Result<(), ActionError> {
+        let by = &command.context.by;
+        if by.id != state.requester.id && !by.is_admin() {
+            return Err(ActionError::NotPermitted {
+                attempted: "execute",
+            });
+        }
         if state.status != ActionStatus::Approved {
             return Err(Self::execution_conflict(state, "execute"));
         }

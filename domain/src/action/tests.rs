@@ -951,6 +951,22 @@ fn a_manual_policy_runs_only_after_execution_is_requested() {
 }
 
 #[test]
+fn only_the_requester_or_an_admin_may_request_execution() {
+    let mut story = approved(any(1));
+    for outsider in [approver("ana"), principal("audrey", &["auditor"])] {
+        assert_eq!(
+            story.request(&outsider, 2).map_err(|e| e.code()),
+            Err("not_permitted"),
+            "{outsider:?}"
+        );
+    }
+    assert_eq!(
+        story.request(&principal("adam", &["admin"]), 3),
+        Ok(vec!["ExecutionRequested"])
+    );
+}
+
+#[test]
 fn execution_starts_once_and_completes_once() {
     let mut story = approved(auto_executing(3));
     assert_eq!(story.start(2), Ok(vec!["ExecutionStarted"]));
