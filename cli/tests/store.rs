@@ -503,8 +503,8 @@ fn projections_rebuild_status_and_replay_through_the_cli() {
     let now: serde_json::Value = serde_json::from_slice(&replayed.stdout).expect("json");
     assert_eq!(
         now["inbox"].as_array().map(Vec::len),
-        Some(2),
-        "two pending demo actions"
+        Some(3),
+        "two pending demo actions and the escalated payout"
     );
 
     let first_id = now["inbox"][0]["id"].as_str().expect("id").to_owned();

@@ -14,6 +14,10 @@ use countersign_ledger::StoreConfig;
 use countersign_ledger::testing::TestStore;
 use sqlx::{Connection, Executor};
 
+/// Events `countersign demo` records: 3 policies and the settings the owner installs, then 20
+/// of its 7 actions.
+const DEMO_EVENTS: u64 = 24;
+
 fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_countersign"))
         .args(args)
@@ -119,7 +123,7 @@ async fn verify_export_and_tamper(store: TestStore) {
         &["seal", "--signing-key", key, "--publish-heads-dir", heads],
     ));
     assert!(
-        sealed.contains("sealed 20 events; signed 1 heads"),
+        sealed.contains(&format!("sealed {DEMO_EVENTS} events; signed 1 heads")),
         "{sealed}"
     );
     assert!(Path::new(heads).join("demo/latest.json").exists());
@@ -141,7 +145,9 @@ async fn verify_export_and_tamper(store: TestStore) {
         ],
     ));
     assert!(
-        verified.contains("tenant demo: 20 events, 20 sealed, 1 heads checked"),
+        verified.contains(&format!(
+            "tenant demo: {DEMO_EVENTS} events, {DEMO_EVENTS} sealed, 1 heads checked"
+        )),
         "{verified}"
     );
     assert!(verified.contains("events/s"), "{verified}");
@@ -168,22 +174,27 @@ async fn verify_export_and_tamper(store: TestStore) {
         &store,
         &["audit", "export", "--tenant", "demo", "--out", bundle],
     ));
-    assert!(exported.contains("exported 20 events"), "{exported}");
+    assert!(
+        exported.contains(&format!("exported {DEMO_EVENTS} events")),
+        "{exported}"
+    );
+    let beyond = (DEMO_EVENTS + 1).to_string();
     fails(
         &run(
             &store,
             &[
-                "audit", "export", "--tenant", "demo", "--from", "3", "--to", "21", "--out", bundle,
+                "audit", "export", "--tenant", "demo", "--from", "3", "--to", &beyond, "--out",
+                bundle,
             ],
         ),
-        "--to 21 is beyond it",
+        &format!("--to {beyond} is beyond it"),
     );
     let offline = ok(&countersign(
         &["audit", "verify", bundle, "--public-key", &public],
         &[],
     ));
     assert!(
-        offline.starts_with("OK: 20 events of tenant demo"),
+        offline.starts_with(&format!("OK: {DEMO_EVENTS} events of tenant demo")),
         "{offline}"
     );
     let other = dir.path().join("other.key");
@@ -205,7 +216,7 @@ async fn verify_export_and_tamper(store: TestStore) {
         "not among the trusted public keys",
     );
     let text = std::fs::read_to_string(bundle).expect("bundle");
-    let altered = text.replacen("\"ActionSubmitted\"", "\"ActionSubmited\"", 1);
+    let altered = text.replacen("\"PolicyCreated\"", "\"PolicyCreatd\"", 1);
     std::fs::write(bundle, altered).expect("write");
     fails(
         &countersign(&["audit", "verify", bundle, "--public-key", &public], &[]),
@@ -287,7 +298,7 @@ fn serve_runs_the_sealer_signs_and_publishes_heads_and_stops_it_on_sigterm() {
         assert!(Instant::now() < deadline, "no head was published");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(head["tree_size"], 20);
+    assert_eq!(head["tree_size"], DEMO_EVENTS);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -134,12 +134,101 @@ impl JsonSchema for Criteria {
         "Criteria".into()
     }
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
+    /// The language as a schema: which keys a document may have, what each operator takes.
+    /// What it cannot say is in the description (nesting depth; `$regex` compiling with the
+    /// `regex` crate).
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        use crate::document::Document;
+        let criteria = generator.subschema_for::<Self>();
+        // A field's test: a value compared for equality (an object only without `$` keys), or
+        // an object of operators.
+        let test = json_schema!({
+            "anyOf": [
+                {
+                    "type": ["null", "boolean", "number", "string", "array"],
+                    "allOf": [generator.subschema_for::<Document>()],
+                },
+                {
+                    "type": "object",
+                    "propertyNames": { "pattern": r"^(?:[^$\u0000][^\u0000]*)?$" },
+                    "additionalProperties": generator.subschema_for::<Document>(),
+                },
+                generator.subschema_for::<Operators>(),
+            ],
+        });
+        let fields = FIELDS
+            .iter()
+            .map(|field| regex::escape(field))
+            .collect::<Vec<_>>()
+            .join("|");
+        // `payload.<path>`: segments are not empty (and, as every key, carry no U+0000).
+        let field_pattern = format!(r"^(?:{fields}|payload(?:\.[^.\u0000]+)+)$");
+        let mut schema = json_schema!({
             "type": "object",
             "description": "A criteria document: fields of the submission mapped to values or \
                 operator objects ($eq $ne $gt $gte $lt $lte $in $nin $exists $contains $regex \
-                $not), combined with $and, $or and $not. See docs/approvals.md.",
+                $not), combined with $and, $or and $not; at most 16 levels deep, `$regex` in the \
+                Rust `regex` crate's syntax. See docs/approvals.md.",
+            "properties": {
+                "$and": { "type": "array", "minItems": 1, "items": criteria.clone() },
+                "$or": { "type": "array", "minItems": 1, "items": criteria.clone() },
+                "$not": criteria,
+            },
+            "additionalProperties": false,
+        });
+        schema.insert(
+            "patternProperties".into(),
+            serde_json::json!({ field_pattern: test }),
+        );
+        schema
+    }
+}
+
+/// The schema of a field's operator object (`{"$gte": 5, "$lt": 10}`); `$not` takes one again.
+struct Operators;
+
+impl JsonSchema for Operators {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CriteriaOperators".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        use crate::document::{Document, NO_NUL};
+        let document = generator.subschema_for::<Document>();
+        let scalar = |kinds: Value| {
+            let mut any_of = vec![
+                json_schema!({ "type": "string", "pattern": NO_NUL }),
+                json_schema!({ "type": "integer", "minimum": i64::MIN, "maximum": u64::MAX }),
+                json_schema!({ "type": "number", "not": { "type": "integer" } }),
+            ];
+            if !kinds.is_null() {
+                any_of.insert(0, json_schema!({ "type": kinds }));
+            }
+            json_schema!({ "anyOf": any_of })
+        };
+        let comparable = scalar(Value::Null);
+        let list = json_schema!({ "type": "array", "items": document.clone() });
+        json_schema!({
+            "description": "Operators that must all hold of the field.",
+            "type": "object",
+            "minProperties": 1,
+            "properties": {
+                "$eq": document.clone(),
+                "$ne": document,
+                "$gt": comparable.clone(),
+                "$gte": comparable.clone(),
+                "$lt": comparable.clone(),
+                "$lte": comparable,
+                "$in": list.clone(),
+                "$nin": list,
+                "$exists": { "type": "boolean" },
+                "$contains": scalar(serde_json::json!(["null", "boolean"])),
+                // Any string here is not yet a pattern: it must compile with the `regex` crate,
+                // which no schema can say (and `format: regex` means ECMA-262's syntax).
+                "$regex": { "type": "string", "pattern": NO_NUL },
+                "$not": generator.subschema_for::<Self>(),
+            },
+            "additionalProperties": false,
         })
     }
 }

@@ -19,8 +19,10 @@
 //! Stored events are decoded without these checks: a limit added later must never make history
 //! unreadable.
 
+use std::borrow::Cow;
 use std::io;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
 use crate::ParseError;
@@ -30,6 +32,43 @@ pub const MAX_DEPTH: usize = 32;
 
 /// The largest a document may be, as stored (compact JSON).
 pub const MAX_BYTES: usize = 128 * 1024;
+
+/// The schema of a document (`#[schemars(with = "Document")]` on a `Value`): any JSON value,
+/// with what a schema can say of the limits here (no U+0000 in a string or a key; integers
+/// within 64 bits, `i64` or `u64`) and the rest in its description.
+#[derive(Debug)]
+pub struct Document;
+
+/// Any string without U+0000.
+pub(crate) const NO_NUL: &str = r"^[^\u0000]*$";
+
+impl JsonSchema for Document {
+    fn schema_name() -> Cow<'static, str> {
+        "Document".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let document = generator.subschema_for::<Self>();
+        json_schema!({
+            "description": "A JSON document as it is stored: at most 32 levels of arrays and \
+                objects, 128 KiB as compact JSON, no U+0000 in a string or a key, no key twice \
+                in one object, integers within 64 bits and decimals that a double holds as \
+                written (send other numbers as strings). See docs/api.md.",
+            "anyOf": [
+                { "type": ["null", "boolean"] },
+                { "type": "string", "pattern": NO_NUL },
+                { "type": "integer", "minimum": i64::MIN, "maximum": u64::MAX },
+                { "type": "number", "not": { "type": "integer" } },
+                { "type": "array", "items": document.clone() },
+                {
+                    "type": "object",
+                    "propertyNames": { "pattern": NO_NUL },
+                    "additionalProperties": document,
+                },
+            ],
+        })
+    }
+}
 
 /// Checks a parsed document against the limits every reader of the log shares.
 pub fn check(value: &Value, field: &str) -> Result<(), ParseError> {

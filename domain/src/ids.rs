@@ -13,14 +13,20 @@ use crate::ParseError;
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
 /// Defines a string newtype whose values are checked by `$check` on every construction.
+///
+/// The schema states the same rule: serde reads the value as a `String` first, so schemars
+/// describes that `String`, and the constraints go on the container (`extend`), where they
+/// survive; the pattern says exactly what `$check` accepts (a test holds them together).
 macro_rules! checked_string {
-    ($(#[$meta:meta])* $name:ident, $field:literal, $max:expr, $pattern:literal, $check:expr) => {
+    (
+        $(#[$meta:meta])* $name:ident, $field:literal, $max:expr, $pattern:expr, $check:expr,
+        $rule:expr
+    ) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(
-            #[schemars(length(min = 1, max = $max), regex(pattern = $pattern))] String,
-        );
+        #[schemars(extend("minLength" = 1, "maxLength" = $max, "pattern" = $pattern))]
+        pub struct $name(String);
 
         impl $name {
             /// Checks `value` and wraps it.
@@ -37,7 +43,7 @@ macro_rules! checked_string {
                     ));
                 }
                 if !check(&value) {
-                    return Err(ParseError::new($field, format!("must match {}", $pattern)));
+                    return Err(ParseError::new($field, $rule));
                 }
                 Ok(Self(value))
             }
@@ -93,42 +99,54 @@ fn is_printable_token(value: &str) -> bool {
     value.chars().all(|c| !c.is_control() && !c.is_whitespace())
 }
 
+/// What [`is_slug`] accepts.
+const SLUG: &str = "^[a-z0-9][a-z0-9_-]*$";
+const SLUG_RULE: &str = "must match ^[a-z0-9][a-z0-9_-]*$";
+
+/// What [`is_printable_token`] accepts: no control character (Unicode `Cc`: U+0000–U+001F,
+/// U+007F–U+009F) and no whitespace (Unicode `White_Space`). Spelled out rather than `\s` and
+/// `\p{Cc}`, which regex dialects read differently (ECMA's `\s` takes U+FEFF, Python's `re`
+/// knows no `\p{..}`).
+const TOKEN: &str =
+    r"^[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+$";
+const TOKEN_RULE: &str = "must not contain whitespace or control characters";
+
 checked_string!(
     /// An isolated customer. Every command, event, row and subject carries it.
-    TenantId, "tenant", 64, "^[a-z0-9][a-z0-9_-]*$", is_slug
+    TenantId, "tenant", 64, SLUG, is_slug, SLUG_RULE
 );
 checked_string!(
     /// A role held by a principal: `owner`, `admin`, `approver`, `requester`, `auditor` or a
     /// custom one such as `finance_ops`.
-    Role, "role", 64, "^[a-z0-9][a-z0-9_-]*$", is_slug
+    Role, "role", 64, SLUG, is_slug, SLUG_RULE
 );
 checked_string!(
     /// The module that owns a capability (`billing`, `email`, `webhook`).
-    ModuleSlug, "module", 64, "^[a-z0-9][a-z0-9_-]*$", is_slug
+    ModuleSlug, "module", 64, SLUG, is_slug, SLUG_RULE
 );
 checked_string!(
     /// What a module can do (`refund`, `send`, `delete-leads`).
-    CapabilityName, "capability", 64, "^[a-z0-9][a-z0-9_-]*$", is_slug
+    CapabilityName, "capability", 64, SLUG, is_slug, SLUG_RULE
 );
 checked_string!(
     /// A connector an action touches (`gmail`, `stripe`).
-    Connector, "connectors", 64, "^[a-z0-9][a-z0-9_-]*$", is_slug
+    Connector, "connectors", 64, SLUG, is_slug, SLUG_RULE
 );
 checked_string!(
     /// A person or service account, as the credential names it.
-    UserId, "user", 128, r"^[^\s\p{Cc}]+$", is_printable_token
+    UserId, "user", 128, TOKEN, is_printable_token, TOKEN_RULE
 );
 checked_string!(
     /// Ties together everything caused by one request or one upstream event.
-    CorrelationId, "correlation_id", 128, r"^[^\s\p{Cc}]+$", is_printable_token
+    CorrelationId, "correlation_id", 128, TOKEN, is_printable_token, TOKEN_RULE
 );
 checked_string!(
     /// A submitter's key that makes a repeated submission land on the same action.
-    IdempotencyKey, "idempotency_key", 255, r"^[^\s\p{Cc}]+$", is_printable_token
+    IdempotencyKey, "idempotency_key", 255, TOKEN, is_printable_token, TOKEN_RULE
 );
 checked_string!(
     /// Names a policy within its tenant.
-    PolicyId, "policy_id", 64, "^[a-z0-9][a-z0-9_-]*$", is_slug
+    PolicyId, "policy_id", 64, SLUG, is_slug, SLUG_RULE
 );
 
 impl Role {
@@ -153,9 +171,8 @@ impl PolicyId {
 /// `module.capability`, the address of an action type.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
-pub struct ActionType(
-    #[schemars(regex(pattern = "^[a-z0-9][a-z0-9_-]*\\.[a-z0-9][a-z0-9_-]*$"))] String,
-);
+#[schemars(extend("pattern" = r"^[a-z0-9][a-z0-9_-]{0,63}\.[a-z0-9][a-z0-9_-]{0,63}$"))]
+pub struct ActionType(String);
 
 impl ActionType {
     pub fn new(module: &ModuleSlug, capability: &CapabilityName) -> Self {
@@ -284,6 +301,30 @@ mod tests {
         assert!(UserId::parse("user_2a9F@example.com").is_ok());
         assert!(UserId::parse("ana lopez").is_err());
         assert!(UserId::parse("ana\u{7}").is_err());
+    }
+
+    #[test]
+    fn schema_patterns_accept_exactly_what_parse_accepts() {
+        let slug = regex::Regex::new(SLUG).expect("pattern compiles");
+        let token = regex::Regex::new(TOKEN).expect("pattern compiles");
+        let characters = (0..=0x3100_u32)
+            .chain(0xFE00..=0xFFFF)
+            .chain([0x1F600, 0xE0001, 0x10FFFF])
+            .filter_map(char::from_u32);
+        for c in characters {
+            for text in [c.to_string(), format!("a{c}"), format!("{c}a")] {
+                assert_eq!(
+                    slug.is_match(&text),
+                    Role::parse(text.clone()).is_ok(),
+                    "{text:?}"
+                );
+                assert_eq!(
+                    token.is_match(&text),
+                    UserId::parse(text.clone()).is_ok(),
+                    "{text:?}"
+                );
+            }
+        }
     }
 
     #[test]

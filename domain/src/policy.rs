@@ -20,7 +20,8 @@ use crate::{NonEmpty, ParseError, PolicyId, Role, Timestamp, UserId, UserSet};
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(try_from = "f64", into = "f64")]
-pub struct Ratio(#[schemars(range(min = 0.0, max = 1.0))] u16);
+#[schemars(extend("minimum" = 0, "maximum" = 1))]
+pub struct Ratio(u16);
 
 impl Ratio {
     pub const ONE: Self = Self(10_000);
@@ -70,6 +71,7 @@ pub enum Rule {
     /// N approvals from distinct eligible voters: holders of `approver`, `admin` or `owner`, or
     /// of the roles listed.
     Any {
+        #[schemars(extend("maximum" = u32::MAX))]
         min_approvals: NonZeroU32,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         roles: Vec<Role>,
@@ -77,6 +79,7 @@ pub enum Rule {
     /// N approvals from holders of one role.
     Role {
         role: Role,
+        #[schemars(extend("maximum" = u32::MAX))]
         min_approvals: NonZeroU32,
     },
     /// At least `ceil(percentage × pool size)` members of the pool have voted (any vote).
@@ -119,6 +122,7 @@ impl Veto {
 pub struct Stage {
     /// Shown to approvers ("owner", "finance review").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = r"^[^\u0000]*$"))]
     pub name: Option<String>,
     pub rules: NonEmpty<Rule>,
     /// approvals ÷ (approvals + rejections) must reach this; 1 (the default) means any
@@ -147,7 +151,8 @@ pub enum OnTimeout {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(try_from = "u32", into = "u32")]
-pub struct TimeoutSeconds(#[schemars(range(min = 1, max = 31_536_000))] u32);
+#[schemars(extend("minimum" = 1, "maximum" = 31_536_000))]
+pub struct TimeoutSeconds(u32);
 
 impl TimeoutSeconds {
     pub const MAX: u32 = 31_536_000;
@@ -200,6 +205,7 @@ pub struct Requirements {
     pub escalation_role: Option<Role>,
     /// How many times the deadline may escalate before `on_timeout` applies.
     #[serde(default = "one")]
+    #[schemars(extend("maximum" = u32::MAX))]
     pub max_escalations: u32,
     #[serde(default)]
     pub on_timeout: OnTimeout,
@@ -214,6 +220,7 @@ pub struct Requirements {
     pub allow_self_approval: bool,
     /// Execution attempts before the action fails for good.
     #[serde(default = "three")]
+    #[schemars(extend("maximum" = u32::MAX))]
     pub max_attempts: NonZeroU32,
 }
 

@@ -20,6 +20,7 @@ pub struct Submission {
     pub capability: CapabilityName,
     /// Arguments for the capability.
     #[serde(default = "empty_object")]
+    #[schemars(with = "document::Document")]
     pub payload: Value,
     /// What the action does, for the approver.
     pub summary: Summary,
@@ -43,6 +44,7 @@ pub struct Submission {
     pub source: Source,
     /// Arguments that would reverse the action, kept for rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<document::Document>")]
     pub undo_payload: Option<Value>,
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,6 +20,23 @@ use crate::{
 pub const MAX_POLICY_NAME: usize = 200;
 /// The longest API key name, in characters.
 pub const MAX_API_KEY_NAME: usize = 100;
+
+/// The schema of a policy's name: what [`check_name`] accepts with [`MAX_POLICY_NAME`].
+pub fn policy_name_schema(_: &mut SchemaGenerator) -> Schema {
+    name_schema(MAX_POLICY_NAME)
+}
+
+/// The schema of an API key's name: what [`check_name`] accepts with [`MAX_API_KEY_NAME`].
+pub fn api_key_name_schema(_: &mut SchemaGenerator) -> Schema {
+    name_schema(MAX_API_KEY_NAME)
+}
+
+fn name_schema(max: usize) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": crate::text::name_pattern(max),
+    })
+}
 
 /// Who, when and why, for tenant-level events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -103,8 +120,11 @@ impl TenantError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDraft {
+    /// 1 to 200 characters once trimmed, readable and visible.
+    #[schemars(schema_with = "policy_name_schema")]
     pub name: String,
     #[serde(default)]
+    #[schemars(extend("minimum" = i32::MIN, "maximum" = i32::MAX))]
     pub priority: i32,
     #[serde(default = "match_all")]
     pub criteria: Criteria,
@@ -210,8 +230,8 @@ impl PolicySet {
 
     pub fn decide(&self, command: PolicyCommand) -> Result<Vec<PolicyEvent>, TenantError> {
         self.check_tenant(command.context())?;
-        if let PolicyCommand::CreatePolicy { draft, .. } | PolicyCommand::UpdatePolicy { draft, .. } =
-            &command
+        if let PolicyCommand::CreatePolicy { draft, .. }
+        | PolicyCommand::UpdatePolicy { draft, .. } = &command
         {
             draft.check().map_err(TenantError::InvalidInput)?;
         }
@@ -304,10 +324,13 @@ impl PolicySet {
 /// Where the `webhook.post` capability delivers this tenant's payloads: an `http` or `https` URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]
-pub struct WebhookUrl(
-    #[schemars(regex(pattern = "^https?://[^\\s]+$"), length(max = 2048))]
-    String,
-);
+#[schemars(extend(
+    // No whitespace (Unicode `White_Space`, spelled out) and no U+0000, which no JSON body may
+    // carry; at most 2048 bytes, which `maxLength` (characters) states for ASCII URLs.
+    "pattern" = r"^https?://[^\u0000\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+$",
+    "maxLength" = 2048
+))]
+pub struct WebhookUrl(String);
 
 impl WebhookUrl {
     pub fn parse(value: impl Into<String>) -> Result<Self, ParseError> {
@@ -352,6 +375,41 @@ impl WebhookUrl {
 
     fn has_credentials(&self) -> bool {
         *self != self.redacted()
+    }
+
+    /// The authority's userinfo (`user:pass` of `https://user:pass@host/…`), if any.
+    fn userinfo(&self) -> Option<&str> {
+        let (_, rest) = self.0.split_once("://")?;
+        let end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        authority.rfind('@').map(|at| &authority[..at])
+    }
+
+    /// Real credentials in the URL (not the redacted marker): what must be stored apart.
+    pub fn credentials(&self) -> Option<&str> {
+        self.userinfo().filter(|userinfo| *userinfo != REDACTED)
+    }
+
+    /// Whether the URL's credentials were stored apart (its userinfo is the redacted marker).
+    pub fn has_stored_credentials(&self) -> bool {
+        self.userinfo() == Some(REDACTED)
+    }
+
+    /// The URL with its redacted marker replaced by `credentials`, for the executor alone.
+    #[must_use]
+    pub fn with_credentials(&self, credentials: &str) -> Self {
+        match self.0.split_once(&format!("://{REDACTED}@")) {
+            Some((scheme, rest)) if self.has_stored_credentials() => {
+                Self(format!("{scheme}://{credentials}@{rest}"))
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// The name the URL's credentials are stored apart under: one per redacted URL, so that a
+    /// secret never pairs with another URL's host.
+    pub fn secret_name(&self) -> String {
+        format!("webhook_url:{}", self.redacted().as_str())
     }
 }
 
@@ -497,6 +555,7 @@ pub enum ApiKeyCommand {
     CreateApiKey {
         context: TenantCommandContext,
         key_id: String,
+        #[schemars(schema_with = "api_key_name_schema")]
         name: String,
         roles: BTreeSet<Role>,
         digest: String,
@@ -816,6 +875,22 @@ mod tests {
         let err = parse_draft(&json!({ "name": "x", "requirements": { "stages": [] } }))
             .expect_err("no stages");
         assert_eq!(err.field, "requirements.stages");
+    }
+
+    #[test]
+    fn webhook_url_credentials_split_apart_and_come_back_only_to_their_url() {
+        let url = WebhookUrl::parse("https://crm:s3cr@t@hooks.example/in?x=1").expect("url");
+        assert_eq!(url.credentials(), Some("crm:s3cr@t"));
+        let stored = url.redacted();
+        assert_eq!(stored.as_str(), "https://***@hooks.example/in?x=1");
+        assert!(stored.has_stored_credentials() && stored.credentials().is_none());
+        assert_eq!(stored.with_credentials("crm:s3cr@t"), url);
+        assert_eq!(url.secret_name(), stored.secret_name());
+        let other = WebhookUrl::parse("https://crm:s3cr@t@evil.example/in").expect("url");
+        assert_ne!(other.secret_name(), url.secret_name());
+        let plain = WebhookUrl::parse("https://hooks.example/in").expect("url");
+        assert!(plain.credentials().is_none() && !plain.has_stored_credentials());
+        assert_eq!(plain.with_credentials("x:y"), plain);
     }
 
     #[test]

@@ -37,6 +37,50 @@ fn is_invisible_format(c: char) -> bool {
     )
 }
 
+/// The characters [`is_readable`] and [`is_invisible_format`] refuse, as the inside of a regex
+/// character class for the schemas. Escapes are `\uXXXX`, which JSON Schema's ECMA dialect,
+/// Python's `re` and Rust's `regex` read alike; the tag characters above the BMP are written as
+/// themselves, since those dialects spell astral escapes differently.
+const FORBIDDEN_CLASS: &str = concat!(
+    r"\u0000-\u0008\u000B-\u001F\u007F-\u009F",
+    r"\u00AD\u061C\u180E\u200B\u200E\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\uFEFF",
+    r"\uFFF9-\uFFFB",
+    "\u{E0000}-\u{E007F}",
+);
+
+/// The whitespace readable text may hold: Unicode `White_Space` (what `str::trim` removes)
+/// less the control characters among it. Spelled out: `\s` differs between dialects.
+const SPACE_CLASS: &str = r"\t\n \u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// The pattern of readable, visible text; with `non_blank`, text that also has a character
+/// other than whitespace (what a minimum of one character, counted after trimming, means).
+fn text_pattern(non_blank: bool) -> String {
+    let f = FORBIDDEN_CLASS;
+    if non_blank {
+        format!("^[^{f}]*[^{SPACE_CLASS}{f}][^{f}]*$")
+    } else {
+        format!("^[^{f}]*$")
+    }
+}
+
+/// The pattern of a name [`check_name`] accepts: 1 to `max` characters between optional
+/// leading and trailing whitespace, readable and visible.
+pub(crate) fn name_pattern(max: usize) -> String {
+    let (f, s) = (FORBIDDEN_CLASS, SPACE_CLASS);
+    let middle = max.saturating_sub(2);
+    format!("^[{s}]*[^{s}{f}](?:[^{f}]{{0,{middle}}}[^{s}{f}])?[{s}]*$")
+}
+
+/// The schema of a `bounded_text!` type: its length limits and [`text_pattern`]. Only minimums
+/// of 0 and 1 are expressed this way (the macro refuses others).
+fn bounded_schema<const MIN: usize, const MAX: usize>(schema: &mut Schema) {
+    if MIN > 0 {
+        schema.insert("minLength".into(), MIN.into());
+    }
+    schema.insert("maxLength".into(), MAX.into());
+    schema.insert("pattern".into(), text_pattern(MIN > 0).into());
+}
+
 /// A short name a person gives (a policy's, an API key's): 1 to `max` characters once trimmed,
 /// readable (no control characters) and visible (see [`check_visible`]).
 pub fn check_name(value: &str, field: &str, max: usize) -> Result<(), ParseError> {
@@ -48,7 +92,10 @@ pub fn check_name(value: &str, field: &str, max: usize) -> Result<(), ParseError
         ));
     }
     if !is_readable(value) {
-        return Err(ParseError::new(field, "must not contain control characters"));
+        return Err(ParseError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     check_visible(value, field)
 }
@@ -69,12 +116,18 @@ pub fn check_visible(value: &str, field: &str) -> Result<(), ParseError> {
     }
 }
 
+/// Defines human text of `min` to `max` characters (a minimum counts characters after
+/// trimming), readable. Commands also run [`check_visible`] on it; the schema states both, as a
+/// pattern (a test holds the pattern and the checks together).
 macro_rules! bounded_text {
     ($(#[$meta:meta])* $name:ident, $field:literal, min = $min:expr, max = $max:expr) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(#[schemars(length(min = $min, max = $max))] String);
+        #[schemars(transform = bounded_schema::<{ $min }, { $max }>)]
+        pub struct $name(String);
+
+        const _: () = assert!($min <= 1, "the schema pattern expresses minimums of 0 or 1");
 
         impl $name {
             pub fn parse(value: impl Into<String>) -> Result<Self, ParseError> {
@@ -350,6 +403,48 @@ mod tests {
             assert!(check_visible(hidden, "comment").is_err(), "{hidden:?}");
         }
         assert!(check_visible("👨\u{200D}👩\u{200D}👧 family, مرحبا, नमस्ते", "comment").is_ok());
+    }
+
+    /// Characters worth comparing one by one: the BMP up to CJK, its end (BOM, specials), and
+    /// the tag characters with their neighbours.
+    fn probe_characters() -> impl Iterator<Item = char> {
+        (0..=0x3100_u32)
+            .chain(0xFE00..=0xFFFF)
+            .chain(0xE0000..=0xE0081)
+            .chain([0x1F600, 0x10FFFF])
+            .filter_map(char::from_u32)
+    }
+
+    #[test]
+    fn schema_patterns_accept_exactly_what_the_checks_accept() {
+        let any = regex::Regex::new(&text_pattern(false)).expect("pattern compiles");
+        let non_blank = regex::Regex::new(&text_pattern(true)).expect("pattern compiles");
+        let name = regex::Regex::new(&name_pattern(3)).expect("pattern compiles");
+        let visible = |text: &str| check_visible(text, "t").is_ok();
+        for c in probe_characters() {
+            for text in [
+                c.to_string(),
+                format!("a{c}"),
+                format!("{c}a"),
+                format!("{c}{c}"),
+            ] {
+                let accepted = Text::parse(text.clone()).is_ok() && visible(&text);
+                assert_eq!(any.is_match(&text), accepted, "Text {text:?}");
+                let accepted = Summary::parse(text.clone()).is_ok() && visible(&text);
+                assert_eq!(non_blank.is_match(&text), accepted, "Summary {text:?}");
+                let accepted = check_name(&text, "name", 3).is_ok();
+                assert_eq!(name.is_match(&text), accepted, "name {text:?}");
+            }
+        }
+        for text in [
+            "", " ", "abc", "abcd", " abc ", "\tab c\n", "a  b", " a b c ", "\u{a0}x",
+        ] {
+            assert_eq!(
+                name.is_match(text),
+                check_name(text, "name", 3).is_ok(),
+                "name {text:?}"
+            );
+        }
     }
 
     #[test]

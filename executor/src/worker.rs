@@ -239,6 +239,16 @@ impl Executor {
                 return Processed::Nothing;
             }
         };
+        let settings = match self
+            .with_stored_credentials(state.tenant.as_str(), settings)
+            .await
+        {
+            Ok(settings) => settings,
+            Err(err) => {
+                warn!(error = %err, "could not read the tenant's secrets; the attempt will be retried");
+                return Processed::Nothing;
+            }
+        };
         let invocation = invocation(state, attempt, settings);
         let outcome = match self.registry.resolve(&state.action_type) {
             None => Err(Failure::permanent(format!(
@@ -290,6 +300,29 @@ impl Executor {
             Err(err) => warn!(error = %err, attempt, "the outcome could not be recorded"),
         }
         Processed::Ran { attempt, succeeded }
+    }
+
+    /// The settings as a capability needs them: a webhook URL whose credentials were stored
+    /// apart from the log (`https://***@host/…`) gets them back. Missing credentials leave the
+    /// marker, and the receiver refuses the request as it would a wrong password.
+    async fn with_stored_credentials(
+        &self,
+        tenant: &str,
+        mut settings: countersign_domain::tenant::Settings,
+    ) -> anyhow::Result<countersign_domain::tenant::Settings> {
+        if let Some(url) = settings
+            .webhook_url
+            .as_ref()
+            .filter(|url| url.has_stored_credentials())
+        {
+            match self.ledger.secret(tenant, &url.secret_name()).await? {
+                Some(credentials) => {
+                    settings.webhook_url = Some(url.with_credentials(&credentials));
+                }
+                None => warn!("the webhook URL's credentials are missing; set webhook_url again"),
+            }
+        }
+        Ok(settings)
     }
 
     /// Previews what running the action would do (dry run): changes nothing.

@@ -1,6 +1,9 @@
 //! Request and response plumbing shared by the handlers: strict JSON bodies and query strings,
 //! the correlation id, consistency tokens, and replies with a status.
 
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use aide::generate::GenContext;
@@ -63,8 +66,61 @@ fn json_error(path: String, error: &serde_json::Error) -> ApiError {
 
 /// Parses JSON bytes into `T`, naming the path of the first offending field. Bytes that parse
 /// are also scanned for what a parsed value hides (duplicate keys, `\u0000`, numbers that
-/// would be rounded; see [`countersign_domain::document::scan`]).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// would be rounded; see [`countersign_domain::document::scan`]). Where serde and the schema of
+/// `T` (the OpenAPI document's) read JSON differently, the schema decides (see
+/// [`crate::shape`]): an integer written with a zero fraction (`2.0`) is read as the integer, and
+/// an array where an object goes is refused.
+pub fn parse_json<T: DeserializeOwned + JsonSchema + 'static>(bytes: &[u8]) -> Result<T, ApiError> {
+    let parsed = parse_strictly::<T>(bytes);
+    let refused_for_types = matches!(&parsed, Err(error) if error.code == "invalid_input");
+    // Without an array, nothing was read as an object that is not one; refused for anything
+    // but its types (syntax, depth), the first answer stands.
+    if (parsed.is_ok() && !bytes.contains(&b'[')) || !(parsed.is_ok() || refused_for_types) {
+        return parsed;
+    }
+    // The scan's findings name the field with its place in the text: they stand too.
+    if countersign_domain::document::scan(bytes).is_err() {
+        return parsed;
+    }
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return parsed;
+    };
+    let schema = schema_of::<T>();
+    if let Some(path) = crate::shape::array_for_object(&value, &schema) {
+        let detail = if path.is_empty() {
+            "the body must be a JSON object, not an array".to_owned()
+        } else {
+            format!("{path}: must be an object, not an array")
+        };
+        return Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", detail)
+                .with_field(path),
+        );
+    }
+    if parsed.is_ok() || !crate::shape::whole_numbers(&mut value, &schema) {
+        return parsed;
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        json_error(path, err.inner())
+    })
+}
+
+/// The JSON Schema of a body type, generated once per type.
+fn schema_of<T: JsonSchema + 'static>() -> Arc<serde_json::Value> {
+    static SCHEMAS: LazyLock<Mutex<HashMap<TypeId, Arc<serde_json::Value>>>> =
+        LazyLock::new(Mutex::default);
+    let mut schemas = SCHEMAS.lock().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(schemas.entry(TypeId::of::<T>()).or_insert_with(|| {
+        Arc::new(
+            schemars::SchemaGenerator::default()
+                .into_root_schema_for::<T>()
+                .to_value(),
+        )
+    }))
+}
+
+fn parse_strictly<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let parsed = serde_path_to_error::deserialize(&mut deserializer)
         .map_err(|err| {
@@ -90,7 +146,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 impl<T, S> FromRequest<S> for StrictJson<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + JsonSchema + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -129,6 +185,30 @@ impl<T: JsonSchema> OperationInput for StrictJson<T> {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
         axum::Json::<T>::operation_input(ctx, operation);
     }
+
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<OpenApiStatus>, OpenApiResponse)> {
+        body_problems(ctx, operation)
+    }
+}
+
+/// What a JSON body can be refused with before its handler runs: 413 `body_too_large` and 415
+/// `unsupported_media_type`, as the same problem document every other error is.
+fn body_problems(
+    ctx: &mut GenContext,
+    operation: &mut Operation,
+) -> Vec<(Option<OpenApiStatus>, OpenApiResponse)> {
+    use aide::OperationOutput as _;
+    ApiError::operation_response(ctx, operation)
+        .map(|problem| {
+            [413, 415]
+                .into_iter()
+                .map(|status| (Some(OpenApiStatus::Code(status)), problem.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A query string parsed strictly, naming the offending parameter.
@@ -162,9 +242,39 @@ impl<T: JsonSchema> OperationInput for StrictQuery<T> {
     }
 }
 
+/// What `str::trim` removes (Unicode `White_Space`), as the inside of a regex class: spelled
+/// out, since `\s` means different things in different regex dialects.
+const TRIMMED_CLASS: &str = r"\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// A regex (unanchored) for a comma list of `items`: at least one, whitespace around each
+/// trimmed, as the list query parameters are read.
+pub fn comma_list(items: &[&str]) -> String {
+    let item = format!(
+        "[{TRIMMED_CLASS}]*(?:{})[{TRIMMED_CLASS}]*",
+        items.join("|")
+    );
+    format!("{item}(?:,{item})*")
+}
+
+/// The pattern of a query parameter that is a [`comma_list`] of `items`.
+pub fn comma_list_pattern(items: &[&str]) -> String {
+    format!("^{}$", comma_list(items))
+}
+
+/// Any string without U+0000, which no JSON body may carry (see `parse_json`).
+pub const NO_NUL_PATTERN: &str = r"^[^\u0000]*$";
+
+/// A page cursor is unpadded URL-safe base64 of what the query issued.
+pub const CURSOR_PATTERN: &str = "^[A-Za-z0-9_-]+$";
+
 /// Parses an action id from the path, answering 404 for anything that is not one (an id that
 /// cannot exist is indistinguishable from a missing action).
 pub fn action_id(raw: &str) -> Result<ActionId, ApiError> {
+    // The hyphenated form only, as the schemas' `format: uuid` says (`Uuid::parse_str` would
+    // also take the simple, braced and URN forms).
+    if raw.len() != 36 {
+        return Err(ApiError::not_found("action_not_found", "action"));
+    }
     ActionId::parse(raw).map_err(|_| ApiError::not_found("action_not_found", "action"))
 }
 
@@ -197,18 +307,35 @@ pub fn consistency_token(cursor: LogCursor) -> String {
     format!("{}.{}", cursor.txid, cursor.position)
 }
 
+/// The shape of a consistency token, for the schemas: `<digits>.<digits>`.
+/// [`parse_consistency_token`] accepts exactly this shape (no sign, unlike `str::parse`).
+pub const CONSISTENCY_TOKEN_PATTERN: &str = r"^[0-9]+\.[0-9]+$";
+
 pub fn parse_consistency_token(token: &str) -> Result<LogCursor, ApiError> {
-    let (txid, position) = token
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let Some((txid, position)) = token
         .split_once('.')
-        .and_then(|(txid, position)| Some((txid.parse().ok()?, position.parse().ok()?)))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_consistency_token",
-                "consistent_with must be a token from X-Consistency-Token",
-            )
-            .with_field("consistent_with")
-        })?;
-    Ok(LogCursor { txid, position })
+        .filter(|(txid, position)| digits(txid) && digits(position))
+    else {
+        return Err(ApiError::bad_request(
+            "invalid_consistency_token",
+            "consistent_with must be a token from X-Consistency-Token",
+        )
+        .with_field("consistent_with"));
+    };
+    match (txid.parse(), position.parse()) {
+        (Ok(txid), Ok(position)) => Ok(LogCursor { txid, position }),
+        // Well formed, but beyond any place in a log.
+        _ => Err(token_ahead()),
+    }
+}
+
+fn token_ahead() -> ApiError {
+    ApiError::bad_request(
+        "consistency_token_ahead",
+        "consistent_with names a write the log does not hold; send a token from X-Consistency-Token",
+    )
+    .with_field("consistent_with")
 }
 
 /// Refuses a token for a write the log does not hold: one above the readable head of the log
@@ -223,11 +350,7 @@ async fn require_written(state: &AppState, wanted: LogCursor) -> Result<(), ApiE
     if stored.iter().any(|event| event.cursor >= wanted) {
         return Ok(());
     }
-    Err(ApiError::bad_request(
-        "consistency_token_ahead",
-        "consistent_with names a write the log does not hold; send a token from X-Consistency-Token",
-    )
-    .with_field("consistent_with"))
+    Err(token_ahead())
 }
 
 /// Waits (up to 5 s) until `projection`'s live generation has reached `token`; a token for a
@@ -336,13 +459,55 @@ impl<T: JsonSchema, const STATUS: u16> OperationOutput for Reply<T, STATUS> {
     }
 }
 
+/// 201 with a new resource, or 200 with the one an earlier identical request created (an
+/// idempotent create); both are documented.
+#[derive(Debug)]
+pub enum Created<T> {
+    New(Reply<T, 201>),
+    Existing(Reply<T, 200>),
+}
+
+impl<T: Serialize> IntoResponse for Created<T> {
+    fn into_response(self) -> Response {
+        match self {
+            Self::New(reply) => reply.into_response(),
+            Self::Existing(reply) => reply.into_response(),
+        }
+    }
+}
+
+impl<T: JsonSchema> OperationOutput for Created<T> {
+    type Inner = T;
+
+    fn operation_response(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Option<OpenApiResponse> {
+        axum::Json::<T>::operation_response(ctx, operation)
+    }
+
+    fn inferred_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<OpenApiStatus>, OpenApiResponse)> {
+        Self::operation_response(ctx, operation)
+            .map(|response| {
+                vec![
+                    (Some(OpenApiStatus::Code(200)), response.clone()),
+                    (Some(OpenApiStatus::Code(201)), response),
+                ]
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// A JSON body that may be absent (an empty body means the type's default).
 #[derive(Debug, Clone)]
 pub struct OptionalJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for OptionalJson<T>
 where
-    T: DeserializeOwned + Default,
+    T: DeserializeOwned + JsonSchema + Default + 'static,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -371,6 +536,13 @@ impl<T: JsonSchema> OperationInput for OptionalJson<T> {
         if let Some(aide::openapi::ReferenceOr::Item(body)) = operation.request_body.as_mut() {
             body.required = false;
         }
+    }
+
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<OpenApiStatus>, OpenApiResponse)> {
+        body_problems(ctx, operation)
     }
 }
 
@@ -418,10 +590,20 @@ impl<S> OperationOutput for EventStream<S> {
     }
 }
 
-/// `{id}` in a path.
+/// `{id}` of an action: a UUID (anything else answers 404, like a missing action).
 #[derive(Debug, Clone, serde::Deserialize, JsonSchema)]
-pub struct IdPath {
+pub struct ActionPath {
+    #[schemars(extend("format" = "uuid"))]
     pub id: String,
+}
+
+/// `?consistent_with=` alone, for reads served by a read model.
+#[derive(Debug, Default, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// Wait until the read model reflects the write that returned this `X-Consistency-Token`.
+    #[schemars(extend("pattern" = CONSISTENCY_TOKEN_PATTERN))]
+    pub consistent_with: Option<String>,
 }
 
 /// `{key_id}` in a path.

@@ -9,6 +9,7 @@ pub mod extract;
 mod hub;
 pub mod routes;
 mod service;
+mod shape;
 mod stream;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use countersign_domain::action::{Action, ActionCommand, ActionError};
 use countersign_domain::policy::{PolicySnapshot, resolve};
 use countersign_domain::risk::assess;
 use countersign_domain::submission::Submission;
-use countersign_domain::tenant::{PolicySet, TenantError, TenantSettings};
+use countersign_domain::tenant::{PolicySet, Settings, TenantError, TenantSettings};
 use countersign_domain::{ActionId, TenantMode};
 use countersign_ledger::{Committed, LedgerAggregate, LedgerError, Metadata};
 
@@ -86,6 +86,26 @@ where
         },
     );
     result.map_err(ApiError::from)
+}
+
+/// Keeps a webhook URL's credentials out of the log (events are immutable and exported to
+/// auditors): stores them apart under the URL's redacted form, and returns the settings with the
+/// URL redacted. The executor puts them back when it runs `webhook.post`.
+pub async fn store_credentials_apart(
+    state: &AppState,
+    caller: &Caller,
+    mut settings: Settings,
+) -> Result<Settings, ApiError> {
+    if let Some(url) = &settings.webhook_url
+        && let Some(credentials) = url.credentials()
+    {
+        state
+            .ledger
+            .put_secret(caller.tenant.as_str(), &url.secret_name(), credentials)
+            .await?;
+        settings.webhook_url = Some(url.redacted());
+    }
+    Ok(settings)
 }
 
 /// The tenant's mode and the policy that governs `submission`.

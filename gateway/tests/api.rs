@@ -442,8 +442,7 @@ on_both_stores!(policies_settings_simulation_and_history);
 async fn policies_settings_simulation_and_history(kind: &str) {
     let app = TestApp::spawn(kind).await;
     let p = people();
-    let before = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = chrono::Utc::now() - chrono::Duration::milliseconds(20);
     let created = app
         .post("/v1/policies", &p.admin, json!({
             "id": "big-refunds", "name": "Big refunds", "priority": 5,
@@ -963,7 +962,11 @@ async fn the_correlation_id_travels_from_the_header_into_every_event_and_the_aud
             .decode::<countersign_domain::action::Action>()
             .expect("decodes");
         assert_eq!(
-            decoded.context().correlation_id.as_ref().map(|c| c.as_str()),
+            decoded
+                .context()
+                .correlation_id
+                .as_ref()
+                .map(|c| c.as_str()),
             Some("refund-1042-flow")
         );
     }

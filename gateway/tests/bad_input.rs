@@ -115,6 +115,18 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         ("bad sort", request(Method::GET, "/v1/actions?sort=sideways", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", Some("sort")),
         ("unknown parameter", request(Method::GET, "/v1/actions?colour=red", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", None),
         ("bad consistency token", request(Method::GET, "/v1/actions?consistent_with=soon", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_consistency_token", Some("consistent_with")),
+        ("signed consistency token", request(Method::GET, "/v1/actions?consistent_with=%2B0.-1", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_consistency_token", Some("consistent_with")),
+        ("bad score", request(Method::GET, "/v1/actions?min_score=101", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", Some("min_score")),
+        ("bad module filter", request(Method::GET, "/v1/actions?module=Billing%20Dept", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", Some("module")),
+        ("bad user id", request(Method::GET, "/v1/users/ana%20lopez/actions", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_path", Some("id")),
+        ("paginated vote history", request(Method::GET, "/v1/users/rita/votes?cursor=abc", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", None),
+        ("vote history limit", request(Method::GET, "/v1/users/rita/votes?limit=201", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", Some("limit")),
+        ("heads limit", request(Method::GET, "/v1/ledger/heads?limit=0", Some(&owner), None, Body::empty()), StatusCode::BAD_REQUEST, "invalid_query", Some("limit")),
+        ("hidden text in a simulation", request(Method::POST, "/v1/policies/simulate", Some(&owner), json, json!({ "module": "billing", "capability": "refund", "summary": "Refund \u{202e}0001 rodnev\u{202c}" }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("summary")),
+        ("a fraction for an integer", request(Method::POST, "/v1/policies", Some(&owner), json, json!({ "id": "p", "name": "p", "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1.5 }] }] } }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("requirements.stages[0]")),
+        ("an array for the body", request(Method::POST, &format!("/v1/actions/{id}/reject"), Some(&owner), json, "[]"), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", None),
+        ("an array for an object", request(Method::PUT, "/v1/settings", Some(&owner), json, json!({ "mode": "safe", "default_requirements": { "stages": [[null, [{ "type": "any", "min_approvals": 1 }]]] } }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("default_requirements.stages[0]")),
+        ("an integer out of range", request(Method::POST, "/v1/policies", Some(&owner), json, json!({ "id": "p", "name": "p", "priority": 3_000_000_000_i64, "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("priority")),
         ("invalid criteria", request(Method::POST, "/v1/policies", Some(&owner), json, json!({ "id": "p", "name": "p", "criteria": { "$or": [{ "risk.lvl": "high" }] }, "requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("criteria")),
         ("invalid requirements", request(Method::POST, "/v1/policies", Some(&owner), json, json!({ "id": "p", "name": "p", "requirements": { "stages": [] } }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("requirements.stages")),
         ("bad settings", request(Method::PUT, "/v1/settings", Some(&owner), json, json!({ "mode": "yolo", "default_requirements": { "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] } }).to_string()), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", Some("mode")),
@@ -164,6 +176,99 @@ async fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         before,
         "no bad request wrote an event"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn integers_written_with_a_zero_fraction_are_read_as_integers_and_documents_kept_as_written()
+{
+    let app = TestApp::spawn("sqlite").await;
+    let owner = token("olga", "acme", &["owner"]);
+    let created = app
+        .post(
+            "/v1/policies",
+            &owner,
+            json!({
+                "id": "whole",
+                "name": "Whole numbers",
+                "priority": 5.0,
+                "criteria": { "payload.amount": { "$gte": 2.0 } },
+                "requirements": {
+                    "stages": [{ "rules": [{ "type": "any", "min_approvals": 2.0 }] }],
+                    "timeout_seconds": 3600.0,
+                },
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["priority"], json!(5));
+    assert_eq!(
+        created.body["requirements"]["stages"][0]["rules"][0]["min_approvals"],
+        json!(2)
+    );
+    assert_eq!(created.body["requirements"]["timeout_seconds"], json!(3600));
+    // The criteria document is the owner's, kept as written.
+    assert_eq!(
+        created.body["criteria"]["payload.amount"]["$gte"].to_string(),
+        "2.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_openapi_document_declares_what_the_server_enforces() {
+    let document = serde_json::to_value(countersign_gateway::openapi()).expect("document");
+    let schemas = &document["components"]["schemas"];
+    // Refusals before any handler runs, on every operation that takes a JSON body.
+    for (path, method) in [
+        ("/v1/actions", "post"),
+        ("/v1/votes", "post"),
+        ("/v1/actions/{id}/approve", "post"),
+        ("/v1/settings", "put"),
+    ] {
+        let responses = &document["paths"][path][method]["responses"];
+        for status in ["413", "415"] {
+            assert!(
+                responses[status]["content"]["application/problem+json"].is_object(),
+                "{method} {path} declares {status}"
+            );
+        }
+    }
+    let submit = &document["paths"]["/v1/actions"]["post"]["responses"];
+    assert!(submit["200"].is_object() && submit["201"].is_object());
+    // Constraints the newtypes check are in their schemas.
+    assert_eq!(schemas["Role"]["pattern"], "^[a-z0-9][a-z0-9_-]*$");
+    assert_eq!(schemas["Role"]["maxLength"], 64);
+    assert_eq!(schemas["Summary"]["minLength"], 1);
+    assert_eq!(schemas["Summary"]["maxLength"], 500);
+    assert!(schemas["Comment"]["pattern"].is_string());
+    assert_eq!(schemas["BulkVotes"]["properties"]["votes"]["minItems"], 1);
+    assert_eq!(schemas["BulkVotes"]["properties"]["votes"]["maxItems"], 100);
+    let parameters = |path: &str| {
+        document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .map(|parameter| {
+                (
+                    parameter["name"].as_str().unwrap_or_default().to_owned(),
+                    parameter["schema"].clone(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let inbox = parameters("/v1/actions");
+    assert_eq!(
+        (&inbox["limit"]["minimum"], &inbox["limit"]["maximum"]),
+        (&json!(1), &json!(200))
+    );
+    assert!(inbox["risk"]["pattern"].is_string());
+    assert!(inbox["consistent_with"]["pattern"].is_string());
+    let votes = parameters("/v1/users/{id}/votes");
+    assert!(
+        !votes.contains_key("cursor"),
+        "vote history takes no cursor"
+    );
+    assert_eq!(votes["limit"]["maximum"], 200);
+    assert_eq!(parameters("/v1/ledger/heads")["limit"]["maximum"], 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -131,8 +131,8 @@ async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {
         assert!(seen.contains(expected), "{expected} missing from {seen}");
     }
 
-    // Received exactly once, signed, with the execution key as Idempotency-Key.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Received exactly once (the outcome is recorded: no attempt can follow it), signed, with
+    // the execution key as Idempotency-Key.
     let deliveries = deliveries.lock().expect("lock").clone();
     assert_eq!(deliveries.len(), 1);
     let delivery = &deliveries[0];
@@ -232,4 +232,87 @@ async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {
         )
         .await;
     assert_eq!(pending.code(), "nothing_to_roll_back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_credentials_reach_the_receiver_and_never_the_log() {
+    let app = TestApp::with_executor("postgres", WEBHOOK_KEY).await;
+    let (url, deliveries) = receiver().await;
+    let with_credentials = url.replacen("http://", "http://crm:s3cret@", 1);
+    let owner = token("olga", "acme", &["owner"]);
+    let auditor = token("audrey", "acme", &["auditor"]);
+    let requester = token("rita", "acme", &["requester"]);
+    let mut settings = app.get("/v1/settings", &owner).await.body;
+    settings["webhook_url"] = json!(with_credentials);
+    let updated = app
+        .call(
+            Method::PUT,
+            "/v1/settings",
+            Some(&owner),
+            Some(settings.clone()),
+        )
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
+    let shown = url.replacen("http://", "http://***@", 1);
+    assert_eq!(updated.body["webhook_url"], shown);
+    // Sending back what was shown keeps the credentials (nothing changes).
+    let again = app
+        .call(
+            Method::PUT,
+            "/v1/settings",
+            Some(&owner),
+            Some(updated.body.clone()),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+
+    let submitted = app
+        .post(
+            "/v1/actions",
+            &requester,
+            json!({
+                "module": "webhook", "capability": "post", "summary": "Notify the CRM",
+                "payload": { "order": 7 }
+            }),
+        )
+        .await;
+    let id = submitted.body["id"].as_str().expect("id").to_owned();
+    app.post(&format!("/v1/actions/{id}/approve"), &owner, json!({}))
+        .await;
+    let requested = app
+        .post(&format!("/v1/actions/{id}/execute"), &owner, json!({}))
+        .await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        if let Some(delivery) = deliveries.lock().expect("lock").first().cloned() {
+            break delivery;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // HTTP basic credentials from the URL: base64("crm:s3cret").
+    assert_eq!(delivery.headers["authorization"], "Basic Y3JtOnMzY3JldA==");
+
+    // Nowhere in the log, the settings view or the audit trail.
+    let count = app.settled_event_count().await;
+    let mut cursor = countersign_ledger::LogCursor::START;
+    let mut seen = 0;
+    loop {
+        let batch = app.store.ledger.read_log(cursor, 500).await.expect("log");
+        let Some(last) = batch.last() else { break };
+        cursor = last.cursor;
+        for event in &batch {
+            assert!(
+                !event.payload.to_string().contains("s3cret"),
+                "{}",
+                event.payload
+            );
+        }
+        seen += batch.len();
+    }
+    assert_eq!(seen, count);
+    let read = app.get("/v1/settings", &auditor).await;
+    assert_eq!(read.body["webhook_url"], shown);
+    assert!(!read.body.to_string().contains("s3cret"));
 }

@@ -147,4 +147,12 @@ async fn heads_proofs_and_bundles_verify_for_an_auditor() {
             .code(),
         "invalid_proof_request"
     );
+    // Before its first seal a tenant has nothing to export: a state, not a bad request.
+    let unsealed = app.get("/v1/audit/export", &other).await;
+    assert_eq!(
+        (unsealed.status, unsealed.code()),
+        (StatusCode::CONFLICT, "cannot_export"),
+        "{}",
+        unsealed.body
+    );
 }

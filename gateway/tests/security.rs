@@ -342,7 +342,8 @@ async fn settings_show_the_webhook_url_without_its_credentials(kind: &str) {
     }
 
     // A client that sends back what it read (here: to switch to safe mode) keeps the
-    // credentials it never saw; the executor's copy is the real URL.
+    // credentials it never saw: the log holds the redacted URL, the credentials are stored apart
+    // for the executor.
     let mut read = app.get("/v1/settings", &owner).await.body;
     read["mode"] = json!("safe");
     let put = app
@@ -356,9 +357,20 @@ async fn settings_show_the_webhook_url_without_its_credentials(kind: &str) {
         .load::<TenantSettings>("acme")
         .await
         .expect("settings");
+    let stored_url = stored.settings.webhook_url.expect("a webhook URL");
+    assert_eq!(stored_url.as_str(), shown_url);
+    let credentials = app
+        .state
+        .ledger
+        .secret("acme", &stored_url.secret_name())
+        .await
+        .expect("secrets");
+    assert_eq!(credentials.as_deref(), Some("hookuser:s3cr3t-pa55"));
     assert_eq!(
-        stored.settings.webhook_url.as_ref().map(|url| url.as_str()),
-        Some(secret_url)
+        stored_url
+            .with_credentials(credentials.as_deref().unwrap_or_default())
+            .as_str(),
+        secret_url
     );
 }
 
@@ -393,7 +405,6 @@ async fn a_consistency_token_above_the_log_head_is_refused_at_once(kind: &str) {
             format!("/v1/actions?consistent_with={forged}"),
             format!("/v1/stats?consistent_with={forged}"),
         ] {
-            let started = tokio::time::Instant::now();
             let owner = token("olga", "acme", &["owner"]);
             let refused = app.get(&path, &owner).await;
             assert_eq!(
@@ -402,12 +413,9 @@ async fn a_consistency_token_above_the_log_head_is_refused_at_once(kind: &str) {
                 "{path}: {}",
                 refused.body
             );
+            // Waiting for the token would have ended in 503 `not_caught_up`: this code is the
+            // proof that nothing waited.
             assert_eq!(refused.body["field"], "consistent_with");
-            assert!(
-                started.elapsed() < Duration::from_secs(3),
-                "{path}: refused at once, not after waiting ({:?})",
-                started.elapsed()
-            );
         }
     }
 }

@@ -11,24 +11,20 @@ impl Ledger {
         let sql = "INSERT INTO tenant_secrets (tenant, name, value) VALUES ($1, $2, $3)
                    ON CONFLICT (tenant, name) DO UPDATE SET value = excluded.value";
         match &self.backend {
-            Backend::Postgres(pool) => {
-                sqlx::query(sql)
-                    .bind(tenant)
-                    .bind(name)
-                    .bind(value)
-                    .execute(pool)
-                    .await
-                    .map(drop)
-            }
-            Backend::Sqlite(pool) => {
-                sqlx::query(sql)
-                    .bind(tenant)
-                    .bind(name)
-                    .bind(value)
-                    .execute(pool)
-                    .await
-                    .map(drop)
-            }
+            Backend::Postgres(pool) => sqlx::query(sql)
+                .bind(tenant)
+                .bind(name)
+                .bind(value)
+                .execute(pool)
+                .await
+                .map(drop),
+            Backend::Sqlite(pool) => sqlx::query(sql)
+                .bind(tenant)
+                .bind(name)
+                .bind(value)
+                .execute(pool)
+                .await
+                .map(drop),
         }
         .context("storing a tenant secret")?;
         Ok(())

@@ -16,7 +16,9 @@ use countersign_domain::canonical::ExecutionKey;
 use countersign_domain::quorum::Vote;
 use countersign_domain::risk::RiskLevel;
 use countersign_domain::submission::Submission;
-use countersign_domain::{ActionId, Comment, IdempotencyKey, TenantMode};
+use countersign_domain::{
+    ActionId, CapabilityName, Comment, IdempotencyKey, ModuleSlug, TenantMode, UserId,
+};
 use countersign_ledger::{Committed, LedgerError};
 use countersign_projections::{
     ActionDetail, AuditEntry, InboxFilter, InboxPage, InboxSort, Projection,
@@ -30,8 +32,9 @@ use crate::AppState;
 use crate::auth::{Caller, CredentialWatch, roles};
 use crate::error::{ApiError, Problem};
 use crate::extract::{
-    EventStream, IdPath, OptionalJson, Reply, StrictJson, StrictQuery, action_id, correlation_id,
-    wait_for,
+    ActionPath, CONSISTENCY_TOKEN_PATTERN, CURSOR_PATTERN, Created, EventStream, NO_NUL_PATTERN,
+    OptionalJson, ReadQuery, Reply, StrictJson, StrictQuery, action_id, comma_list,
+    comma_list_pattern, correlation_id, wait_for,
 };
 use crate::service;
 use crate::stream::ActionStream;
@@ -93,8 +96,7 @@ async fn submit(
     caller: Caller,
     headers: HeaderMap,
     StrictJson(submission): StrictJson<Submission>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+) -> Result<Created<ActionDetail>, ApiError> {
     caller.require(
         &[
             roles::OWNER,
@@ -137,12 +139,14 @@ async fn submit(
         rollback_of: None,
     }));
     match service::execute_action(&state, &caller, id, command).await {
-        Ok(committed) => Ok(Reply::<_, 201>::new(detail_of(&committed)?)
-            .at(committed.last_cursor())
-            .into_response()),
+        Ok(committed) => Ok(Created::New(
+            Reply::new(detail_of(&committed)?).at(committed.last_cursor()),
+        )),
         Err(LedgerError::Rejected(ActionError::AlreadySubmitted { action_id })) => {
             let (existing, _) = load_action(&state, &caller, action_id).await?;
-            Ok(Reply::<_, 200>::new(ActionDetail::from_state(&existing, -1)).into_response())
+            Ok(Created::Existing(Reply::new(ActionDetail::from_state(
+                &existing, -1,
+            ))))
         }
         Err(err) => Err(err.into()),
     }
@@ -153,27 +157,47 @@ async fn submit(
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
     /// Statuses (default `pending`, which includes escalated actions); `all` for every status.
+    #[schemars(extend("pattern" = status_pattern()))]
     pub status: Option<String>,
     /// Risk levels: `low`, `medium`, `high`.
+    #[schemars(extend("pattern" = comma_list_pattern(&["low", "medium", "high"])))]
     pub risk: Option<String>,
+    /// 0–100.
+    #[schemars(extend("maximum" = 100))]
     pub min_score: Option<u8>,
+    /// 0–100.
+    #[schemars(extend("maximum" = 100))]
     pub max_score: Option<u8>,
-    pub module: Option<String>,
-    pub capability: Option<String>,
-    pub requested_by: Option<String>,
+    pub module: Option<ModuleSlug>,
+    pub capability: Option<CapabilityName>,
+    pub requested_by: Option<UserId>,
     /// RFC 3339; submitted at or after.
     pub created_from: Option<chrono::DateTime<chrono::Utc>>,
     /// RFC 3339; submitted before.
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// `me`: only actions the caller may vote on now and has not voted on yet.
+    #[schemars(extend("enum" = ["me"]))]
     pub eligible: Option<String>,
     /// `created` (newest first, default), `risk` (highest first) or `deadline` (soonest first).
     pub sort: Option<InboxSort>,
+    /// The previous page's `next_cursor`, with the same `sort`.
+    #[schemars(extend("pattern" = CURSOR_PATTERN))]
     pub cursor: Option<String>,
     /// 1–200, default 50.
+    #[schemars(extend("minimum" = 1, "maximum" = 200))]
     pub limit: Option<u32>,
     /// Wait until the inbox reflects the write that returned this `X-Consistency-Token`.
+    #[schemars(extend("pattern" = CONSISTENCY_TOKEN_PATTERN))]
     pub consistent_with: Option<String>,
+}
+
+/// `all`, or a comma list of statuses.
+fn status_pattern() -> String {
+    let names: Vec<&str> = ActionStatus::ALL
+        .iter()
+        .map(|status| status.as_str())
+        .collect();
+    format!("^(?:all|{})$", comma_list(&names))
 }
 
 fn parse_statuses(raw: Option<&str>) -> Result<Vec<ActionStatus>, ApiError> {
@@ -201,7 +225,7 @@ fn parse_statuses(raw: Option<&str>) -> Result<Vec<ActionStatus>, ApiError> {
 impl InboxQuery {
     pub fn filter(&self, caller: &Caller) -> Result<InboxFilter, ApiError> {
         if let Some(user) = &self.requested_by {
-            caller.may_read_history_of(user)?;
+            caller.may_read_history_of(user.as_str())?;
         }
         let risk_levels = match &self.risk {
             None => Vec::new(),
@@ -247,9 +271,9 @@ impl InboxQuery {
             risk_levels,
             min_score: self.min_score,
             max_score: self.max_score,
-            module: self.module.clone(),
-            capability: self.capability.clone(),
-            requested_by: self.requested_by.clone(),
+            module: self.module.as_ref().map(ToString::to_string),
+            capability: self.capability.as_ref().map(ToString::to_string),
+            requested_by: self.requested_by.as_ref().map(ToString::to_string),
             created_from: self.created_from,
             created_before: self.created_before,
             eligible,
@@ -278,18 +302,11 @@ async fn inbox(
     ))
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    /// Wait until the read model reflects the write that returned this `X-Consistency-Token`.
-    pub consistent_with: Option<String>,
-}
-
 /// An action: status, request, risk, policy, stage progress, votes, executions.
 async fn detail(
     State(state): State<AppState>,
     caller: Caller,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     StrictQuery(query): StrictQuery<ReadQuery>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = action_id(&id)?;
@@ -344,7 +361,7 @@ async fn vote(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     StrictJson(body): StrictJson<VoteBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     cast(
@@ -363,7 +380,7 @@ async fn approve(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     OptionalJson(body): OptionalJson<CommentBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     cast(
@@ -382,7 +399,7 @@ async fn reject(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     OptionalJson(body): OptionalJson<CommentBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     cast(
@@ -399,6 +416,8 @@ async fn reject(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkVoteItem {
+    /// An action's id; one that is not answers 404 in its result.
+    #[schemars(extend("pattern" = NO_NUL_PATTERN))]
     pub action_id: String,
     pub vote: Vote,
     #[serde(default)]
@@ -408,7 +427,8 @@ pub struct BulkVoteItem {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkVotes {
-    /// At most 100.
+    /// 1 to 100 votes.
+    #[schemars(length(min = 1, max = 100))]
     pub votes: Vec<BulkVoteItem>,
 }
 
@@ -483,7 +503,7 @@ async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = action_id(&id)?;
@@ -536,7 +556,7 @@ async fn execute(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     OptionalJson(body): OptionalJson<ExecuteBody>,
 ) -> Result<Reply<ExecuteResult, 202>, ApiError> {
     let id = action_id(&id)?;
@@ -595,7 +615,7 @@ pub struct AuditTrail {
 async fn audit(
     State(state): State<AppState>,
     caller: Caller,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
     StrictQuery(query): StrictQuery<ReadQuery>,
 ) -> Result<Reply<AuditTrail>, ApiError> {
     caller.require(
@@ -623,7 +643,7 @@ async fn stream(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(ActionPath { id }): Path<ActionPath>,
 ) -> Result<EventStream<impl Stream<Item = Result<Event, Infallible>> + Send + 'static>, ApiError> {
     let id = action_id(&id)?;
     let credential = CredentialWatch::new(&state, &headers);
@@ -641,9 +661,8 @@ async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+    Path(ActionPath { id }): Path<ActionPath>,
+) -> Result<Created<ActionDetail>, ApiError> {
     let id = action_id(&id)?;
     let (original, _) = load_action(&state, &caller, id).await?;
     if !caller.has_any(&[roles::OWNER, roles::ADMIN])
@@ -711,8 +730,8 @@ async fn rollback(
     let linked = service::execute_action(&state, &caller, id, link).await?;
     let cursor = cursor.max(linked.last_cursor());
     Ok(if created {
-        Reply::<_, 201>::new(detail).at(cursor).into_response()
+        Created::New(Reply::new(detail).at(cursor))
     } else {
-        Reply::<_, 200>::new(detail).at(cursor).into_response()
+        Created::Existing(Reply::new(detail).at(cursor))
     })
 }

@@ -53,8 +53,10 @@ async fn head(
 #[serde(deny_unknown_fields)]
 pub struct HeadsQuery {
     /// Only heads of trees larger than this.
+    #[schemars(extend("maximum" = u64::MAX))]
     pub after: Option<u64>,
     /// 1–1000, default 100.
+    #[schemars(extend("minimum" = 1, "maximum" = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -88,8 +90,11 @@ async fn heads(
 #[serde(deny_unknown_fields)]
 pub struct InclusionQuery {
     /// The event's global log position (as audit trails show it).
+    #[schemars(extend("minimum" = i64::MIN, "maximum" = i64::MAX))]
     pub event: i64,
-    /// The tree size to prove inclusion in (default: the newest signed head's).
+    /// The tree size to prove inclusion in (default: the newest signed head's); above the
+    /// event's ledger sequence.
+    #[schemars(extend("minimum" = 1, "maximum" = u64::MAX))]
     pub size: Option<u64>,
 }
 
@@ -136,7 +141,11 @@ async fn inclusion(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
+    /// The older tree's size; at most `to`.
+    #[schemars(extend("maximum" = u64::MAX))]
     pub from: u64,
+    /// The newer tree's size; at most the sealed leaves.
+    #[schemars(extend("maximum" = u64::MAX))]
     pub to: u64,
 }
 
@@ -158,9 +167,12 @@ async fn consistency(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
-    /// First ledger sequence (default 0).
+    /// First ledger sequence (default 0); below `to`.
+    #[schemars(extend("maximum" = u64::MAX))]
     pub from: Option<u64>,
-    /// Ledger sequence after the last (default: the newest signed head's tree size).
+    /// Ledger sequence after the last (default: the newest signed head's tree size); at most
+    /// that size.
+    #[schemars(extend("maximum" = u64::MAX))]
     pub to: Option<u64>,
 }
 
@@ -172,6 +184,23 @@ async fn export(
     StrictQuery(query): StrictQuery<ExportQuery>,
 ) -> Result<BundleResponse, ApiError> {
     auditor(&caller)?;
+    // Nothing is exportable before the first seal: a state of the tenant, not a fault of the
+    // request (the same request succeeds once the sealer has signed a head).
+    if state
+        .seals
+        .latest_head(caller.tenant.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cannot_export",
+            format!(
+                "tenant {} has no signed head yet: nothing can be exported with proofs",
+                caller.tenant
+            ),
+        ));
+    }
     let mut bundle = Vec::new();
     countersign_verification::export::export(
         &state.ledger,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::{Caller, roles};
 use crate::error::ApiError;
-use crate::extract::{IdPath, Reply, StrictJson, StrictQuery, correlation_id};
+use crate::extract::{Reply, StrictJson, StrictQuery, correlation_id};
 use crate::service;
 
 pub fn router() -> ApiRouter<AppState> {
@@ -35,6 +35,13 @@ fn context(caller: &Caller, headers: &HeaderMap) -> Result<TenantCommandContext,
         at: chrono::Utc::now(),
         correlation_id: correlation_id(headers)?,
     })
+}
+
+/// `{id}` of a policy: a policy id (anything else answers 404, like a missing policy).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct PolicyPath {
+    #[schemars(with = "PolicyId")]
+    pub id: String,
 }
 
 fn policy_id(raw: &str) -> Result<PolicyId, ApiError> {
@@ -96,8 +103,11 @@ async fn list(
 #[serde(deny_unknown_fields)]
 pub struct NewPolicy {
     pub id: PolicyId,
+    /// 1 to 200 characters once trimmed, readable and visible.
+    #[schemars(schema_with = "countersign_domain::tenant::policy_name_schema")]
     pub name: String,
     #[serde(default)]
+    #[schemars(extend("minimum" = i32::MIN, "maximum" = i32::MAX))]
     pub priority: i32,
     /// Which submissions the policy governs (default: all).
     #[serde(default = "countersign_domain::criteria::Criteria::always")]
@@ -146,7 +156,7 @@ async fn create(
 async fn read(
     State(state): State<AppState>,
     caller: Caller,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(PolicyPath { id }): Path<PolicyPath>,
 ) -> Result<Reply<Policy>, ApiError> {
     let id = policy_id(&id)?;
     let (set, _) = state
@@ -166,7 +176,7 @@ async fn update(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(PolicyPath { id }): Path<PolicyPath>,
     StrictJson(draft): StrictJson<PolicyDraft>,
 ) -> Result<Reply<Policy>, ApiError> {
     admin(&caller)?;
@@ -219,7 +229,7 @@ async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(IdPath { id }): Path<IdPath>,
+    Path(PolicyPath { id }): Path<PolicyPath>,
 ) -> Result<Reply<Deleted>, ApiError> {
     admin(&caller)?;
     let id = policy_id(&id)?;
@@ -262,6 +272,8 @@ async fn simulate(
     caller: Caller,
     StrictJson(submission): StrictJson<Submission>,
 ) -> Result<Reply<Simulation>, ApiError> {
+    // What a submission would be refused for, a simulation is refused for.
+    submission.check().map_err(ApiError::invalid_input)?;
     let (settings, _) = state
         .ledger
         .load::<TenantSettings>(caller.tenant.as_str())

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use countersign_domain::tenant::{
     ApiKeyCommand, ApiKeys, Settings, SettingsCommand, TenantCommandContext, TenantSettings,
 };
-use countersign_domain::{Role, Timestamp};
+use countersign_domain::{Role, Timestamp, UserId};
 use countersign_projections::{InboxFilter, InboxPage, Projection, TenantStats, VoteRecord};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::auth::{Caller, digest, roles};
 use crate::error::ApiError;
-use crate::extract::{IdPath, KeyPath, Reply, StrictJson, StrictQuery, correlation_id, wait_for};
+use crate::extract::{
+    CURSOR_PATTERN, KeyPath, ReadQuery, Reply, StrictJson, StrictQuery, correlation_id, wait_for,
+};
 use crate::service;
 
 pub fn router() -> ApiRouter<AppState> {
@@ -66,6 +68,7 @@ async fn update_settings(
     StrictJson(settings): StrictJson<Settings>,
 ) -> Result<Reply<Settings>, ApiError> {
     caller.require(&[roles::OWNER, roles::ADMIN], "changing settings")?;
+    let settings = service::store_credentials_apart(&state, &caller, settings).await?;
     let command = SettingsCommand::UpdateSettings {
         context: context(&caller, &headers)?,
         settings,
@@ -86,9 +89,12 @@ async fn update_settings(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// What the key is for ("billing service").
+    /// What the key is for ("billing service"): 1 to 100 characters once trimmed, readable and
+    /// visible.
+    #[schemars(schema_with = "countersign_domain::tenant::api_key_name_schema")]
     pub name: String,
-    /// Roles the key's caller holds.
+    /// Roles the key's caller holds (a role listed twice counts once).
+    #[schemars(with = "Vec<Role>")]
     pub roles: BTreeSet<Role>,
 }
 
@@ -234,13 +240,6 @@ async fn revoke_key(
         .no_store())
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    /// Wait until the read model reflects the write that returned this `X-Consistency-Token`.
-    pub consistent_with: Option<String>,
-}
-
 /// The tenant's approval statistics (owner, admin, auditor, approver).
 async fn stats(
     State(state): State<AppState>,
@@ -263,30 +262,62 @@ async fn stats(
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// The previous page's `next_cursor`.
+    #[schemars(extend("pattern" = CURSOR_PATTERN))]
     pub cursor: Option<String>,
     /// 1–200, default 50.
+    #[schemars(extend("minimum" = 1, "maximum" = 200))]
     pub limit: Option<u32>,
 }
 
-/// Actions a user requested, newest first (the user, owner, admin, auditor).
-async fn user_actions(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(IdPath { id: user }): Path<IdPath>,
-    StrictQuery(query): StrictQuery<HistoryQuery>,
-) -> Result<Reply<InboxPage>, ApiError> {
-    caller.may_read_history_of(&user)?;
-    let limit = query.limit.unwrap_or(50);
+/// Vote history is not paginated: `limit` only.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoteHistoryQuery {
+    /// 1–200, default 50.
+    #[schemars(extend("minimum" = 1, "maximum" = 200))]
+    pub limit: Option<u32>,
+}
+
+/// `{id}` of a user: a user id as credentials name them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct UserPath {
+    #[schemars(with = "UserId")]
+    pub id: String,
+}
+
+/// The user a history is asked for; an id no credential can carry is refused naming it.
+fn history_user(caller: &Caller, id: &str) -> Result<UserId, ApiError> {
+    caller.may_read_history_of(id)?;
+    UserId::parse(id).map_err(|err| {
+        ApiError::bad_request("invalid_path", format!("id: {}", err.message)).with_field("id")
+    })
+}
+
+/// `limit` of a history: 1–200, default 50.
+fn history_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(
             ApiError::bad_request("invalid_query", "limit: must be between 1 and 200")
                 .with_field("limit"),
         );
     }
+    Ok(limit)
+}
+
+/// Actions a user requested, newest first (the user, owner, admin, auditor).
+async fn user_actions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(UserPath { id }): Path<UserPath>,
+    StrictQuery(query): StrictQuery<HistoryQuery>,
+) -> Result<Reply<InboxPage>, ApiError> {
+    let user = history_user(&caller, &id)?;
     let filter = InboxFilter {
-        requested_by: Some(user),
+        requested_by: Some(user.to_string()),
         cursor: query.cursor,
-        limit,
+        limit: history_limit(query.limit)?,
         ..InboxFilter::default()
     };
     Ok(Reply::new(
@@ -303,22 +334,15 @@ pub struct VoteHistory {
 async fn user_votes(
     State(state): State<AppState>,
     caller: Caller,
-    Path(IdPath { id: user }): Path<IdPath>,
-    StrictQuery(query): StrictQuery<HistoryQuery>,
+    Path(UserPath { id }): Path<UserPath>,
+    StrictQuery(query): StrictQuery<VoteHistoryQuery>,
 ) -> Result<Reply<VoteHistory>, ApiError> {
-    caller.may_read_history_of(&user)?;
-    if query.cursor.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "cursor: vote history is not paginated; use limit",
-        )
-        .with_field("cursor"));
-    }
-    let limit = query.limit.unwrap_or(50).clamp(1, 200);
+    let user = history_user(&caller, &id)?;
+    let limit = history_limit(query.limit)?;
     Ok(Reply::new(VoteHistory {
         votes: state
             .projections
-            .votes_by(&caller.tenant, &user, limit)
+            .votes_by(&caller.tenant, user.as_str(), limit)
             .await?,
     }))
 }
