@@ -4,6 +4,7 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -13,22 +14,6 @@ use axum::http::{Method, Request, StatusCode};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{API_KEY_SECRET, TestApp, token};
-
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name("postgres").await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name("sqlite").await;
-            }
-        }
-    };
-}
 
 fn refund() -> Value {
     json!({

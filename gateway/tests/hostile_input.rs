@@ -6,6 +6,7 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -19,22 +20,6 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use support::{Answer, TestApp, token};
-
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name("postgres").await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name("sqlite").await;
-            }
-        }
-    };
-}
 
 /// POSTs raw bytes (duplicate keys and exact number spellings survive only as bytes).
 async fn post_raw(app: &TestApp, path: &str, bearer: &str, body: String) -> Answer {

@@ -6,6 +6,7 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
+#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -19,22 +20,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::{SECRET, TestApp, token, token_with};
-
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name("postgres").await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name("sqlite").await;
-            }
-        }
-    };
-}
 
 fn refund() -> Value {
     json!({

@@ -1,6 +1,10 @@
 //! A running app on a fresh store: projections and the event hub run as in `serve`; requests go
 //! through the router with `oneshot`.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    dead_code,
+    unused_macros,
+    reason = "each test binary uses a different subset"
+)]
 
 use std::time::Duration;
 
@@ -15,6 +19,24 @@ use countersign_projections::{ProjectionStore, Supervisor};
 use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt;
+
+/// Declares a test that runs once against PostgreSQL and once against SQLite: `$name(kind)` with
+/// `kind` `"postgres"` or `"sqlite"`.
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name("postgres").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name("sqlite").await;
+            }
+        }
+    };
+}
 
 pub const SECRET: &[u8] = b"test-secret-for-countersign-gateway";
 pub const API_KEY_SECRET: [u8; 32] = [7; 32];
