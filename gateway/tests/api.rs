@@ -987,3 +987,29 @@ async fn the_correlation_id_travels_from_the_header_into_every_event_and_the_aud
         audit.body
     );
 }
+
+on_both_stores!(idempotency_key_and_correlation_id_are_headers_never_body_fields);
+async fn idempotency_key_and_correlation_id_are_headers_never_body_fields(kind: &str) {
+    let app = TestApp::spawn(kind).await;
+    let p = people();
+    let before = app.settled_event_count().await;
+    for field in ["idempotency_key", "correlation_id"] {
+        let mut body = refund();
+        body[field] = json!("refund-1042");
+        let refused = app.post("/v1/actions", &p.requester, body).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+            "{field}: {}",
+            refused.body
+        );
+        assert!(
+            refused.body["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains(field)),
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(app.settled_event_count().await, before, "nothing recorded");
+}
