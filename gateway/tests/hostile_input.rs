@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use countersign_ledger::LogCursor;
 use countersign_verification::export::{export, verify_bundle};
 use countersign_verification::{HeadSigner, KeyRing, Sealer, SealerConfig, VerifyOptions, verify};
 use proptest::prelude::*;
@@ -97,9 +98,20 @@ async fn seal_and_verify(app: &TestApp) {
     assert_eq!(exported as usize, events, "every event exported");
 }
 
-/// Waits until every projection has applied the whole log, failing if a tailer stalls.
-async fn projections_catch_up(app: &TestApp) {
-    let head = app.store.ledger.log_head().await.expect("head");
+/// Where a write landed, from its consistency token (`<txid>.<position>`).
+fn cursor_of(answer: &Answer) -> LogCursor {
+    let token = answer.token().expect("a consistency token");
+    let (txid, position) = token.split_once('.').expect("txid.position");
+    LogCursor {
+        txid: txid.parse().expect("txid"),
+        position: position.parse().expect("position"),
+    }
+}
+
+/// Waits until every projection has applied the log through `head` (the last write's cursor;
+/// on PostgreSQL the readable head may lag behind it while other transactions are open),
+/// failing if a tailer stalls.
+async fn projections_catch_up(app: &TestApp, head: LogCursor) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let stalled = app.store.ledger.health().stalled();
@@ -208,7 +220,7 @@ async fn the_deep_payload_attack_is_refused_and_every_tenant_keeps_moving(kind: 
         read.body["request"]["payload"],
         serde_json::from_str::<Value>(&nested(32)).expect("json")
     );
-    projections_catch_up(&app).await;
+    projections_catch_up(&app, cursor_of(&submitted)).await;
     seal_and_verify(&app).await;
 }
 
@@ -410,6 +422,7 @@ async fn whatever_the_api_accepts_every_reader_reads_back_exactly(kind: &str) {
         ..Config::default()
     });
     let mut accepted: Vec<(String, Value)> = Vec::new();
+    let mut last_write = LogCursor::START;
     let mut refused = 0;
     let strategy = hostile_json();
     for _ in 0..48 {
@@ -426,6 +439,7 @@ async fn whatever_the_api_accepts_every_reader_reads_back_exactly(kind: &str) {
                 let id = answer.body["id"].as_str().expect("id").to_owned();
                 let sent: Value = serde_json::from_str(&payload).expect("accepted JSON parses");
                 accepted.push((id, sent));
+                last_write = last_write.max(cursor_of(&answer));
             }
             StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => {
                 assert!(
@@ -443,7 +457,7 @@ async fn whatever_the_api_accepts_every_reader_reads_back_exactly(kind: &str) {
         "the cases cross the limits both ways ({} accepted, {refused} refused)",
         accepted.len()
     );
-    projections_catch_up(&app).await;
+    projections_catch_up(&app, last_write).await;
     for (id, sent) in &accepted {
         let read = app.get(&format!("/v1/actions/{id}"), &rita).await;
         assert_eq!(read.status, StatusCode::OK, "{}", read.body);
@@ -458,7 +472,7 @@ async fn whatever_the_api_accepts_every_reader_reads_back_exactly(kind: &str) {
     }
     // The embedded executor tails the same log: it must not be stuck either.
     let executor = app.state.executor.clone().expect("executor");
-    let head = app.store.ledger.log_head().await.expect("head");
+    let head = last_write;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while executor
         .ledger()
