@@ -195,18 +195,10 @@ impl JsonSchema for Operators {
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         use crate::document::{Document, NO_NUL};
         let document = generator.subschema_for::<Document>();
-        let scalar = |kinds: Value| {
-            let mut any_of = vec![
-                json_schema!({ "type": "string", "pattern": NO_NUL }),
-                json_schema!({ "type": "integer", "minimum": i64::MIN, "maximum": u64::MAX }),
-                json_schema!({ "type": "number", "not": { "type": "integer" } }),
-            ];
-            if !kinds.is_null() {
-                any_of.insert(0, json_schema!({ "type": kinds }));
-            }
-            json_schema!({ "anyOf": any_of })
-        };
-        let comparable = scalar(Value::Null);
+        // Numbers and strings, as in documents (see `Document`).
+        let comparable = json_schema!({
+            "anyOf": [{ "type": "string", "pattern": NO_NUL }, { "type": "number" }],
+        });
         let list = json_schema!({ "type": "array", "items": document.clone() });
         json_schema!({
             "description": "Operators that must all hold of the field.",
@@ -222,7 +214,12 @@ impl JsonSchema for Operators {
                 "$in": list.clone(),
                 "$nin": list,
                 "$exists": { "type": "boolean" },
-                "$contains": scalar(serde_json::json!(["null", "boolean"])),
+                "$contains": {
+                    "anyOf": [
+                        { "type": ["null", "boolean", "number"] },
+                        { "type": "string", "pattern": NO_NUL },
+                    ],
+                },
                 // Any string here is not yet a pattern: it must compile with the `regex` crate,
                 // which no schema can say (and `format: regex` means ECMA-262's syntax).
                 "$regex": { "type": "string", "pattern": NO_NUL },

@@ -34,8 +34,10 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_BYTES: usize = 128 * 1024;
 
 /// The schema of a document (`#[schemars(with = "Document")]` on a `Value`): any JSON value,
-/// with what a schema can say of the limits here (no U+0000 in a string or a key; integers
-/// within 64 bits, `i64` or `u64`) and the rest in its description.
+/// with what a schema can say of the limits here (no U+0000 in a string or a key) and the rest
+/// in its description. The 64-bit bound of integers is one of the rest: it holds for integers as
+/// written, and JSON Schema compares values (`1e300`, a decimal a double holds exactly, is
+/// accepted, and equals an integer far beyond 64 bits).
 #[derive(Debug)]
 pub struct Document;
 
@@ -52,13 +54,12 @@ impl JsonSchema for Document {
         json_schema!({
             "description": "A JSON document as it is stored: at most 32 levels of arrays and \
                 objects, 128 KiB as compact JSON, no U+0000 in a string or a key, no key twice \
-                in one object, integers within 64 bits and decimals that a double holds as \
-                written (send other numbers as strings). See docs/api.md.",
+                in one object, integers written as such within 64 bits and other numbers that a \
+                double holds as written (send other numbers as strings). See docs/api.md.",
             "anyOf": [
                 { "type": ["null", "boolean"] },
                 { "type": "string", "pattern": NO_NUL },
-                { "type": "integer", "minimum": i64::MIN, "maximum": u64::MAX },
-                { "type": "number", "not": { "type": "integer" } },
+                { "type": "number" },
                 { "type": "array", "items": document.clone() },
                 {
                     "type": "object",
