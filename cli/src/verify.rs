@@ -177,7 +177,24 @@ pub async fn seal(command: &SealCommand) -> anyhow::Result<()> {
         bail!("another instance (a running `serve`?) is sealing this store");
     };
     let mut sealer = Sealer::new(ledger.clone(), store.clone(), config);
-    let sealed = sealer.run_until_idle().await?;
+    // Everything committed when the command started: on PostgreSQL some of it may not be
+    // readable yet (an older transaction elsewhere holds the horizon), so wait for it, bounded.
+    let committed = ledger.committed_events().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sealed = sealer.run_until_idle().await?;
+    while store.checkpoint().await?.events < committed {
+        if Instant::now() > deadline {
+            tracing::warn!(
+                committed,
+                sealed,
+                "events committed before the seal are still unreadable after 60 s (a long \
+                 transaction holds the horizon); sealed what is readable"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sealed += sealer.run_until_idle().await?;
+    }
     let heads = sealer.sign_heads(true).await?;
     sealer.publish_pending().await;
     lock.release().await;

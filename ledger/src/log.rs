@@ -438,6 +438,18 @@ impl Ledger {
         })
     }
 
+    /// How many events are committed, readable or not yet (on PostgreSQL a committed event stays
+    /// unreadable while an older transaction anywhere on the server is open). Commands that
+    /// promise to process "the log as it is now" wait until they have read this many.
+    pub async fn committed_events(&self) -> anyhow::Result<i64> {
+        let sql = "SELECT COUNT(*) FROM events";
+        match &self.backend {
+            Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .context("counting the committed events")
+    }
+
     /// The newest cursor any reader can reach right now (the end of the readable log).
     pub async fn log_head(&self) -> anyhow::Result<LogCursor> {
         let row: Option<(i64, i64)> = match &self.backend {
