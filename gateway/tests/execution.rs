@@ -294,7 +294,13 @@ async fn webhook_credentials_reach_the_receiver_and_never_the_log() {
     // HTTP basic credentials from the URL: base64("crm:s3cret").
     assert_eq!(delivery.headers["authorization"], "Basic Y3JtOnMzY3JldA==");
 
-    // Nowhere in the log, the settings view or the audit trail.
+    // Nowhere in the log (once the run's outcome is recorded), the settings view or the audit
+    // trail.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while app.get(&format!("/v1/actions/{id}"), &owner).await.body["status"] != "executed" {
+        assert!(tokio::time::Instant::now() < deadline, "never executed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let count = app.settled_event_count().await;
     let mut cursor = countersign_ledger::LogCursor::START;
     let mut seen = 0;
