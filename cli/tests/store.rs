@@ -359,6 +359,15 @@ impl Served {
         served
     }
 
+    /// `serve` on the embedded store in `data`, on a free loopback port.
+    fn embedded(data: &str) -> Self {
+        Self::start(
+            Command::new(env!("CARGO_BIN_EXE_countersign"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+                .env_remove("DATABASE_URL"),
+        )
+    }
+
     /// Sends SIGTERM and requires a clean exit; returns the rest of the log.
     fn stop(mut self) -> Vec<String> {
         let killed = Command::new("kill")
@@ -736,11 +745,7 @@ fn a_log_event_no_reader_can_decode_stalls_readiness_and_doctor_and_status_name_
         position
     });
 
-    let served = Served::start(
-        Command::new(env!("CARGO_BIN_EXE_countersign"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
-            .env_remove("DATABASE_URL"),
-    );
+    let served = Served::embedded(data);
     let address = served.address.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
@@ -853,11 +858,7 @@ fn the_correlation_id_reaches_the_logs_of_the_work_it_caused() {
             .expect("a token")
     };
     let (rita, olivia) = (token_of("rita"), token_of("olivia"));
-    let served = Served::start(
-        Command::new(env!("CARGO_BIN_EXE_countersign"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
-            .env_remove("DATABASE_URL"),
-    );
+    let served = Served::embedded(data);
     let address = served.address.clone();
     let flow = [("X-Correlation-Id", "order-1042-notice")];
     let (status, submitted) = http_send(
