@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use countersign_domain::tenant::{ApiKeyCommand, ApiKeys, TenantCommandContext};
+use countersign_app::{Actor, App, Channel, keys};
 use countersign_domain::{Principal, Role, TenantId, UserId};
-use countersign_gateway::auth::digest;
-use countersign_gateway::routes::tenant::new_key_material;
 use countersign_gateway::{AuthConfig, Claims, mint_hs256};
-use countersign_ledger::Metadata;
+use countersign_projections::ProjectionStore;
+use countersign_verification::SealStore;
 use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 
@@ -300,23 +299,21 @@ fn operator() -> anyhow::Result<Principal> {
     ))
 }
 
-async fn run_key_command(
+/// The application over the store, as the operator of `tenant` (an owner, through the CLI).
+async fn as_operator(
     store: &StoreArgs,
-    tenant: &TenantId,
-    command: ApiKeyCommand,
-) -> anyhow::Result<ApiKeys> {
-    let ledger = store.open_migrated().await?;
-    let by = operator()?;
-    let committed = ledger
-        .execute::<ApiKeys>(
-            tenant.as_str(),
-            command,
-            &Metadata::new(tenant.clone(), by.id),
-        )
-        .await
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
-    ledger.close().await;
-    Ok(committed.aggregate)
+    tenant: &str,
+    api_key_secret: Option<[u8; 32]>,
+) -> anyhow::Result<(App, Actor)> {
+    let tenant = TenantId::parse(tenant).context("--tenant")?;
+    let config = store.config();
+    let app = App::new(
+        store.open_migrated().await?,
+        ProjectionStore::open(&config).await?,
+        SealStore::open(&config).await?,
+    )
+    .with_api_key_secret(api_key_secret);
+    Ok((app, Actor::new(tenant, operator()?, Channel::Cli)))
 }
 
 pub async fn api_keys_command(command: ApiKeysCommand) -> anyhow::Result<()> {
@@ -329,7 +326,6 @@ pub async fn api_keys_command(command: ApiKeysCommand) -> anyhow::Result<()> {
             name,
             roles,
         } => {
-            let tenant = TenantId::parse(tenant).context("--tenant")?;
             let roles = roles
                 .iter()
                 .map(|role| Role::parse(role.as_str()))
@@ -339,33 +335,21 @@ pub async fn api_keys_command(command: ApiKeysCommand) -> anyhow::Result<()> {
                 .config(&store)?
                 .api_key_secret
                 .context("no API key secret: set COUNTERSIGN_API_KEY_SECRET (64 hex digits)")?;
-            let (key_id, secret) = new_key_material();
-            let command = ApiKeyCommand::CreateApiKey {
-                context: TenantCommandContext {
-                    tenant: tenant.clone(),
-                    by: operator()?,
-                    at: chrono::Utc::now(),
-                    correlation_id: None,
-                },
-                key_id: key_id.clone(),
-                name,
-                roles,
-                digest: digest(&secret_key, &secret).to_hex().to_string(),
-            };
-            run_key_command(&store, &tenant, command).await?;
+            let (app, actor) = as_operator(&store, &tenant, Some(secret_key)).await?;
+            let created = keys::create(&app, &actor, &name, roles).await;
+            app.close().await;
+            let created = created.context("creating the key")?.value;
             writeln!(
                 out,
-                "key id {key_id}; the secret is shown once:\ncsk.{tenant}.{key_id}.{secret}"
+                "key id {}; the secret is shown once:\n{}",
+                created.key.key_id, created.api_key
             )?;
         }
         ApiKeysCommand::List { store, tenant } => {
-            let tenant = TenantId::parse(tenant).context("--tenant")?;
-            let ledger = store.open_migrated().await?;
-            let (keys, _) = ledger
-                .load::<ApiKeys>(tenant.as_str())
-                .await
-                .map_err(|err| anyhow::anyhow!("{err}"))?;
-            for key in keys.keys.values() {
+            let (app, actor) = as_operator(&store, &tenant, None).await?;
+            let listed = keys::list(&app, &actor).await;
+            app.close().await;
+            for key in listed.context("listing keys")? {
                 let roles: Vec<&str> = key.roles.iter().map(Role::as_str).collect();
                 let state = key.revoked_at.map_or_else(
                     || "active".to_owned(),
@@ -386,17 +370,10 @@ pub async fn api_keys_command(command: ApiKeysCommand) -> anyhow::Result<()> {
             tenant,
             key_id,
         } => {
-            let tenant = TenantId::parse(tenant).context("--tenant")?;
-            let command = ApiKeyCommand::RevokeApiKey {
-                context: TenantCommandContext {
-                    tenant: tenant.clone(),
-                    by: operator()?,
-                    at: chrono::Utc::now(),
-                    correlation_id: None,
-                },
-                key_id: key_id.clone(),
-            };
-            run_key_command(&store, &tenant, command).await?;
+            let (app, actor) = as_operator(&store, &tenant, None).await?;
+            let revoked = keys::revoke(&app, &actor, &key_id).await;
+            app.close().await;
+            revoked.context("revoking the key")?;
             writeln!(out, "revoked {key_id}")?;
         }
     }

@@ -2,14 +2,16 @@
 //! projection supervisor and the event hub running beside it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use countersign_app::App;
 use countersign_executor::{
     Executor, ExecutorConfig, JetStreamSource, LogSource, ProgressHub, Relay, StreamConfig, Sweeper,
 };
-use countersign_gateway::{AppState, Authenticator, EventHub, Limits, app};
+use countersign_gateway::{AppState, EventHub, Limits, app};
 use countersign_projections::{ProjectionStore, Supervisor};
 use countersign_verification::{SealStore, Sealer};
 use metrics_exporter_prometheus::PrometheusBuilder;
@@ -179,11 +181,11 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, store = ledger.kind(), "countersign listening");
+    let app_layer = App::new(ledger.clone(), projections.clone(), seals.clone())
+        .with_progress(progress)
+        .with_previewer(Arc::new(executor))
+        .with_api_key_secret(auth.api_key_secret);
     let state = AppState {
-        ledger: ledger.clone(),
-        projections: projections.clone(),
-        seals: seals.clone(),
-        auth: Authenticator::new(auth),
         hub,
         limits: Limits {
             body_bytes: args.body_limit_bytes,
@@ -192,8 +194,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         },
         metrics,
         metrics_token: args.metrics_token.clone(),
-        progress,
-        executor: Some(executor),
+        ..AppState::new(app_layer, auth)
     };
     let shutdown = {
         let stop = stop.clone();

@@ -91,6 +91,9 @@ pub enum TenantError {
     /// Handling: 404.
     #[error("API key `{0}` not found")]
     ApiKeyNotFound(String),
+    /// The principal may not grant what the command grants. Handling: 403.
+    #[error("only an owner may {attempted}")]
+    NotPermitted { attempted: &'static str },
     /// The update names a version that is no longer the current one. Handling: 409.
     #[error("policy `{id}` is at version {current}, not {expected}")]
     StaleVersion {
@@ -110,6 +113,7 @@ impl TenantError {
             Self::ApiKeyExists(_) => "api_key_exists",
             Self::ApiKeyNotFound(_) => "api_key_not_found",
             Self::StaleVersion { .. } => "stale_version",
+            Self::NotPermitted { .. } => "not_permitted",
         }
     }
 }
@@ -626,6 +630,11 @@ impl ApiKeys {
                 digest,
             } => {
                 check_name(&name, "name", MAX_API_KEY_NAME).map_err(TenantError::InvalidInput)?;
+                if roles.contains(&Role::owner()) && !context.by.has_role(&Role::owner()) {
+                    return Err(TenantError::NotPermitted {
+                        attempted: "create a key with the owner role",
+                    });
+                }
                 if self.keys.contains_key(&key_id) {
                     return Err(TenantError::ApiKeyExists(key_id));
                 }

@@ -10,7 +10,6 @@ use countersign_domain::document;
 use countersign_domain::tenant::Settings;
 use countersign_domain::{ActionId, ActionType, TenantId};
 use serde_json::Value;
-use tokio::sync::broadcast;
 
 /// What a capability is asked to do.
 #[derive(Debug, Clone)]
@@ -102,30 +101,7 @@ impl Failure {
     }
 }
 
-/// Progress messages of running actions, fanned out to whoever streams them (the SSE channel).
-#[derive(Debug, Clone)]
-pub struct ProgressHub {
-    sender: broadcast::Sender<(ActionId, Value)>,
-}
-
-impl Default for ProgressHub {
-    fn default() -> Self {
-        Self {
-            sender: broadcast::channel(1024).0,
-        }
-    }
-}
-
-impl ProgressHub {
-    pub fn subscribe(&self) -> broadcast::Receiver<(ActionId, Value)> {
-        self.sender.subscribe()
-    }
-
-    pub fn report(&self, action_id: ActionId, progress: Value) {
-        // Nobody listening is fine.
-        let _ = self.sender.send((action_id, progress));
-    }
-}
+pub use countersign_app::ProgressHub;
 
 /// A capability's view of progress reporting for one run.
 #[derive(Debug, Clone)]

@@ -378,3 +378,13 @@ fn invocation(
         settings,
     }
 }
+
+/// Dry runs of the API reach capabilities through the application's port.
+#[async_trait::async_trait]
+impl countersign_app::CapabilityPreview for Executor {
+    async fn preview(&self, id: &ActionId) -> anyhow::Result<Result<serde_json::Value, String>> {
+        Ok(Executor::preview(self, id)
+            .await?
+            .map_err(|failure| failure.message))
+    }
+}

@@ -32,13 +32,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// The roles countersign knows; custom roles (such as `finance_ops`) also exist for quorum rules.
-pub mod roles {
-    pub const OWNER: &str = "owner";
-    pub const ADMIN: &str = "admin";
-    pub const APPROVER: &str = "approver";
-    pub const REQUESTER: &str = "requester";
-    pub const AUDITOR: &str = "auditor";
-}
+pub use countersign_app::roles;
 
 /// Key material, parsed once at start-up.
 #[derive(Clone, Default)]
@@ -323,7 +317,8 @@ impl Authenticator {
         };
         let tenant = TenantId::parse(tenant).map_err(|_| invalid("malformed API key"))?;
         let (keys, _) = state
-            .ledger
+            .app
+            .ledger()
             .load::<ApiKeys>(tenant.as_str())
             .await
             .map_err(ApiError::from)?;
@@ -433,10 +428,7 @@ impl CredentialWatch {
     }
 }
 
-/// The keyed blake3 digest under which an API key secret is stored.
-pub fn digest(key: &[u8; 32], secret: &str) -> blake3::Hash {
-    blake3::keyed_hash(key, secret.as_bytes())
-}
+pub use countersign_app::digest;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;

@@ -20,6 +20,7 @@ use aide::openapi::{
 };
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use countersign_app::AppError;
 use countersign_domain::ParseError;
 use countersign_domain::action::ActionError;
 use countersign_domain::tenant::TenantError;
@@ -213,6 +214,7 @@ impl From<TenantError> for ApiError {
             TenantError::PolicyNotFound(_)
             | TenantError::ApiKeyNotFound(_)
             | TenantError::WrongTenant => StatusCode::NOT_FOUND,
+            TenantError::NotPermitted { .. } => StatusCode::FORBIDDEN,
             TenantError::PolicyExists(_)
             | TenantError::ApiKeyExists(_)
             | TenantError::StaleVersion { .. } => StatusCode::CONFLICT,
@@ -267,6 +269,44 @@ impl From<QueryError> for ApiError {
                 )
             },
             QueryError::Store(error) => Self::internal(format!("{error:#}")),
+        }
+    }
+}
+
+/// The application's refusals keep their codes; internal failures are logged with their whole
+/// cause chain and answered without details.
+impl From<AppError> for ApiError {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::Forbidden(detail) => Self::forbidden(detail),
+            AppError::NotFound { code, what } => Self::not_found(code, what),
+            AppError::Action(error) => error.into(),
+            AppError::Tenant(error) => error.into(),
+            AppError::InvalidInput(error) => Self::invalid_input(error),
+            AppError::Conflict { attempts } => {
+                LedgerError::<ActionError>::Conflict { attempts }.into()
+            }
+            AppError::Unreadable(detail) => LedgerError::<ActionError>::Unreadable(detail).into(),
+            AppError::Unavailable { code, message } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            }
+            AppError::NotCaughtUp => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_caught_up",
+                    "the read model has not reached that write yet; retry",
+                )
+            },
+            AppError::CursorAhead => Self::bad_request(
+                "consistency_token_ahead",
+                "consistent_with names a write the log does not hold; send a token from X-Consistency-Token",
+            )
+            .with_field("consistent_with"),
+            AppError::Query(error) => error.into(),
+            internal @ AppError::Internal { .. } => {
+                Self::internal(format!("{:#}", anyhow::Error::from(internal)))
+            }
         }
     }
 }

@@ -4,7 +4,6 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
 
 use aide::generate::GenContext;
 use aide::openapi::{Operation, Response as OpenApiResponse, StatusCode as OpenApiStatus};
@@ -13,14 +12,17 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use countersign_app::actions::{Submitted, Written};
+use countersign_app::{Actor, Channel};
 use countersign_domain::{ActionId, CorrelationId};
 use countersign_ledger::LogCursor;
-use countersign_projections::Projection;
+use countersign_projections::ActionDetail;
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 pub static CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
@@ -338,52 +340,64 @@ fn token_ahead() -> ApiError {
     .with_field("consistent_with")
 }
 
-/// Refuses a token for a write the log does not hold: one above the readable head of the log
-/// that is not the place of a stored event (on PostgreSQL a committed write can be briefly above
-/// the readable head while an older transaction is still open). Waiting for it could only end
-/// in `not_caught_up`, so it is refused at once.
-async fn require_written(state: &AppState, wanted: LogCursor) -> Result<(), ApiError> {
-    if wanted <= state.ledger.log_head().await? {
-        return Ok(());
-    }
-    let stored = state.ledger.read_positions(&[wanted.position]).await?;
-    if stored.iter().any(|event| event.cursor >= wanted) {
-        return Ok(());
-    }
-    Err(token_ahead())
+/// The cursor a `consistent_with` token names, when one was sent.
+pub fn consistent_with(token: Option<&str>) -> Result<Option<LogCursor>, ApiError> {
+    token.map(parse_consistency_token).transpose()
 }
 
-/// Waits (up to 5 s) until `projection`'s live generation has reached `token`; a token for a
-/// write the log does not hold is refused at once.
-pub async fn wait_for(
-    state: &AppState,
-    projection: Projection,
-    token: Option<&str>,
-) -> Result<(), ApiError> {
-    let Some(token) = token else { return Ok(()) };
-    let wanted = parse_consistency_token(token)?;
-    require_written(state, wanted).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let reached = state
-            .projections
-            .live_checkpoint(projection)
-            .await?
-            .is_some_and(|checkpoint| checkpoint >= wanted);
-        if reached {
-            return Ok(());
+impl ReadQuery {
+    /// The write this read must reflect.
+    pub fn cursor(&self) -> Result<Option<LogCursor>, ApiError> {
+        consistent_with(self.consistent_with.as_deref())
+    }
+}
+
+impl ActionPath {
+    /// The action id, or 404 for anything that is not one.
+    pub fn id(&self) -> Result<ActionId, ApiError> {
+        action_id(&self.id)
+    }
+}
+
+impl<T, const STATUS: u16> From<Written<T>> for Reply<T, STATUS> {
+    fn from(written: Written<T>) -> Self {
+        Reply::new(written.value).at(written.cursor)
+    }
+}
+
+impl From<Submitted> for Created<ActionDetail> {
+    fn from(submitted: Submitted) -> Self {
+        match submitted {
+            Submitted::New(written) => Self::New(written.into()),
+            Submitted::Existing(written) => Self::Existing(written.into()),
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_caught_up",
-                    "the read model has not reached that write yet; retry",
-                )
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The authenticated caller as the actor of a use case: through the API, with the request's id
+/// and correlation id. Every `/v1` handler that acts takes it.
+#[derive(Debug, Clone)]
+pub struct Acting(pub Actor);
+
+impl FromRequestParts<AppState> for Acting {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        Ok(Self(
+            Actor::new(caller.tenant, caller.principal, Channel::Api)
+                .with_request_id(caller.request_id)
+                .with_correlation_id(correlation_id(&parts.headers)?),
+        ))
+    }
+}
+
+impl OperationInput for Acting {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        Caller::operation_input(ctx, operation);
     }
 }
 

@@ -1,14 +1,14 @@
-//! The HTTP gateway: the `/v1` API with authentication, roles and tenant isolation, its OpenAPI
+//! The HTTP gateway: the `/v1` API with authentication and tenant isolation, its OpenAPI
 //! document, health, readiness and metrics. [`app`] builds the whole router, so tests drive it
-//! with `oneshot` and `serve` binds it to a socket. Handlers stay thin: extract, build a command,
-//! call the ledger or a projection, map the result (see [`error`] for the error policy).
+//! with `oneshot` and `serve` binds it to a socket. Handlers stay thin: parse the request, call
+//! one use case of `countersign-app` as the authenticated [`countersign_app::Actor`], reply (see
+//! [`error`] for the error policy). No role or state rule lives here.
 
 pub mod auth;
 pub mod error;
 pub mod extract;
 mod hub;
 pub mod routes;
-mod service;
 mod shape;
 mod stream;
 
@@ -22,8 +22,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::{Extension, Router};
-use countersign_ledger::Ledger;
-use countersign_projections::ProjectionStore;
+use countersign_app::App;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -53,21 +52,31 @@ impl Default for Limits {
     }
 }
 
-/// What every handler can reach.
+/// What every handler can reach: the use cases, authentication, the live event hub, limits
+/// and metrics.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub ledger: Ledger,
-    pub projections: ProjectionStore,
-    pub seals: countersign_verification::SealStore,
+    pub app: App,
     pub auth: Authenticator,
     pub hub: EventHub,
     pub limits: Limits,
     pub metrics: Option<PrometheusHandle>,
     pub metrics_token: Option<String>,
-    /// Progress of running actions, for their event streams.
-    pub progress: countersign_executor::ProgressHub,
-    /// Previews capabilities for dry runs (absent when this process runs no executor).
-    pub executor: Option<countersign_executor::Executor>,
+}
+
+impl AppState {
+    /// The state of a gateway over `app`, authenticating with `auth`, with default limits and no
+    /// metrics. The event hub must be run ([`EventHub::run`]) for streams to see new events.
+    pub fn new(app: App, auth: AuthConfig) -> Self {
+        Self {
+            app,
+            auth: Authenticator::new(auth),
+            hub: EventHub::new(),
+            limits: Limits::default(),
+            metrics: None,
+            metrics_token: None,
+        }
+    }
 }
 
 fn api_routes() -> ApiRouter<AppState> {

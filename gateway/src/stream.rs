@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::response::sse::Event;
+use countersign_app::Actor;
+use countersign_app::actions;
 use countersign_domain::ActionId;
 use countersign_domain::action::{Action, ActionStatus};
 use countersign_ledger::{Ledger, LoggedEvent};
@@ -16,7 +18,7 @@ use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::AppState;
-use crate::auth::{Caller, CredentialWatch};
+use crate::auth::CredentialWatch;
 use crate::error::ApiError;
 
 type Refusal = Pin<Box<dyn Future<Output = ApiError> + Send>>;
@@ -58,30 +60,26 @@ fn is_finished(status: ActionStatus) -> bool {
 }
 
 impl ActionStream {
-    /// Subscribes `caller` to action `id` of their tenant (another tenant's action answers like
+    /// Subscribes `actor` to action `id` of their tenant (another tenant's action answers like
     /// a missing one); `credential` is re-checked for as long as the stream lasts.
     pub async fn open(
         state: &AppState,
-        caller: &Caller,
+        actor: &Actor,
         id: ActionId,
         credential: CredentialWatch,
     ) -> Result<Self, ApiError> {
         // Subscribe before loading, so nothing committed in between is missed.
         let events = state.hub.subscribe();
-        let progress = state.progress.subscribe();
-        let key = id.to_string();
-        let (action, sequence) = state.ledger.load::<Action>(&key).await?;
-        let current = action
-            .state()
-            .filter(|current| current.tenant == caller.tenant)
-            .ok_or_else(|| ApiError::not_found("action_not_found", "action"))?;
+        let progress = state.app.progress().subscribe();
+        let (action, sequence) = actions::watch(&state.app, actor, id).await?;
+        let status = action.state().map(|current| current.status);
         let first = Event::default()
             .event("status")
-            .json_data(serde_json::json!({ "status": current.status, "sequence": sequence }))
+            .json_data(serde_json::json!({ "status": status, "sequence": sequence }))
             .unwrap_or_default();
         Ok(Self {
-            key,
-            ledger: state.ledger.clone(),
+            key: id.to_string(),
+            ledger: state.app.ledger().clone(),
             action,
             sequence,
             events,

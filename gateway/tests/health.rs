@@ -42,7 +42,11 @@ async fn readyz_is_unavailable_before_migration_and_when_the_database_is_gone() 
     })
     .await
     .expect("open");
-    app.state.ledger = fresh.clone();
+    app.state.app = countersign_app::App::new(
+        fresh.clone(),
+        app.state.app.projections().clone(),
+        app.state.app.seals().clone(),
+    );
     let answer = app.call(Method::GET, "/readyz", None, None).await;
     let pending = fresh.pending_migrations().await.expect("migrations");
     assert!(pending > 0);

@@ -52,7 +52,7 @@ async fn seal_and_verify(app: &TestApp) {
     let keys = KeyRing::new([signer.public_key()]);
     let mut sealer = Sealer::new(
         app.store.ledger.clone(),
-        app.state.seals.clone(),
+        app.state.app.seals().clone(),
         SealerConfig {
             signer: Some(signer),
             ..SealerConfig::default()
@@ -66,7 +66,7 @@ async fn seal_and_verify(app: &TestApp) {
     sealer.sign_heads(true).await.expect("heads");
     let report = verify(
         &app.store.ledger,
-        &app.state.seals,
+        app.state.app.seals(),
         &VerifyOptions {
             tenant: None,
             keys: keys.clone(),
@@ -80,11 +80,11 @@ async fn seal_and_verify(app: &TestApp) {
     assert!(report.is_ok(), "{:?}", report.divergences);
     assert_eq!(report.events as usize, events);
     let mut exported = 0;
-    for tree in app.state.seals.trees().await.expect("trees") {
+    for tree in app.state.app.seals().trees().await.expect("trees") {
         let mut bundle = Vec::new();
         export(
             &app.store.ledger,
-            &app.state.seals,
+            app.state.app.seals(),
             &tree.tenant,
             0,
             None,
@@ -120,7 +120,8 @@ async fn projections_catch_up(app: &TestApp, head: LogCursor) {
         for projection in countersign_projections::Projection::ALL {
             let live = app
                 .state
-                .projections
+                .app
+                .projections()
                 .live(projection)
                 .await
                 .expect("generation")
@@ -493,7 +494,7 @@ async fn whatever_the_api_accepts_every_reader_reads_back_exactly(kind: &str) {
         assert_eq!(audit.status, StatusCode::OK, "{}", audit.body);
     }
     // The embedded executor tails the same log: it must not be stuck either.
-    let executor = app.state.executor.clone().expect("executor");
+    let executor = app.executor.clone().expect("executor");
     let head = last_write;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while executor

@@ -23,12 +23,22 @@ async fn seal(app: &TestApp, signer: &HeadSigner) {
         signer: Some(signer.clone()),
         publishers: Vec::new(),
     };
-    let mut sealer = Sealer::new(app.store.ledger.clone(), app.state.seals.clone(), config);
+    let mut sealer = Sealer::new(
+        app.store.ledger.clone(),
+        app.state.app.seals().clone(),
+        config,
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         sealer.run_until_idle().await.expect("seal");
         sealer.sign_heads(true).await.expect("sign");
-        let sealed = app.state.seals.checkpoint().await.expect("checkpoint");
+        let sealed = app
+            .state
+            .app
+            .seals()
+            .checkpoint()
+            .await
+            .expect("checkpoint");
         if sealed.cursor >= app.store.ledger.log_head().await.expect("head")
             && app.settled_event_count().await > 0
         {

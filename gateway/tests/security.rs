@@ -350,7 +350,8 @@ async fn settings_show_the_webhook_url_without_its_credentials(kind: &str) {
     assert_eq!(put.body["mode"], "safe");
     let (stored, _) = app
         .state
-        .ledger
+        .app
+        .ledger()
         .load::<TenantSettings>("acme")
         .await
         .expect("settings");
@@ -358,7 +359,8 @@ async fn settings_show_the_webhook_url_without_its_credentials(kind: &str) {
     assert_eq!(stored_url.as_str(), shown_url);
     let credentials = app
         .state
-        .ledger
+        .app
+        .ledger()
         .secret("acme", &stored_url.secret_name())
         .await
         .expect("secrets");

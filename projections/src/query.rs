@@ -288,6 +288,27 @@ pub struct AuditEntry {
     pub content: Value,
 }
 
+impl AuditEntry {
+    /// The entry of one logged action event, exactly as the audit projection stores it.
+    pub fn from_logged(
+        logged: &countersign_ledger::LoggedEvent,
+        event: &countersign_domain::action::ActionEvent,
+    ) -> anyhow::Result<Self> {
+        let row = crate::rows::audit_row(logged, event)?;
+        Ok(Self {
+            position: row.position,
+            sequence: row.sequence,
+            event_type: row.event_type,
+            event_version: row.event_version,
+            actor: row.actor,
+            at: instant(row.at),
+            recorded_at: instant(row.recorded_at),
+            correlation_id: row.correlation_id,
+            content: serde_json::from_str(&row.content)?,
+        })
+    }
+}
+
 /// One vote a user cast.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VoteRecord {

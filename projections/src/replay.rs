@@ -8,9 +8,7 @@ use countersign_domain::{TenantId, Timestamp};
 use countersign_ledger::{Ledger, LogCursor, LoggedEvent};
 use cqrs_es::Aggregate;
 
-use crate::instant;
 use crate::query::{ActionDetail, AuditEntry, InboxItem};
-use crate::rows::audit_row;
 
 /// How far to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,21 +69,10 @@ impl ReplayView {
     }
 
     fn fold(&mut self, logged: &LoggedEvent, event: ActionEvent) -> anyhow::Result<()> {
-        let row = audit_row(logged, &event)?;
         self.audit
             .entry(logged.aggregate_id.clone())
             .or_default()
-            .push(AuditEntry {
-                position: row.position,
-                sequence: row.sequence,
-                event_type: row.event_type,
-                event_version: row.event_version,
-                actor: row.actor,
-                at: instant(row.at),
-                recorded_at: instant(row.recorded_at),
-                correlation_id: row.correlation_id,
-                content: serde_json::from_str(&row.content)?,
-            });
+            .push(AuditEntry::from_logged(logged, &event)?);
         let (action, position) = self.actions.entry(logged.aggregate_id.clone()).or_default();
         action.apply(event);
         *position = logged.cursor.position;

@@ -203,6 +203,20 @@ pub struct Action(Option<Box<ActionState>>);
 const LEASE_FLOOR_SECONDS: u32 = 1;
 
 impl ActionState {
+    /// Who may direct what happens to an action (cancel it, ask it to run, roll it back): its
+    /// requester, an admin or an owner. One rule for every front door.
+    pub fn may_be_directed_by(
+        &self,
+        by: &Principal,
+        attempted: &'static str,
+    ) -> Result<(), ActionError> {
+        if by.id == self.requester.id || by.is_admin() {
+            Ok(())
+        } else {
+            Err(ActionError::NotPermitted { attempted })
+        }
+    }
+
     fn stage_context(&self, index: u32) -> Option<StageContext<'_>> {
         let requirements = &self.policy.requirements;
         Some(StageContext {
@@ -665,12 +679,7 @@ impl Decider {
 
     fn cancel(&mut self, state: &ActionState, command: CancelAction) -> Result<(), ActionError> {
         Self::require_open(state, "cancel")?;
-        let by = &command.context.by;
-        if by.id != state.requester.id && !by.is_admin() {
-            return Err(ActionError::NotPermitted {
-                attempted: "cancel",
-            });
-        }
+        state.may_be_directed_by(&command.context.by, "cancel")?;
         self.emit(ActionEvent::ActionCancelled(ActionCancelled {
             context: state.event_context(&command.context),
             reason: command.reason,
@@ -734,12 +743,7 @@ impl Decider {
         state: &ActionState,
         command: RequestExecution,
     ) -> Result<(), ActionError> {
-        let by = &command.context.by;
-        if by.id != state.requester.id && !by.is_admin() {
-            return Err(ActionError::NotPermitted {
-                attempted: "execute",
-            });
-        }
+        state.may_be_directed_by(&command.context.by, "execute")?;
         if state.status != ActionStatus::Approved {
             return Err(Self::execution_conflict(state, "execute"));
         }
@@ -838,6 +842,7 @@ impl Decider {
         state: &ActionState,
         command: RequestRollback,
     ) -> Result<(), ActionError> {
+        state.may_be_directed_by(&command.context.by, "roll back")?;
         match state.rolled_back_by {
             Some(existing) if existing == command.rollback_action_id => return Ok(()),
             Some(existing) => {

@@ -20,8 +20,8 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let store = state.ledger.kind();
-    if let Err(err) = state.ledger.ping().await {
+    let store = state.app.ledger().kind();
+    if let Err(err) = state.app.ledger().ping().await {
         tracing::warn!(error = %err, "readiness: database unreachable");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -30,9 +30,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             ),
         );
     }
-    match state.ledger.pending_migrations().await {
+    match state.app.ledger().pending_migrations().await {
         Ok(0) => {
-            let stalled = state.ledger.health().stalled();
+            let stalled = state.app.ledger().health().stalled();
             if stalled.is_empty() {
                 return (
                     StatusCode::OK,

@@ -42,7 +42,8 @@ async fn head(
 ) -> Result<Reply<SignedHead>, ApiError> {
     auditor(&caller)?;
     let head = state
-        .seals
+        .app
+        .seals()
         .latest_head(caller.tenant.as_str())
         .await?
         .ok_or_else(no_head)?;
@@ -80,7 +81,8 @@ async fn heads(
         );
     }
     let heads = state
-        .seals
+        .app
+        .seals()
         .heads(caller.tenant.as_str(), query.after.unwrap_or(0), limit)
         .await?;
     Ok(Reply::new(HeadList { heads }).no_store())
@@ -114,7 +116,8 @@ async fn inclusion(
 ) -> Result<Reply<InclusionProof>, ApiError> {
     auditor(&caller)?;
     let leaf = state
-        .seals
+        .app
+        .seals()
         .leaf_at_position(query.event)
         .await?
         .filter(|leaf| leaf.tenant == caller.tenant.as_str())
@@ -123,7 +126,8 @@ async fn inclusion(
         Some(size) => size,
         None => {
             state
-                .seals
+                .app
+                .seals()
                 .latest_head(caller.tenant.as_str())
                 .await?
                 .ok_or_else(no_head)?
@@ -131,7 +135,8 @@ async fn inclusion(
         }
     };
     let proof = state
-        .seals
+        .app
+        .seals()
         .inclusion_proof(caller.tenant.as_str(), leaf.ledger_sequence, size)
         .await
         .map_err(proof_error)?;
@@ -157,7 +162,8 @@ async fn consistency(
 ) -> Result<Reply<ConsistencyProof>, ApiError> {
     auditor(&caller)?;
     let proof = state
-        .seals
+        .app
+        .seals()
         .consistency_proof(caller.tenant.as_str(), query.from, query.to)
         .await
         .map_err(proof_error)?;
@@ -187,7 +193,8 @@ async fn export(
     // Nothing is exportable before the first seal: a state of the tenant, not a fault of the
     // request (the same request succeeds once the sealer has signed a head).
     if state
-        .seals
+        .app
+        .seals()
         .latest_head(caller.tenant.as_str())
         .await?
         .is_none()
@@ -203,8 +210,8 @@ async fn export(
     }
     let mut bundle = Vec::new();
     countersign_verification::export::export(
-        &state.ledger,
-        &state.seals,
+        state.app.ledger(),
+        state.app.seals(),
         caller.tenant.as_str(),
         query.from.unwrap_or(0),
         query.to,

@@ -1,40 +1,27 @@
-//! `/v1/policies`: approval policies, their history and simulation.
+//! `/v1/policies`: approval policies, their history and simulation. Each handler parses its
+//! request, calls one use case of `countersign_app::policies`, and replies.
 
 use aide::axum::ApiRouter;
 use aide::axum::routing::{get, post};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use countersign_domain::policy::{Policy, PolicySnapshot, resolve};
-use countersign_domain::risk::{RiskAssessment, assess};
+use countersign_app::policies::{self, Simulation};
+use countersign_domain::PolicyId;
+use countersign_domain::policy::Policy;
 use countersign_domain::submission::Submission;
-use countersign_domain::tenant::{
-    PolicyCommand, PolicyDraft, PolicyEvent, PolicySet, TenantCommandContext, TenantSettings,
-};
-use countersign_domain::{ActionType, PolicyId};
-use cqrs_es::Aggregate;
+use countersign_domain::tenant::PolicyDraft;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::auth::{Caller, roles};
 use crate::error::ApiError;
-use crate::extract::{Reply, StrictJson, StrictQuery, correlation_id};
-use crate::service;
+use crate::extract::{Acting, Reply, StrictJson, StrictQuery};
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
         .api_route("/v1/policies", get(list).post(create))
         .api_route("/v1/policies/simulate", post(simulate))
         .api_route("/v1/policies/{id}", get(read).put(update).delete(remove))
-}
-
-fn context(caller: &Caller, headers: &HeaderMap) -> Result<TenantCommandContext, ApiError> {
-    Ok(TenantCommandContext {
-        tenant: caller.tenant.clone(),
-        by: caller.principal.clone(),
-        at: chrono::Utc::now(),
-        correlation_id: correlation_id(headers)?,
-    })
 }
 
 /// `{id}` of a policy: a policy id (anything else answers 404, like a missing policy).
@@ -46,10 +33,6 @@ pub struct PolicyPath {
 
 fn policy_id(raw: &str) -> Result<PolicyId, ApiError> {
     PolicyId::parse(raw).map_err(|_| ApiError::not_found("policy_not_found", "policy"))
-}
-
-fn admin(caller: &Caller) -> Result<(), ApiError> {
-    caller.require(&[roles::OWNER, roles::ADMIN], "managing policies")
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -67,35 +50,11 @@ pub struct PolicyList {
 /// The tenant's policies — now, or as they were at a past moment.
 async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictQuery(query): StrictQuery<PoliciesQuery>,
 ) -> Result<Reply<PolicyList>, ApiError> {
-    let policies = match query.at {
-        None => {
-            state
-                .ledger
-                .load::<PolicySet>(caller.tenant.as_str())
-                .await?
-                .0
-        }
-        Some(at) => {
-            let mut set = PolicySet::default();
-            for logged in state
-                .ledger
-                .events_of(PolicySet::TYPE, caller.tenant.as_str())
-                .await?
-            {
-                if logged.recorded_at > at {
-                    break;
-                }
-                set.apply(logged.decode::<PolicySet>()?);
-            }
-            set
-        }
-    };
-    Ok(Reply::new(PolicyList {
-        policies: policies.list(),
-    }))
+    let policies = policies::list(&state.app, &actor, query.at).await?;
+    Ok(Reply::new(PolicyList { policies }))
 }
 
 /// A new policy: its id and its editable fields.
@@ -118,104 +77,57 @@ pub struct NewPolicy {
 /// Create a policy (owner, admin).
 async fn create(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
+    Acting(actor): Acting,
     StrictJson(body): StrictJson<NewPolicy>,
 ) -> Result<Reply<Policy, 201>, ApiError> {
-    admin(&caller)?;
-    let id = body.id;
     let draft = PolicyDraft {
         name: body.name,
         priority: body.priority,
         criteria: body.criteria,
         requirements: body.requirements,
     };
-    let command = PolicyCommand::CreatePolicy {
-        context: context(&caller, &headers)?,
-        id: id.clone(),
-        draft,
-    };
-    let committed = service::execute_tenant::<PolicySet>(
-        &state,
-        &caller,
-        "CreatePolicy",
-        command,
-        correlation_id(&headers)?,
-    )
-    .await?;
-    let policy = committed
-        .aggregate
-        .policies
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| ApiError::internal("created policy missing"))?;
-    Ok(Reply::new(policy).at(committed.last_cursor()).no_store())
+    let written = policies::create(&state.app, &actor, body.id, draft).await?;
+    Ok(Reply::from(written).no_store())
 }
 
 /// One policy.
 async fn read(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     Path(PolicyPath { id }): Path<PolicyPath>,
 ) -> Result<Reply<Policy>, ApiError> {
-    let id = policy_id(&id)?;
-    let (set, _) = state
-        .ledger
-        .load::<PolicySet>(caller.tenant.as_str())
-        .await?;
-    set.policies
-        .get(&id)
-        .cloned()
-        .map(Reply::new)
-        .ok_or_else(|| ApiError::not_found("policy_not_found", "policy"))
+    let policy = policies::read(&state.app, &actor, &policy_id(&id)?).await?;
+    Ok(Reply::new(policy))
+}
+
+/// `If-Match: <version>`, when sent.
+fn expected_version(headers: &HeaderMap) -> Result<Option<u32>, ApiError> {
+    match headers
+        .get("if-match")
+        .map(|value| value.to_str().map(|v| v.trim_matches('"').parse::<u32>()))
+    {
+        None => Ok(None),
+        Some(Ok(Ok(version))) => Ok(Some(version)),
+        _ => Err(ApiError::bad_request(
+            "invalid_header",
+            "If-Match must be a policy version number",
+        )
+        .with_field("If-Match")),
+    }
 }
 
 /// Replace a policy's fields (owner, admin); the version increments. `If-Match: <version>`
 /// refuses the update when someone else changed the policy first.
 async fn update(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     headers: HeaderMap,
     Path(PolicyPath { id }): Path<PolicyPath>,
     StrictJson(draft): StrictJson<PolicyDraft>,
 ) -> Result<Reply<Policy>, ApiError> {
-    admin(&caller)?;
-    let id = policy_id(&id)?;
-    let expected_version = match headers
-        .get("if-match")
-        .map(|value| value.to_str().map(|v| v.trim_matches('"').parse::<u32>()))
-    {
-        None => None,
-        Some(Ok(Ok(version))) => Some(version),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_header",
-                "If-Match must be a policy version number",
-            )
-            .with_field("If-Match"));
-        }
-    };
-    let command = PolicyCommand::UpdatePolicy {
-        context: context(&caller, &headers)?,
-        id: id.clone(),
-        draft,
-        expected_version,
-    };
-    let committed = service::execute_tenant::<PolicySet>(
-        &state,
-        &caller,
-        "UpdatePolicy",
-        command,
-        correlation_id(&headers)?,
-    )
-    .await?;
-    let policy = committed
-        .aggregate
-        .policies
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| ApiError::internal("updated policy missing"))?;
-    Ok(Reply::new(policy).at(committed.last_cursor()).no_store())
+    let (id, version) = (policy_id(&id)?, expected_version(&headers)?);
+    let written = policies::update(&state.app, &actor, id, draft, version).await?;
+    Ok(Reply::from(written).no_store())
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -227,70 +139,25 @@ pub struct Deleted {
 /// Delete a policy (owner, admin). Pending actions keep the policy they were submitted under.
 async fn remove(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
+    Acting(actor): Acting,
     Path(PolicyPath { id }): Path<PolicyPath>,
 ) -> Result<Reply<Deleted>, ApiError> {
-    admin(&caller)?;
     let id = policy_id(&id)?;
-    let command = PolicyCommand::DeletePolicy {
-        context: context(&caller, &headers)?,
-        id: id.clone(),
-    };
-    let committed = service::execute_tenant::<PolicySet>(
-        &state,
-        &caller,
-        "DeletePolicy",
-        command,
-        correlation_id(&headers)?,
-    )
-    .await?;
-    debug_assert!(
-        committed
-            .events
-            .iter()
-            .any(|event| matches!(event.event, PolicyEvent::PolicyDeleted { .. }))
-    );
-    Ok(Reply::new(Deleted {
+    let written = policies::delete(&state.app, &actor, id.clone()).await?;
+    let deleted = Deleted {
         id: id.to_string(),
         deleted: true,
-    })
-    .at(committed.last_cursor())
-    .no_store())
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct Simulation {
-    pub action_type: ActionType,
-    pub risk: RiskAssessment,
-    pub policy: PolicySnapshot,
+    };
+    Ok(Reply::new(deleted).at(written.cursor).no_store())
 }
 
 /// Which policy, requirements and risk a submission by the caller would get. Changes nothing.
 async fn simulate(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictJson(submission): StrictJson<Submission>,
 ) -> Result<Reply<Simulation>, ApiError> {
-    // What a submission would be refused for, a simulation is refused for.
-    submission.check().map_err(ApiError::invalid_input)?;
-    let (settings, _) = state
-        .ledger
-        .load::<TenantSettings>(caller.tenant.as_str())
-        .await?;
-    let (policies, _) = state
-        .ledger
-        .load::<PolicySet>(caller.tenant.as_str())
-        .await?;
-    let risk = assess(&submission);
-    let policy = resolve(
-        &policies.list(),
-        &submission.facts(&caller.principal.id, &risk),
-        &settings.settings.default_requirements,
-    );
-    Ok(Reply::new(Simulation {
-        action_type: submission.action_type(),
-        risk,
-        policy,
-    }))
+    Ok(Reply::new(
+        policies::simulate(&state.app, &actor, &submission).await?,
+    ))
 }

@@ -1,26 +1,22 @@
-//! Tenant-wide endpoints: settings, API keys, stats, user history.
+//! Tenant-wide endpoints: settings, API keys, stats, user history. Each handler parses its
+//! request, calls one use case of `countersign_app`, and replies.
 
 use std::collections::BTreeSet;
 
 use aide::axum::ApiRouter;
 use aide::axum::routing::{delete, get, post};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use countersign_domain::tenant::{
-    ApiKeyCommand, ApiKeys, Settings, SettingsCommand, TenantCommandContext, TenantSettings,
-};
-use countersign_domain::{Role, Timestamp, UserId};
-use countersign_projections::{InboxFilter, InboxPage, Projection, TenantStats, VoteRecord};
+use countersign_app::keys::{self, ApiKeyView, CreatedApiKey};
+use countersign_app::{Actor, reads, settings};
+use countersign_domain::tenant::Settings;
+use countersign_domain::{Role, UserId};
+use countersign_projections::{InboxPage, TenantStats, VoteRecord};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::auth::{Caller, digest, roles};
 use crate::error::ApiError;
-use crate::extract::{
-    CURSOR_PATTERN, KeyPath, ReadQuery, Reply, StrictJson, StrictQuery, correlation_id, wait_for,
-};
-use crate::service;
+use crate::extract::{Acting, CURSOR_PATTERN, KeyPath, ReadQuery, Reply, StrictJson, StrictQuery};
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -32,30 +28,13 @@ pub fn router() -> ApiRouter<AppState> {
         .api_route("/v1/users/{id}/votes", get(user_votes))
 }
 
-fn context(caller: &Caller, headers: &HeaderMap) -> Result<TenantCommandContext, ApiError> {
-    Ok(TenantCommandContext {
-        tenant: caller.tenant.clone(),
-        by: caller.principal.clone(),
-        at: chrono::Utc::now(),
-        correlation_id: correlation_id(headers)?,
-    })
-}
-
 /// The tenant's mode and default policy (owner, admin, auditor). Credentials in the webhook URL
 /// are shown redacted.
 async fn read_settings(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
 ) -> Result<Reply<Settings>, ApiError> {
-    caller.require(
-        &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
-        "reading settings",
-    )?;
-    let (settings, _) = state
-        .ledger
-        .load::<TenantSettings>(caller.tenant.as_str())
-        .await?;
-    Ok(Reply::new(settings.settings.redacted()).no_store())
+    Ok(Reply::new(settings::read(&state.app, &actor).await?).no_store())
 }
 
 /// Change the mode or the default policy (owner, admin). Pending actions keep the mode and
@@ -63,27 +42,11 @@ async fn read_settings(
 /// its credentials; the answer shows them redacted.
 async fn update_settings(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    StrictJson(settings): StrictJson<Settings>,
+    Acting(actor): Acting,
+    StrictJson(body): StrictJson<Settings>,
 ) -> Result<Reply<Settings>, ApiError> {
-    caller.require(&[roles::OWNER, roles::ADMIN], "changing settings")?;
-    let settings = service::store_credentials_apart(&state, &caller, settings).await?;
-    let command = SettingsCommand::UpdateSettings {
-        context: context(&caller, &headers)?,
-        settings,
-    };
-    let committed = service::execute_tenant::<TenantSettings>(
-        &state,
-        &caller,
-        "UpdateSettings",
-        command,
-        correlation_id(&headers)?,
-    )
-    .await?;
-    Ok(Reply::new(committed.aggregate.settings.redacted())
-        .at(committed.last_cursor())
-        .no_store())
+    let written = settings::update(&state.app, &actor, body).await?;
+    Ok(Reply::from(written).no_store())
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -98,165 +61,49 @@ pub struct NewApiKey {
     pub roles: BTreeSet<Role>,
 }
 
-/// An API key without its secret.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct ApiKeyView {
-    pub key_id: String,
-    pub name: String,
-    pub roles: BTreeSet<Role>,
-    pub created_by: String,
-    pub created_at: Timestamp,
-    pub revoked_at: Option<Timestamp>,
-}
-
-/// A new key: `api_key` is shown this once and never again.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct CreatedApiKey {
-    #[serde(flatten)]
-    pub key: ApiKeyView,
-    /// Send as `Authorization: Bearer <api_key>`.
-    pub api_key: String,
-}
-
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ApiKeyList {
     pub keys: Vec<ApiKeyView>,
 }
 
-fn view(record: &countersign_domain::tenant::ApiKeyRecord) -> ApiKeyView {
-    ApiKeyView {
-        key_id: record.key_id.clone(),
-        name: record.name.clone(),
-        roles: record.roles.clone(),
-        created_by: record.created_by.to_string(),
-        created_at: record.created_at,
-        revoked_at: record.revoked_at,
-    }
-}
-
-/// A random key id and secret (the only randomness of key creation; the domain records digests).
-pub fn new_key_material() -> (String, String) {
-    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    (id, secret)
-}
-
-/// Create an API key for this tenant (owner, admin). The secret is returned once.
+/// Create an API key for this tenant (owner, admin; only an owner grants `owner`). The secret is
+/// returned once.
 async fn create_key(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
+    Acting(actor): Acting,
     StrictJson(body): StrictJson<NewApiKey>,
 ) -> Result<Reply<CreatedApiKey, 201>, ApiError> {
-    caller.require(&[roles::OWNER, roles::ADMIN], "managing API keys")?;
-    let secret_key = state.auth.config().api_key_secret.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "api_keys_disabled",
-            "API keys need COUNTERSIGN_API_KEY_SECRET to be configured",
-        )
-    })?;
-    let name = body.name.trim().to_owned();
-    if body.roles.iter().any(|role| role.as_str() == roles::OWNER)
-        && !caller.has_any(&[roles::OWNER])
-    {
-        return Err(ApiError::forbidden(
-            "only an owner may create a key with the owner role",
-        ));
-    }
-    let (key_id, secret) = new_key_material();
-    let command = ApiKeyCommand::CreateApiKey {
-        context: context(&caller, &headers)?,
-        key_id: key_id.clone(),
-        name,
-        roles: body.roles,
-        digest: digest(&secret_key, &secret).to_hex().to_string(),
-    };
-    let committed = service::execute_tenant::<ApiKeys>(
-        &state,
-        &caller,
-        "CreateApiKey",
-        command,
-        correlation_id(&headers)?,
-    )
-    .await?;
-    let record = committed
-        .aggregate
-        .keys
-        .get(&key_id)
-        .ok_or_else(|| ApiError::internal("created key missing"))?;
-    Ok(Reply::new(CreatedApiKey {
-        key: view(record),
-        api_key: format!("csk.{}.{key_id}.{secret}", caller.tenant),
-    })
-    .at(committed.last_cursor())
-    .no_store())
+    let written = keys::create(&state.app, &actor, &body.name, body.roles).await?;
+    Ok(Reply::from(written).no_store())
 }
 
 /// The tenant's API keys, without secrets (owner, admin).
 async fn list_keys(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
 ) -> Result<Reply<ApiKeyList>, ApiError> {
-    caller.require(&[roles::OWNER, roles::ADMIN], "managing API keys")?;
-    let (keys, _) = state.ledger.load::<ApiKeys>(caller.tenant.as_str()).await?;
-    Ok(Reply::new(ApiKeyList {
-        keys: keys.keys.values().map(view).collect(),
-    })
-    .no_store())
+    let keys = keys::list(&state.app, &actor).await?;
+    Ok(Reply::new(ApiKeyList { keys }).no_store())
 }
 
 /// Revoke an API key (owner, admin): it stops working at once.
 async fn revoke_key(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
+    Acting(actor): Acting,
     Path(KeyPath { key_id }): Path<KeyPath>,
 ) -> Result<Reply<ApiKeyView>, ApiError> {
-    caller.require(&[roles::OWNER, roles::ADMIN], "managing API keys")?;
-    let command = ApiKeyCommand::RevokeApiKey {
-        context: context(&caller, &headers)?,
-        key_id: key_id.clone(),
-    };
-    let committed = service::execute_tenant::<ApiKeys>(
-        &state,
-        &caller,
-        "RevokeApiKey",
-        command,
-        correlation_id(&headers)?,
-    )
-    .await?;
-    let record = committed
-        .aggregate
-        .keys
-        .get(&key_id)
-        .ok_or_else(|| ApiError::not_found("api_key_not_found", "API key"))?;
-    Ok(Reply::new(view(record))
-        .at(committed.last_cursor())
-        .no_store())
+    let written = keys::revoke(&state.app, &actor, &key_id).await?;
+    Ok(Reply::from(written).no_store())
 }
 
 /// The tenant's approval statistics (owner, admin, auditor, approver).
 async fn stats(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictQuery(query): StrictQuery<ReadQuery>,
 ) -> Result<Reply<TenantStats>, ApiError> {
-    caller.require(
-        &[roles::OWNER, roles::ADMIN, roles::AUDITOR, roles::APPROVER],
-        "reading stats",
-    )?;
-    wait_for(
-        &state,
-        Projection::Actions,
-        query.consistent_with.as_deref(),
-    )
-    .await?;
-    Ok(Reply::new(state.projections.stats(&caller.tenant).await?))
+    let stats = reads::stats(&state.app, &actor, query.cursor()?).await?;
+    Ok(Reply::new(stats))
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -286,9 +133,10 @@ pub struct UserPath {
     pub id: String,
 }
 
-/// The user a history is asked for; an id no credential can carry is refused naming it.
-fn history_user(caller: &Caller, id: &str) -> Result<UserId, ApiError> {
-    caller.may_read_history_of(id)?;
+/// The user a history is asked for; an id no credential can carry is refused naming it (after
+/// the permission check, so the refusal does not tell a stranger which ids are well formed).
+fn history_user(actor: &Actor, id: &str) -> Result<UserId, ApiError> {
+    actor.may_read_history_of(id)?;
     UserId::parse(id).map_err(|err| {
         ApiError::bad_request("invalid_path", format!("id: {}", err.message)).with_field("id")
     })
@@ -309,20 +157,14 @@ fn history_limit(limit: Option<u32>) -> Result<u32, ApiError> {
 /// Actions a user requested, newest first (the user, owner, admin, auditor).
 async fn user_actions(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     Path(UserPath { id }): Path<UserPath>,
     StrictQuery(query): StrictQuery<HistoryQuery>,
 ) -> Result<Reply<InboxPage>, ApiError> {
-    let user = history_user(&caller, &id)?;
-    let filter = InboxFilter {
-        requested_by: Some(user.to_string()),
-        cursor: query.cursor,
-        limit: history_limit(query.limit)?,
-        ..InboxFilter::default()
-    };
-    Ok(Reply::new(
-        state.projections.inbox(&caller.tenant, &filter).await?,
-    ))
+    let user = history_user(&actor, &id)?;
+    let limit = history_limit(query.limit)?;
+    let page = reads::actions_of(&state.app, &actor, &user, query.cursor, limit).await?;
+    Ok(Reply::new(page))
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -333,16 +175,12 @@ pub struct VoteHistory {
 /// Votes a user cast, newest first (the user, owner, admin, auditor).
 async fn user_votes(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     Path(UserPath { id }): Path<UserPath>,
     StrictQuery(query): StrictQuery<VoteHistoryQuery>,
 ) -> Result<Reply<VoteHistory>, ApiError> {
-    let user = history_user(&caller, &id)?;
+    let user = history_user(&actor, &id)?;
     let limit = history_limit(query.limit)?;
-    Ok(Reply::new(VoteHistory {
-        votes: state
-            .projections
-            .votes_by(&caller.tenant, user.as_str(), limit)
-            .await?,
-    }))
+    let votes = reads::votes_of(&state.app, &actor, &user, limit).await?;
+    Ok(Reply::new(VoteHistory { votes }))
 }

@@ -6,13 +6,13 @@
     reason = "each test binary uses a different subset"
 )]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use countersign_gateway::{
-    AppState, AuthConfig, Authenticator, Claims, EventHub, Limits, app, mint_hs256,
-};
+use countersign_app::App;
+use countersign_gateway::{AppState, AuthConfig, Claims, EventHub, Limits, app, mint_hs256};
 use countersign_ledger::LogCursor;
 use countersign_ledger::testing::TestStore;
 use countersign_projections::{ProjectionStore, Supervisor};
@@ -44,6 +44,8 @@ pub const API_KEY_SECRET: [u8; 32] = [7; 32];
 pub struct TestApp {
     pub store: TestStore,
     pub state: AppState,
+    /// The executor running beside the gateway ([`TestApp::with_executor`]).
+    pub executor: Option<countersign_executor::Executor>,
     stop: watch::Sender<bool>,
 }
 
@@ -107,7 +109,7 @@ impl TestApp {
         let executor = countersign_executor::Executor::new(
             app.store.ledger.clone(),
             registry,
-            app.state.progress.clone(),
+            app.state.app.progress().clone(),
             countersign_executor::ExecutorConfig {
                 lease: Duration::from_secs(10),
                 ..Default::default()
@@ -123,12 +125,17 @@ impl TestApp {
         tokio::spawn(
             countersign_executor::Sweeper {
                 executor: executor.clone(),
-                projections: app.state.projections.clone(),
+                projections: app.state.app.projections().clone(),
                 interval: Duration::from_millis(200),
             }
             .run(stopped),
         );
-        app.state.executor = Some(executor);
+        app.state.app = app
+            .state
+            .app
+            .clone()
+            .with_previewer(Arc::new(executor.clone()));
+        app.executor = Some(executor);
         app
     }
 
@@ -146,32 +153,30 @@ impl TestApp {
         let seals = countersign_verification::SealStore::open(&store.config)
             .await
             .expect("seal store");
+        let app = App::new(store.ledger.clone(), projections, seals)
+            .with_api_key_secret(auth.api_key_secret);
         let state = AppState {
-            ledger: store.ledger.clone(),
-            projections,
-            seals,
-            auth: Authenticator::new(auth),
             hub,
             limits: Limits {
                 body_bytes: 64 * 1024,
                 ..Limits::default()
             },
-            metrics: None,
             metrics_token: Some("metrics-secret".into()),
-            progress: countersign_executor::ProgressHub::default(),
-            executor: None,
+            ..AppState::new(app, auth)
         };
         // Wait for the projections to exist, as a deployed service would before taking traffic.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while state
-            .projections
+            .app
+            .projections()
             .live(countersign_projections::Projection::Audit)
             .await
             .ok()
             .flatten()
             .is_none()
             || state
-                .projections
+                .app
+                .projections()
                 .live(countersign_projections::Projection::Actions)
                 .await
                 .ok()
@@ -184,7 +189,12 @@ impl TestApp {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { store, state, stop }
+        Self {
+            store,
+            state,
+            executor: None,
+            stop,
+        }
     }
 
     pub async fn raw(&self, request: Request<Body>) -> Answer {

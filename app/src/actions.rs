@@ -1,0 +1,421 @@
+//! Use cases on actions: submit, vote, cancel, request execution, preview, roll back, and the
+//! views of one action (detail, audit trail, the state a stream starts from).
+
+use countersign_domain::action::{
+    Action, ActionCommand, ActionError, ActionEvent, ActionState, ActionStatus, CancelAction,
+    CastVote, RequestExecution, RequestRollback, SubmitAction,
+};
+use countersign_domain::canonical::ExecutionKey;
+use countersign_domain::policy::{PolicySnapshot, resolve};
+use countersign_domain::quorum::Vote;
+use countersign_domain::risk::assess;
+use countersign_domain::submission::Submission;
+use countersign_domain::tenant::{PolicySet, TenantSettings};
+use countersign_domain::{ActionId, Comment, IdempotencyKey, Source, Summary, TenantMode};
+use countersign_ledger::{Committed, LedgerError, LogCursor};
+use countersign_projections::{ActionDetail, AuditEntry, InboxFilter, InboxPage, Projection};
+use cqrs_es::Aggregate;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Actor, App, AppError, roles};
+
+/// What a write answers: the value after it and where its last event landed in the log (reads
+/// of lists pass it back to wait for the write).
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub cursor: Option<LogCursor>,
+}
+
+/// A submission's outcome: a new action, or the one an earlier identical request created.
+#[derive(Debug)]
+pub enum Submitted {
+    New(Written<ActionDetail>),
+    Existing(Written<ActionDetail>),
+}
+
+fn count(command: &'static str, outcome: &'static str) {
+    metrics::counter!("countersign_commands_total", "command" => command, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Runs an action command for the actor's tenant and counts its outcome.
+async fn run(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    command: ActionCommand,
+) -> Result<Committed<Action>, LedgerError<ActionError>> {
+    let name = command.name();
+    let metadata = actor.metadata(command.context().correlation_id.clone());
+    let result = app
+        .ledger
+        .execute::<Action>(&id.to_string(), command, &metadata)
+        .await;
+    count(
+        name,
+        match &result {
+            Ok(_) => "ok",
+            Err(LedgerError::Rejected(error)) => error.code(),
+            Err(LedgerError::Conflict { .. }) => "conflict",
+            Err(LedgerError::Store(_)) => "store_error",
+            Err(LedgerError::Unreadable(_)) => "unreadable_input",
+        },
+    );
+    result
+}
+
+fn written(committed: &Committed<Action>) -> Result<Written<ActionDetail>, AppError> {
+    let state = committed
+        .aggregate
+        .state()
+        .ok_or_else(AppError::action_not_found)?;
+    Ok(Written {
+        value: ActionDetail::from_state(state, committed.last_position().unwrap_or(-1)),
+        cursor: committed.last_cursor(),
+    })
+}
+
+/// The action as the ledger holds it now, with the log position of its last event, when it
+/// exists in the actor's tenant: another tenant's action answers exactly like a missing one.
+async fn current(app: &App, actor: &Actor, id: ActionId) -> Result<(ActionState, i64), AppError> {
+    let (action, position, _) = fold(app, id).await?;
+    action
+        .into_state()
+        .filter(|state| state.tenant == actor.tenant)
+        .map(|state| (state, position))
+        .ok_or_else(AppError::action_not_found)
+}
+
+/// Folds an action's stream from the log: the aggregate, its last event's position, and the
+/// decoded events (for the audit trail).
+async fn fold(app: &App, id: ActionId) -> Result<(Action, i64, Vec<AuditEntry>), AppError> {
+    let logged = app.ledger.events_of(Action::TYPE, &id.to_string()).await?;
+    let mut action = Action::default();
+    let mut position = -1;
+    let mut audit = Vec::with_capacity(logged.len());
+    for logged in &logged {
+        let event: ActionEvent = logged.decode::<Action>()?;
+        audit.push(AuditEntry::from_logged(logged, &event)?);
+        action.apply(event);
+        position = logged.cursor.position;
+    }
+    Ok((action, position, audit))
+}
+
+/// The tenant's mode and the policy that governs `submission` by the actor.
+pub async fn policy_for(
+    app: &App,
+    actor: &Actor,
+    submission: &Submission,
+) -> Result<(TenantMode, PolicySnapshot), AppError> {
+    let tenant = actor.tenant.as_str();
+    let ((settings, _), (policies, _)) = tokio::try_join!(
+        app.ledger.load::<TenantSettings>(tenant),
+        app.ledger.load::<PolicySet>(tenant),
+    )?;
+    let risk = assess(submission);
+    let facts = submission.facts(&actor.principal.id, &risk);
+    Ok((
+        settings.settings.mode,
+        resolve(
+            &policies.list(),
+            &facts,
+            &settings.settings.default_requirements,
+        ),
+    ))
+}
+
+/// Submits `submission` under the policy in force. With an idempotency key, a repeat of the same
+/// submission answers the existing action; the same key with other content is refused.
+pub async fn submit(
+    app: &App,
+    actor: &Actor,
+    submission: Submission,
+    idempotency_key: Option<IdempotencyKey>,
+) -> Result<Submitted, AppError> {
+    actor.require(
+        &[
+            roles::OWNER,
+            roles::ADMIN,
+            roles::APPROVER,
+            roles::REQUESTER,
+        ],
+        "submitting actions",
+    )?;
+    let id = match &idempotency_key {
+        Some(key) => ActionId::for_idempotency_key(&actor.tenant, key),
+        None => ActionId::from_uuid(uuid::Uuid::now_v7()),
+    };
+    submit_as(app, actor, id, submission, idempotency_key, None).await
+}
+
+async fn submit_as(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    submission: Submission,
+    idempotency_key: Option<IdempotencyKey>,
+    rollback_of: Option<ActionId>,
+) -> Result<Submitted, AppError> {
+    let (mode, policy) = policy_for(app, actor, &submission).await?;
+    let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
+        context: actor.context(),
+        action_id: id,
+        submission,
+        mode,
+        policy,
+        idempotency_key,
+        rollback_of,
+    }));
+    match run(app, actor, id, command).await {
+        Ok(committed) => Ok(Submitted::New(written(&committed)?)),
+        Err(LedgerError::Rejected(ActionError::AlreadySubmitted { action_id })) => {
+            Ok(Submitted::Existing(Written {
+                value: detail(app, actor, action_id).await?,
+                cursor: None,
+            }))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Votes on the action's current stage; a later vote replaces the earlier.
+pub async fn vote(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    vote: Vote,
+    comment: Option<Comment>,
+) -> Result<Written<ActionDetail>, AppError> {
+    let command = ActionCommand::CastVote(CastVote {
+        context: actor.context(),
+        vote,
+        comment,
+    });
+    written(&run(app, actor, id, command).await?)
+}
+
+/// One vote of a bulk vote; an id that is not an action's answers `action_not_found`.
+#[derive(Debug, Clone)]
+pub struct Ballot {
+    pub action_id: String,
+    pub vote: Vote,
+    pub comment: Option<Comment>,
+}
+
+/// The most votes one bulk vote carries.
+pub const MAX_BULK_VOTES: usize = 100;
+
+/// Votes on several actions, each answered on its own, in order.
+pub async fn vote_many(
+    app: &App,
+    actor: &Actor,
+    ballots: Vec<Ballot>,
+) -> Result<Vec<Result<Written<ActionDetail>, AppError>>, AppError> {
+    if ballots.is_empty() || ballots.len() > MAX_BULK_VOTES {
+        return Err(AppError::InvalidInput(countersign_domain::ParseError::new(
+            "votes",
+            format!("between 1 and {MAX_BULK_VOTES} votes"),
+        )));
+    }
+    let mut results = Vec::with_capacity(ballots.len());
+    for ballot in ballots {
+        results.push(match ActionId::parse(&ballot.action_id) {
+            Ok(id) => vote(app, actor, id, ballot.vote, ballot.comment).await,
+            Err(_) => Err(AppError::action_not_found()),
+        });
+    }
+    Ok(results)
+}
+
+/// Withdraws a pending action (its requester, an admin or an owner).
+pub async fn cancel(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    reason: Option<Comment>,
+) -> Result<Written<ActionDetail>, AppError> {
+    let command = ActionCommand::CancelAction(CancelAction {
+        context: actor.context(),
+        reason,
+    });
+    written(&run(app, actor, id, command).await?)
+}
+
+/// Asks an approved action to run (its requester, an admin or an owner).
+pub async fn request_execution(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+) -> Result<Written<ActionDetail>, AppError> {
+    let command = ActionCommand::RequestExecution(RequestExecution {
+        context: actor.context(),
+    });
+    written(&run(app, actor, id, command).await?)
+}
+
+/// What an execution would do.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExecutionPreview {
+    pub action_id: ActionId,
+    pub action_type: String,
+    pub execution_key: ExecutionKey,
+    pub payload: Value,
+    pub status: ActionStatus,
+    /// Whether a real request would start it now.
+    pub would_execute: bool,
+    /// Why not, when it would not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the capability says it would do (when this process runs an executor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability_preview: Option<Value>,
+    /// Why the capability could not preview it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability_error: Option<String>,
+}
+
+/// What asking the action to run would do, changing nothing (whoever may ask it to run).
+pub async fn preview_execution(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+) -> Result<ExecutionPreview, AppError> {
+    let (current, _) = current(app, actor, id).await?;
+    current.may_be_directed_by(&actor.principal, "execute")?;
+    let reason = match (current.status, current.mode) {
+        (ActionStatus::Approved, TenantMode::Safe) => {
+            Some("the tenant was in safe mode at submission: it will be skipped".to_owned())
+        }
+        (ActionStatus::Approved, _) => None,
+        (status, _) => Some(format!("the action is {status}, not approved")),
+    };
+    let (capability_preview, capability_error) = match &app.previewer {
+        Some(previewer) => match previewer
+            .preview(&id)
+            .await
+            .map_err(|err| AppError::internal("previewing a capability", err))?
+        {
+            Ok(preview) => (Some(preview), None),
+            Err(reason) => (None, Some(reason)),
+        },
+        None => (None, None),
+    };
+    Ok(ExecutionPreview {
+        action_id: id,
+        action_type: current.action_type.to_string(),
+        execution_key: current.execution_key.clone(),
+        payload: current.submission.payload.clone(),
+        status: current.status,
+        would_execute: reason.is_none() && capability_error.is_none(),
+        reason: reason.or_else(|| capability_error.clone()),
+        capability_preview,
+        capability_error,
+    })
+}
+
+/// Rolls an executed action back: records on the original that a rollback was asked (the domain
+/// decides who may and whether there is anything to undo), then submits the rollback action —
+/// the stored undo payload through the same capability, governed by its own policy. Asking again
+/// answers the same rollback action; if the submission failed after the request was recorded,
+/// asking again completes it.
+pub async fn roll_back(app: &App, actor: &Actor, id: ActionId) -> Result<Submitted, AppError> {
+    let (original, _) = current(app, actor, id).await?;
+    let key = IdempotencyKey::parse(format!("rollback:{id}"))
+        .map_err(|err| AppError::internal("deriving the rollback key", anyhow::anyhow!(err)))?;
+    let rollback_id = ActionId::for_idempotency_key(&actor.tenant, &key);
+    let link = ActionCommand::RequestRollback(RequestRollback {
+        context: actor.context(),
+        rollback_action_id: rollback_id,
+    });
+    let linked = run(app, actor, id, link).await?;
+    let undo_payload = original
+        .execution
+        .undo_payload
+        .clone()
+        .ok_or(ActionError::NothingToRollBack)?;
+    let mut submission = original.submission.clone();
+    submission.payload = undo_payload;
+    submission.undo_payload = None;
+    submission.summary = Summary::parse(
+        format!("Roll back: {}", original.submission.summary.as_str())
+            .chars()
+            .take(500)
+            .collect::<String>(),
+    )?;
+    submission.source = Source::parse("rollback")?;
+    let submitted = submit_as(app, actor, rollback_id, submission, Some(key), Some(id)).await?;
+    Ok(match submitted {
+        Submitted::New(mut written) => {
+            written.cursor = written.cursor.max(linked.last_cursor());
+            Submitted::New(written)
+        }
+        Submitted::Existing(mut written) => {
+            written.cursor = written.cursor.max(linked.last_cursor());
+            Submitted::Existing(written)
+        }
+    })
+}
+
+/// An action: status, request, risk, policy, stage progress, votes, executions — built from the
+/// ledger, so it reflects every write to the action that has answered, whichever process made it.
+pub async fn detail(app: &App, actor: &Actor, id: ActionId) -> Result<ActionDetail, AppError> {
+    let (state, position) = current(app, actor, id).await?;
+    Ok(ActionDetail::from_state(&state, position))
+}
+
+/// An action's audit trail: every event with actor, time, type, content and log position (owner,
+/// admin, auditor) — from the ledger, like [`detail`].
+pub async fn audit(app: &App, actor: &Actor, id: ActionId) -> Result<AuditTrail, AppError> {
+    actor.require(
+        &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
+        "reading audit trails",
+    )?;
+    let (action, _, events) = fold(app, id).await?;
+    if action
+        .state()
+        .is_none_or(|state| state.tenant != actor.tenant)
+    {
+        return Err(AppError::action_not_found());
+    }
+    Ok(AuditTrail {
+        action_id: id,
+        events,
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct AuditTrail {
+    pub action_id: ActionId,
+    pub events: Vec<AuditEntry>,
+}
+
+/// The inbox: filtered, sorted, keyset-paginated, at least as new as `consistent_with`.
+pub async fn inbox(
+    app: &App,
+    actor: &Actor,
+    filter: &InboxFilter,
+    consistent_with: Option<LogCursor>,
+) -> Result<InboxPage, AppError> {
+    if let Some(user) = &filter.requested_by {
+        actor.may_read_history_of(user)?;
+    }
+    app.wait_for(Projection::Actions, consistent_with).await?;
+    Ok(app.projections.inbox(&actor.tenant, filter).await?)
+}
+
+/// The action a stream starts from, with its stream version (another tenant's action answers
+/// like a missing one).
+pub async fn watch(app: &App, actor: &Actor, id: ActionId) -> Result<(Action, u64), AppError> {
+    let (action, sequence) = app.ledger.load::<Action>(&id.to_string()).await?;
+    if action
+        .state()
+        .is_none_or(|state| state.tenant != actor.tenant)
+    {
+        return Err(AppError::action_not_found());
+    }
+    Ok((action, sequence))
+}
