@@ -36,6 +36,14 @@ pub enum AppError {
     /// A feature this deployment has not configured.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// The request is understood but cannot be met as asked (a proof of a tree larger than the
+    /// sealed one, an export range outside the signed tree).
+    #[error("{message}")]
+    CannotDo { code: &'static str, message: String },
+    /// The tenant's state does not allow it yet (nothing signed to export); the same request
+    /// may succeed later.
+    #[error("{message}")]
+    NotYet { code: &'static str, message: String },
     /// The read model has not reached the awaited write within the wait.
     #[error("the read model has not reached that write yet; retry")]
     NotCaughtUp,
@@ -74,7 +82,10 @@ impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Forbidden(_) => "forbidden",
-            Self::NotFound { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::NotFound { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::CannotDo { code, .. }
+            | Self::NotYet { code, .. } => code,
             Self::Action(error) => error.code(),
             Self::Tenant(error) => error.code(),
             Self::InvalidInput(_) => "invalid_input",

@@ -17,6 +17,7 @@
 pub mod actions;
 mod actor;
 mod error;
+pub mod evidence;
 pub mod keys;
 pub mod policies;
 mod ports;
@@ -158,4 +159,47 @@ impl App {
 /// The keyed blake3 digest under which an API key secret is stored.
 pub fn digest(key: &[u8; 32], secret: &str) -> blake3::Hash {
     blake3::keyed_hash(key, secret.as_bytes())
+}
+
+/// Whether this process can take traffic.
+#[derive(Debug)]
+pub enum Readiness {
+    Ready,
+    /// Not now, and why (`database unreachable`, `N migrations not applied`, `stalled: …`).
+    Unavailable {
+        reason: String,
+        stalled: Vec<countersign_ledger::health::Stall>,
+    },
+}
+
+impl App {
+    /// Ready when the database answers and is migrated, and none of this process's tailers is
+    /// stalled (see `countersign_ledger::health`).
+    pub async fn readiness(&self) -> Readiness {
+        let unavailable = |reason: String| Readiness::Unavailable {
+            reason,
+            stalled: Vec::new(),
+        };
+        if let Err(err) = self.ledger.ping().await {
+            tracing::warn!(error = %err, "readiness: database unreachable");
+            return unavailable("database unreachable".into());
+        }
+        match self.ledger.pending_migrations().await {
+            Ok(0) => {}
+            Ok(pending) => return unavailable(format!("{pending} migrations not applied")),
+            Err(err) => {
+                tracing::warn!(error = %err, "readiness: cannot read migrations");
+                return unavailable("migrations unreadable".into());
+            }
+        }
+        let stalled = self.ledger.health().stalled();
+        if stalled.is_empty() {
+            return Readiness::Ready;
+        }
+        let names: Vec<&str> = stalled.iter().map(|stall| stall.tailer.as_str()).collect();
+        Readiness::Unavailable {
+            reason: format!("stalled: {}", names.join(", ")),
+            stalled,
+        }
+    }
 }

@@ -125,44 +125,6 @@ pub struct Caller {
     pub request_id: Option<String>,
 }
 
-impl Caller {
-    pub fn has_any(&self, roles: &[&str]) -> bool {
-        self.principal
-            .roles
-            .iter()
-            .any(|role| roles.contains(&role.as_str()))
-    }
-
-    /// Refuses callers holding none of `roles`.
-    pub fn require(&self, roles: &[&str], what: &str) -> Result<(), ApiError> {
-        if self.has_any(roles) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "{what} requires one of the roles: {}",
-                roles.join(", ")
-            )))
-        }
-    }
-
-    pub fn is(&self, user: &str) -> bool {
-        self.principal.id.as_str() == user
-    }
-
-    /// Whether the caller may see what `user` requested or voted: their own history, or any
-    /// with the owner, admin or auditor role. One rule for `/v1/users/{id}/…` and for the
-    /// inbox's `requested_by` filter, so a filter never reveals what the resource refuses.
-    pub fn may_read_history_of(&self, user: &str) -> Result<(), ApiError> {
-        if self.is(user) || self.has_any(&[roles::OWNER, roles::ADMIN, roles::AUDITOR]) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "reading another user's history requires the owner, admin or auditor role",
-            ))
-        }
-    }
-}
-
 /// How far (in seconds) a JWT's `exp`, `nbf` and `iat` may be off to allow for clock skew.
 pub const LEEWAY_SECONDS: u64 = 30;
 

@@ -290,6 +290,10 @@ impl From<AppError> for ApiError {
             AppError::Unavailable { code, message } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
             }
+            AppError::CannotDo { code, message } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            AppError::NotYet { code, message } => Self::new(StatusCode::CONFLICT, code, message),
             AppError::NotCaughtUp => Self {
                 retry_after: Some(1),
                 ..Self::new(

@@ -87,6 +87,15 @@ async fn docs(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(response)
 }
 
+/// Whether the request carries `Authorization: Bearer <expected>` (compared in constant time).
+fn bearer_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes()))
+}
+
 /// Prometheus metrics, for a scraper holding `COUNTERSIGN_METRICS_TOKEN`.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let Some(expected) = state.metrics_token.as_deref() else {
@@ -95,13 +104,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             "set COUNTERSIGN_METRICS_TOKEN to expose metrics",
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let matches = given
-        .is_some_and(|given| blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes()));
-    if !matches {
+    if !bearer_is(&headers, expected) {
         return Err(ApiError::unauthorized(
             "unauthorized",
             "metrics need `Authorization: Bearer <metrics token>`",

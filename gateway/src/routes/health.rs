@@ -7,6 +7,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use countersign_app::Readiness;
+
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -21,45 +23,17 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = state.app.ledger().kind();
-    if let Err(err) = state.app.ledger().ping().await {
-        tracing::warn!(error = %err, "readiness: database unreachable");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({ "status": "unavailable", "store": store, "reason": "database unreachable" }),
-            ),
-        );
-    }
-    match state.app.ledger().pending_migrations().await {
-        Ok(0) => {
-            let stalled = state.app.ledger().health().stalled();
-            if stalled.is_empty() {
-                return (
-                    StatusCode::OK,
-                    Json(json!({ "status": "ready", "store": store })),
-                );
-            }
-            let names: Vec<&str> = stalled.iter().map(|stall| stall.tailer.as_str()).collect();
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "store": store,
-                             "reason": format!("stalled: {}", names.join(", ")),
-                             "stalled": stalled })),
-            )
-        }
-        Ok(pending) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "store": store,
-                         "reason": format!("{pending} migrations not applied") })),
+    match state.app.readiness().await {
+        Readiness::Ready => (
+            StatusCode::OK,
+            Json(json!({ "status": "ready", "store": store })),
         ),
-        Err(err) => {
-            tracing::warn!(error = %err, "readiness: cannot read migrations");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "unavailable", "store": store, "reason": "migrations unreadable" }),
-                ),
-            )
+        Readiness::Unavailable { reason, stalled } => {
+            let mut body = json!({ "status": "unavailable", "store": store, "reason": reason });
+            if !stalled.is_empty() {
+                body["stalled"] = json!(stalled);
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
         }
     }
 }

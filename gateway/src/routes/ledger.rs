@@ -6,14 +6,14 @@ use aide::axum::routing::get;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use countersign_app::evidence;
 use countersign_verification::{ConsistencyProof, InclusionProof, SignedHead};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::auth::{Caller, roles};
 use crate::error::ApiError;
-use crate::extract::{Reply, StrictQuery};
+use crate::extract::{Acting, Reply, StrictQuery};
 
 pub fn router() -> ApiRouter<AppState> {
     ApiRouter::new()
@@ -24,30 +24,12 @@ pub fn router() -> ApiRouter<AppState> {
         .api_route("/v1/audit/export", get(export))
 }
 
-fn auditor(caller: &Caller) -> Result<(), ApiError> {
-    caller.require(
-        &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
-        "reading the ledger's evidence",
-    )
-}
-
-fn no_head() -> ApiError {
-    ApiError::not_found("no_head", "signed ledger head")
-}
-
 /// The tenant's newest signed ledger head.
 async fn head(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
 ) -> Result<Reply<SignedHead>, ApiError> {
-    auditor(&caller)?;
-    let head = state
-        .app
-        .seals()
-        .latest_head(caller.tenant.as_str())
-        .await?
-        .ok_or_else(no_head)?;
-    Ok(Reply::new(head).no_store())
+    Ok(Reply::new(evidence::head(&state.app, &actor).await?).no_store())
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -69,10 +51,9 @@ pub struct HeadList {
 /// The tenant's signed heads, oldest first.
 async fn heads(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictQuery(query): StrictQuery<HeadsQuery>,
 ) -> Result<Reply<HeadList>, ApiError> {
-    auditor(&caller)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(
@@ -80,11 +61,8 @@ async fn heads(
                 .with_field("limit"),
         );
     }
-    let heads = state
-        .app
-        .seals()
-        .heads(caller.tenant.as_str(), query.after.unwrap_or(0), limit)
-        .await?;
+    let after = query.after.unwrap_or(0);
+    let heads = evidence::heads(&state.app, &actor, after, limit).await?;
     Ok(Reply::new(HeadList { heads }).no_store())
 }
 
@@ -100,46 +78,13 @@ pub struct InclusionQuery {
     pub size: Option<u64>,
 }
 
-fn proof_error(err: anyhow::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_proof_request",
-        format!("{err:#}"),
-    )
-}
-
 /// Proof that an event is in the tenant's tree of `size` leaves.
 async fn inclusion(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictQuery(query): StrictQuery<InclusionQuery>,
 ) -> Result<Reply<InclusionProof>, ApiError> {
-    auditor(&caller)?;
-    let leaf = state
-        .app
-        .seals()
-        .leaf_at_position(query.event)
-        .await?
-        .filter(|leaf| leaf.tenant == caller.tenant.as_str())
-        .ok_or_else(|| ApiError::not_found("event_not_sealed", "sealed event"))?;
-    let size = match query.size {
-        Some(size) => size,
-        None => {
-            state
-                .app
-                .seals()
-                .latest_head(caller.tenant.as_str())
-                .await?
-                .ok_or_else(no_head)?
-                .tree_size
-        }
-    };
-    let proof = state
-        .app
-        .seals()
-        .inclusion_proof(caller.tenant.as_str(), leaf.ledger_sequence, size)
-        .await
-        .map_err(proof_error)?;
+    let proof = evidence::inclusion(&state.app, &actor, query.event, query.size).await?;
     Ok(Reply::new(proof).no_store())
 }
 
@@ -157,16 +102,10 @@ pub struct ConsistencyQuery {
 /// Proof that the tenant's tree of `from` leaves is a prefix of its tree of `to` leaves.
 async fn consistency(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictQuery(query): StrictQuery<ConsistencyQuery>,
 ) -> Result<Reply<ConsistencyProof>, ApiError> {
-    auditor(&caller)?;
-    let proof = state
-        .app
-        .seals()
-        .consistency_proof(caller.tenant.as_str(), query.from, query.to)
-        .await
-        .map_err(proof_error)?;
+    let proof = evidence::consistency(&state.app, &actor, query.from, query.to).await?;
     Ok(Reply::new(proof).no_store())
 }
 
@@ -186,45 +125,11 @@ pub struct ExportQuery {
 /// inclusion proof. Verify it offline with `countersign audit verify BUNDLE --public-key KEY`.
 async fn export(
     State(state): State<AppState>,
-    caller: Caller,
+    Acting(actor): Acting,
     StrictQuery(query): StrictQuery<ExportQuery>,
 ) -> Result<BundleResponse, ApiError> {
-    auditor(&caller)?;
-    // Nothing is exportable before the first seal: a state of the tenant, not a fault of the
-    // request (the same request succeeds once the sealer has signed a head).
-    if state
-        .app
-        .seals()
-        .latest_head(caller.tenant.as_str())
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "cannot_export",
-            format!(
-                "tenant {} has no signed head yet: nothing can be exported with proofs",
-                caller.tenant
-            ),
-        ));
-    }
-    let mut bundle = Vec::new();
-    countersign_verification::export::export(
-        state.app.ledger(),
-        state.app.seals(),
-        caller.tenant.as_str(),
-        query.from.unwrap_or(0),
-        query.to,
-        &mut bundle,
-    )
-    .await
-    .map_err(|err| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "cannot_export",
-            format!("{err:#}"),
-        )
-    })?;
+    let from = query.from.unwrap_or(0);
+    let bundle = evidence::export(&state.app, &actor, from, query.to).await?;
     Ok(BundleResponse(bundle))
 }
 

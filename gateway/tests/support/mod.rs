@@ -46,6 +46,8 @@ pub struct TestApp {
     pub state: AppState,
     /// The executor running beside the gateway ([`TestApp::with_executor`]).
     pub executor: Option<countersign_executor::Executor>,
+    /// The NATS client and JetStream stream of [`TestApp::with_nats_executor`], for clean-up.
+    pub nats_stream: Option<(async_nats::Client, String)>,
     stop: watch::Sender<bool>,
 }
 
@@ -103,40 +105,93 @@ impl TestApp {
 
     /// An app whose process also runs an executor (embedded mode) and sweeps deadlines.
     pub async fn with_executor(kind: &str, webhook_key: [u8; 32]) -> Self {
-        let mut app = Self::spawn(kind).await;
+        Self::spawn(kind)
+            .await
+            .run_executor(webhook_key, None)
+            .await
+    }
+
+    /// An app whose process also relays the log to NATS JetStream (the shared server at
+    /// `NATS_URL`, default 127.0.0.1:4222, on a stream of its own) and runs the executor as a
+    /// JetStream consumer, as `serve` does with `--nats-url`.
+    pub async fn with_nats_executor(kind: &str, webhook_key: [u8; 32]) -> Self {
+        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into());
+        let client = async_nats::connect(url).await.expect("NATS with JetStream");
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let stream = countersign_executor::StreamConfig {
+            stream: format!("TEST_{}", &unique[..12]),
+            prefix: format!("cs{}", &unique[..12]),
+        };
+        Self::spawn(kind)
+            .await
+            .run_executor(webhook_key, Some((client, stream)))
+            .await
+    }
+
+    async fn run_executor(
+        mut self,
+        webhook_key: [u8; 32],
+        nats: Option<(async_nats::Client, countersign_executor::StreamConfig)>,
+    ) -> Self {
         let registry =
             countersign_executor::registry(Some(webhook_key), None, None).expect("registry");
         let executor = countersign_executor::Executor::new(
-            app.store.ledger.clone(),
+            self.store.ledger.clone(),
             registry,
-            app.state.app.progress().clone(),
+            self.state.app.progress().clone(),
             countersign_executor::ExecutorConfig {
                 lease: Duration::from_secs(10),
                 ..Default::default()
             },
         );
-        let stopped = app.stop.subscribe();
-        tokio::spawn(
-            countersign_executor::LogSource {
-                executor: executor.clone(),
+        let stopped = self.stop.subscribe();
+        match nats {
+            None => {
+                tokio::spawn(
+                    countersign_executor::LogSource {
+                        executor: executor.clone(),
+                    }
+                    .run(stopped.clone()),
+                );
             }
-            .run(stopped.clone()),
-        );
+            Some((client, stream)) => {
+                self.nats_stream = Some((client.clone(), stream.stream.clone()));
+                tokio::spawn(
+                    countersign_executor::Relay::new(
+                        self.store.ledger.clone(),
+                        client.clone(),
+                        stream.clone(),
+                    )
+                    .run(stopped.clone()),
+                );
+                tokio::spawn(
+                    countersign_executor::JetStreamSource {
+                        executor: executor.clone(),
+                        client,
+                        stream,
+                        consumer: "executor".into(),
+                        max_deliver: 10,
+                        concurrency: 4,
+                    }
+                    .run(stopped.clone()),
+                );
+            }
+        }
         tokio::spawn(
             countersign_executor::Sweeper {
                 executor: executor.clone(),
-                projections: app.state.app.projections().clone(),
+                projections: self.state.app.projections().clone(),
                 interval: Duration::from_millis(200),
             }
             .run(stopped),
         );
-        app.state.app = app
+        self.state.app = self
             .state
             .app
             .clone()
             .with_previewer(Arc::new(executor.clone()));
-        app.executor = Some(executor);
-        app
+        self.executor = Some(executor);
+        self
     }
 
     pub async fn with_auth(kind: &str, auth: AuthConfig) -> Self {
@@ -193,6 +248,7 @@ impl TestApp {
             store,
             state,
             executor: None,
+            nats_stream: None,
             stop,
         }
     }
