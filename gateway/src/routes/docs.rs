@@ -1,5 +1,4 @@
-//! `/openapi.json`, the API reference page (Redoc, embedded in the binary: no CDN), and
-//! `/metrics` for Prometheus.
+//! `/openapi.json` and the API reference page (Redoc, embedded in the binary: no CDN).
 //!
 //! Every response forbids framing and scripts ([`API_CSP`]); the reference page's policy allows
 //! exactly its one inline script, by hash ([`reference_page`]).
@@ -9,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use aide::openapi::OpenApi;
 use aide::redoc::Redoc;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -23,7 +22,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/docs", get(docs))
-        .route("/metrics", get(metrics))
 }
 
 fn require_configured(state: &AppState) -> Result<(), ApiError> {
@@ -85,40 +83,4 @@ async fn docs(State(state): State<AppState>) -> Result<Response, ApiError> {
             .insert(header::CONTENT_SECURITY_POLICY, csp);
     }
     Ok(response)
-}
-
-/// Whether the request carries `Authorization: Bearer <expected>` (compared in constant time).
-fn bearer_is(headers: &HeaderMap, expected: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| blake3::hash(given.as_bytes()) == blake3::hash(expected.as_bytes()))
-}
-
-/// Prometheus metrics, for a scraper holding `COUNTERSIGN_METRICS_TOKEN`.
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let Some(expected) = state.metrics_token.as_deref() else {
-        return Err(ApiError::unauthorized(
-            "metrics_unconfigured",
-            "set COUNTERSIGN_METRICS_TOKEN to expose metrics",
-        ));
-    };
-    if !bearer_is(&headers, expected) {
-        return Err(ApiError::unauthorized(
-            "unauthorized",
-            "metrics need `Authorization: Bearer <metrics token>`",
-        ));
-    }
-    let body = state
-        .metrics
-        .as_ref()
-        .map(|handle| handle.render())
-        .unwrap_or_default();
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response())
 }
