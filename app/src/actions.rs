@@ -50,10 +50,7 @@ async fn run(
 ) -> Result<Committed<Action>, LedgerError<ActionError>> {
     let name = command.name();
     let metadata = actor.metadata(command.context().correlation_id.clone());
-    let result = app
-        .ledger
-        .execute::<Action>(&id.to_string(), command, &metadata)
-        .await;
+    let result = app.ledger.execute::<Action>(&id, command, &metadata).await;
     count(
         name,
         match &result {
@@ -111,10 +108,9 @@ pub async fn policy_for(
     actor: &Actor,
     submission: &Submission,
 ) -> Result<(TenantMode, PolicySnapshot), AppError> {
-    let tenant = actor.tenant.as_str();
     let ((settings, _), (policies, _)) = tokio::try_join!(
-        app.ledger.load::<TenantSettings>(tenant),
-        app.ledger.load::<PolicySet>(tenant),
+        app.ledger.load::<TenantSettings>(&actor.tenant),
+        app.ledger.load::<PolicySet>(&actor.tenant),
     )?;
     let risk = assess(submission);
     let facts = submission.facts(&actor.principal.id, &risk);
@@ -325,7 +321,7 @@ pub async fn preview_execution(
 pub async fn roll_back(app: &App, actor: &Actor, id: ActionId) -> Result<Submitted, AppError> {
     let (original, _) = current(app, actor, id).await?;
     let key = IdempotencyKey::parse(format!("rollback:{id}"))
-        .map_err(|err| AppError::internal("deriving the rollback key", anyhow::anyhow!(err)))?;
+        .map_err(|err| AppError::internal("deriving the rollback key", err))?;
     let rollback_id = ActionId::for_idempotency_key(&actor.tenant, &key);
     let link = ActionCommand::RequestRollback(RequestRollback {
         context: actor.context(),
@@ -410,7 +406,7 @@ pub async fn inbox(
 /// The action a stream starts from, with its stream version (another tenant's action answers
 /// like a missing one).
 pub async fn watch(app: &App, actor: &Actor, id: ActionId) -> Result<(Action, u64), AppError> {
-    let (action, sequence) = app.ledger.load::<Action>(&id.to_string()).await?;
+    let (action, sequence) = app.ledger.load::<Action>(&id).await?;
     if action
         .state()
         .is_none_or(|state| state.tenant != actor.tenant)

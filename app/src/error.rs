@@ -108,9 +108,7 @@ where
         match error {
             LedgerError::Rejected(error) => error.into(),
             LedgerError::Conflict { attempts } => Self::Conflict { attempts },
-            LedgerError::Store(error) => {
-                Self::internal("the event store failed", anyhow::anyhow!(error))
-            }
+            LedgerError::Store(source) => Self::internal("the event store failed", source),
             LedgerError::Unreadable(detail) => Self::Unreadable(detail),
         }
     }

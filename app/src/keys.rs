@@ -96,7 +96,7 @@ pub async fn create(
 /// The tenant's keys, without secrets (owner, admin).
 pub async fn list(app: &App, actor: &Actor) -> Result<Vec<ApiKeyView>, AppError> {
     admin(actor)?;
-    let (keys, _) = app.ledger.load::<ApiKeys>(actor.tenant.as_str()).await?;
+    let (keys, _) = app.ledger.load::<ApiKeys>(&actor.tenant).await?;
     Ok(keys.keys.values().map(ApiKeyView::from).collect())
 }
 

@@ -181,14 +181,20 @@ impl App {
             stalled: Vec::new(),
         };
         if let Err(err) = self.ledger.ping().await {
-            tracing::warn!(error = %err, "readiness: database unreachable");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "readiness: database unreachable"
+            );
             return unavailable("database unreachable".into());
         }
         match self.ledger.pending_migrations().await {
             Ok(0) => {}
             Ok(pending) => return unavailable(format!("{pending} migrations not applied")),
             Err(err) => {
-                tracing::warn!(error = %err, "readiness: cannot read migrations");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "readiness: cannot read migrations"
+                );
                 return unavailable("migrations unreadable".into());
             }
         }

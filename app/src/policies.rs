@@ -27,12 +27,15 @@ pub async fn list(
     actor: &Actor,
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Vec<Policy>, AppError> {
-    let tenant = actor.tenant.as_str();
     let Some(at) = at else {
-        return Ok(app.ledger.load::<PolicySet>(tenant).await?.0.list());
+        return Ok(app.ledger.load::<PolicySet>(&actor.tenant).await?.0.list());
     };
     let mut set = PolicySet::default();
-    for logged in app.ledger.events_of(PolicySet::TYPE, tenant).await? {
+    for logged in app
+        .ledger
+        .events_of(PolicySet::TYPE, actor.tenant.as_str())
+        .await?
+    {
         if logged.recorded_at > at {
             break;
         }
@@ -43,7 +46,7 @@ pub async fn list(
 
 /// One policy.
 pub async fn read(app: &App, actor: &Actor, id: &PolicyId) -> Result<Policy, AppError> {
-    let (set, _) = app.ledger.load::<PolicySet>(actor.tenant.as_str()).await?;
+    let (set, _) = app.ledger.load::<PolicySet>(&actor.tenant).await?;
     set.policies.get(id).cloned().ok_or_else(policy_not_found)
 }
 

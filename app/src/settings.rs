@@ -12,10 +12,7 @@ pub async fn read(app: &App, actor: &Actor) -> Result<Settings, AppError> {
         &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
         "reading settings",
     )?;
-    let (settings, _) = app
-        .ledger
-        .load::<TenantSettings>(actor.tenant.as_str())
-        .await?;
+    let (settings, _) = app.ledger.load::<TenantSettings>(&actor.tenant).await?;
     Ok(settings.settings.redacted())
 }
 

@@ -1,5 +1,6 @@
 //! Running tenant-level commands (policies, settings, API keys) on the tenant's streams.
 
+use countersign_domain::TenantId;
 use countersign_domain::tenant::TenantError;
 use countersign_ledger::{Committed, LedgerAggregate, LedgerError};
 
@@ -13,13 +14,13 @@ pub(crate) async fn run<A>(
     command: A::Command,
 ) -> Result<Committed<A>, AppError>
 where
-    A: LedgerAggregate<Error = TenantError>,
+    A: LedgerAggregate<Id = TenantId, Error = TenantError>,
     A::Command: Clone,
 {
     let result = app
         .ledger
         .execute::<A>(
-            actor.tenant.as_str(),
+            &actor.tenant,
             command,
             &actor.metadata(actor.correlation_id.clone()),
         )

@@ -122,12 +122,11 @@ async fn approval_to_start(
         );
         ledger
             .execute::<Action>(
-                &id.to_string(),
+                &id,
                 command,
                 &Metadata::new(tenant, people.requester.id.clone()),
             )
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+            .await?;
         ids.push(id);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

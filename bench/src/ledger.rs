@@ -169,10 +169,7 @@ async fn ledger_appends(ledger: &Ledger, writers: usize, seconds: u64) -> anyhow
                         TenantMode::RequireApproval,
                         policy.clone(),
                     );
-                    ledger
-                        .execute::<Action>(&id.to_string(), command, &metadata)
-                        .await
-                        .map_err(|err| anyhow::anyhow!("{err}"))?;
+                    ledger.execute::<Action>(&id, command, &metadata).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 anyhow::Ok(())

@@ -95,8 +95,7 @@ async fn bare_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f6
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     cqrs.execute(&uuid::Uuid::now_v7().to_string(), note.clone())
-                        .await
-                        .map_err(|err| anyhow::anyhow!("{err}"))?;
+                        .await?;
                     done += 1;
                 }
                 anyhow::Ok(done)
@@ -172,12 +171,11 @@ fn token(user: &str, tenant: &str, roles: &[&str]) -> anyhow::Result<String> {
     let now = chrono::Utc::now().timestamp();
     let claims =
         json!({ "sub": user, "tenant": tenant, "roles": roles, "exp": now + 3600, "iat": now });
-    jsonwebtoken::encode(
+    Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .map_err(|err| anyhow::anyhow!("{err}"))
+    )?)
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
@@ -509,9 +507,7 @@ async fn seed_pending(url: &str, count: usize, tenants: &[String]) -> anyhow::Re
             countersign_domain::TenantMode::RequireApproval,
             policy.clone(),
         );
-        let events = Action::default()
-            .decide(command)
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let events = Action::default().decide(command)?;
         for event in events {
             rows.push((
                 id.to_string(),

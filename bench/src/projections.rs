@@ -79,10 +79,7 @@ pub(crate) async fn seed(url: &str, people: &People, actions: usize) -> anyhow::
         let mut sequence = 0;
         for command in [submit, vote] {
             let actor = command.context().by.id.to_string();
-            for event in action
-                .decide(command)
-                .map_err(|err| anyhow::anyhow!("{err}"))?
-            {
+            for event in action.decide(command)? {
                 sequence += 1;
                 let metadata = serde_json::json!({ "tenant": tenant.as_str(), "actor": actor });
                 rows.push((
@@ -211,10 +208,7 @@ async fn lag_under_load(
             let (submit, vote) = commands(&people, &tenant, id)?;
             for command in [submit, vote] {
                 let metadata = Metadata::new(tenant.clone(), command.context().by.id.clone());
-                let done = ledger
-                    .execute::<Action>(&id.to_string(), command, &metadata)
-                    .await
-                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+                let done = ledger.execute::<Action>(&id, command, &metadata).await?;
                 let total = written.fetch_add(done.events.len() as i64, Ordering::SeqCst)
                     + done.events.len() as i64;
                 committed.lock().await.push((total, Instant::now()));

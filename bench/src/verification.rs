@@ -149,10 +149,7 @@ async fn lag_under_load(
             let (submit, vote) = commands(&people, &tenant, id)?;
             for command in [submit, vote] {
                 let metadata = Metadata::new(tenant.clone(), command.context().by.id.clone());
-                let done = ledger
-                    .execute::<Action>(&id.to_string(), command, &metadata)
-                    .await
-                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+                let done = ledger.execute::<Action>(&id, command, &metadata).await?;
                 let total = written.fetch_add(done.events.len() as i64, Ordering::SeqCst)
                     + done.events.len() as i64;
                 committed.lock().await.push((total, Instant::now()));

@@ -212,7 +212,7 @@ pub fn token(
             aud: None,
         },
     )
-    .map_err(|err| anyhow::anyhow!("minting a token: {err}"))
+    .context("minting a token")
 }
 
 #[derive(Debug, Args)]

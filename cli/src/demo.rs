@@ -10,7 +10,7 @@
 
 use std::io::Write;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use countersign_domain::action::{
     Action, ActionCommand, ActionError, CastVote, CommandContext, RequestExecution, SubmitAction,
@@ -127,12 +127,15 @@ impl Loader<'_> {
             };
             match self
                 .ledger
-                .execute::<PolicySet>(self.tenant.as_str(), command, &metadata)
+                .execute::<PolicySet>(&self.tenant, command, &metadata)
                 .await
             {
                 Ok(_) => installed += 1,
                 Err(LedgerError::Rejected(TenantError::PolicyExists(_))) => {}
-                Err(err) => return Err(anyhow!("installing demo policy {}: {err}", policy.id)),
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("installing demo policy {}", policy.id)));
+                }
             }
         }
         let command = SettingsCommand::UpdateSettings {
@@ -140,9 +143,9 @@ impl Loader<'_> {
             settings: Settings::default(),
         };
         self.ledger
-            .execute::<TenantSettings>(self.tenant.as_str(), command, &metadata)
+            .execute::<TenantSettings>(&self.tenant, command, &metadata)
             .await
-            .map_err(|err| anyhow!("installing the demo settings: {err}"))?;
+            .context("installing the demo settings")?;
         Ok(installed)
     }
 
@@ -150,14 +153,10 @@ impl Loader<'_> {
         let by = command.context().by.id.clone();
         let name = command.name();
         self.ledger
-            .execute::<Action>(
-                &id.to_string(),
-                command,
-                &Metadata::new(self.tenant.clone(), by),
-            )
+            .execute::<Action>(&id, command, &Metadata::new(self.tenant.clone(), by))
             .await
             .map(drop)
-            .map_err(|err| anyhow!("{name} on demo action {id}: {err}"))
+            .with_context(|| format!("{name} on demo action {id}"))
     }
 
     /// Submits as the gateway does: the tenant's mode and the policy its installed policies give.
@@ -173,10 +172,10 @@ impl Loader<'_> {
         let submission: Submission =
             serde_json::from_value(submission).context("demo submission")?;
         let ((settings, _), (policies, _)) = tokio::try_join!(
-            self.ledger.load::<TenantSettings>(self.tenant.as_str()),
-            self.ledger.load::<PolicySet>(self.tenant.as_str()),
+            self.ledger.load::<TenantSettings>(&self.tenant),
+            self.ledger.load::<PolicySet>(&self.tenant),
         )
-        .map_err(|err| anyhow!("loading the demo tenant: {err}"))?;
+        .context("loading the demo tenant")?;
         let risk = assess(&submission);
         let policy = resolve(
             &policies.list(),
@@ -193,16 +192,14 @@ impl Loader<'_> {
             rollback_of: None,
         }));
         let metadata = Metadata::new(self.tenant.clone(), requester.id.clone());
-        match self
-            .ledger
-            .execute::<Action>(&id.to_string(), command, &metadata)
-            .await
-        {
+        match self.ledger.execute::<Action>(&id, command, &metadata).await {
             Ok(_) => Ok(Loaded::New(id)),
             Err(LedgerError::Rejected(ActionError::AlreadySubmitted { .. })) => {
                 Ok(Loaded::Existing)
             }
-            Err(err) => Err(anyhow!("submitting demo action {key}: {err}")),
+            Err(err) => {
+                Err(anyhow::Error::new(err).context(format!("submitting demo action {key}")))
+            }
         }
     }
 
@@ -232,7 +229,7 @@ impl Loader<'_> {
     /// execution, escalate or expire it if its deadline has passed.
     async fn react(&self, id: ActionId) -> anyhow::Result<()> {
         self.executor
-            .process(&id.to_string())
+            .process(&id)
             .await
             .map(drop)
             .with_context(|| format!("the executor on demo action {id}"))

@@ -51,6 +51,6 @@ fn serde_path_json<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result
     let mut deserializer = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
-        anyhow::anyhow!("at `{path}`: {}", err.into_inner())
+        anyhow::Error::new(err.into_inner()).context(format!("at `{path}`"))
     })
 }

@@ -132,7 +132,9 @@ async fn check_demo_loads_once(args: &[&str], envs: &[(&str, &str)], config: Sto
     // The demo's policies are installed, as an owner would install them, and its actions name
     // them.
     let (policies, _) = ledger
-        .load::<countersign_domain::tenant::PolicySet>("demo")
+        .load::<countersign_domain::tenant::PolicySet>(
+            &countersign_domain::TenantId::parse("demo").expect("a tenant"),
+        )
         .await
         .expect("policies");
     let installed: Vec<String> = policies

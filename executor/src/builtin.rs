@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use lettre::message::{Mailbox, header::ContentType};
@@ -186,12 +187,12 @@ impl Email {
     /// `smtp://host:port` (plain, for a local relay), `smtp://host?tls=required` or `smtps://host`.
     pub fn new(smtp_url: &str, from: &str) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
-            .map_err(|err| anyhow::anyhow!("SMTP_URL {smtp_url}: {err}"))?
+            .with_context(|| format!("SMTP_URL {smtp_url}"))?
             .timeout(Some(Duration::from_secs(20)))
             .build();
         let from = from
             .parse()
-            .map_err(|err| anyhow::anyhow!("the sender address {from}: {err}"))?;
+            .with_context(|| format!("the sender address {from}"))?;
         Ok(Self { transport, from })
     }
 

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use countersign_ledger::{Ledger, LoggedEvent};
@@ -60,7 +61,7 @@ impl StreamConfig {
                 ..Default::default()
             })
             .await
-            .map_err(|err| anyhow::anyhow!("creating the JetStream stream {}: {err}", self.stream))
+            .with_context(|| format!("creating the JetStream stream {}", self.stream))
     }
 }
 
@@ -130,14 +131,13 @@ impl Relay {
                 self.jetstream
                     .publish_with_headers(self.config.subject(event), headers, payload.into())
                     .await
-                    .map_err(|err| anyhow::anyhow!("publishing: {err}"))?,
+                    .context("publishing")?,
             );
         }
         // The next batch is read while this one's acks come back.
         let acknowledged = async {
             for ack in acks {
-                ack.await
-                    .map_err(|err| anyhow::anyhow!("awaiting a publish ack: {err}"))?;
+                ack.await.context("awaiting a publish ack")?;
             }
             anyhow::Ok(())
         };
@@ -165,7 +165,10 @@ impl Relay {
             }
         };
         if let Err(err) = self.config.ensure(&self.jetstream).await {
-            warn!(error = %err, "relay: the stream is not ready yet");
+            warn!(
+                error = format!("{err:#}"),
+                "relay: the stream is not ready yet"
+            );
         }
         let mut waker = self.ledger.log_waker().await?;
         let mut backoff = Duration::from_millis(100);
@@ -185,7 +188,7 @@ impl Relay {
                 }
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(err) => {
-                    warn!(error = %err, retry_in = ?backoff, "relay: publishing failed; retrying from the checkpoint");
+                    warn!(error = format!("{err:#}"), retry_in = ?backoff, "relay: publishing failed; retrying from the checkpoint");
                     let stuck_after = self.ledger.load_checkpoint(&self.checkpoint).await.ok();
                     self.ledger
                         .health()

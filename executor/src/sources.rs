@@ -6,15 +6,25 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
+use countersign_domain::ActionId;
+use countersign_domain::action::{Action, ActionEvent};
 use countersign_ledger::LogCursor;
 use countersign_projections::ProjectionStore;
+use cqrs_es::Aggregate as _;
 use futures::StreamExt;
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::relay::{HEADER_AGGREGATE_ID, StreamConfig};
-use crate::worker::{Executor, Processed, may_need_work};
+use crate::worker::{Executor, Processed};
+
+/// Whether a logged or published event of this aggregate and type may leave an action awaiting
+/// execution.
+fn may_need_work(aggregate_type: &str, event_type: &str) -> bool {
+    aggregate_type == Action::TYPE && ActionEvent::may_need_execution_type(event_type)
+}
 
 fn aggregate_and_type(subject: &str, prefix: &str) -> Option<(String, String)> {
     // <prefix>.events.<tenant>.<aggregate type>.<event type>
@@ -48,7 +58,7 @@ impl JetStreamSource {
                 &self.consumer,
                 consumer::pull::Config {
                     durable_name: Some(self.consumer.clone()),
-                    filter_subject: self.stream.filter("action"),
+                    filter_subject: self.stream.filter(Action::TYPE),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(120),
                     deliver_policy: consumer::DeliverPolicy::All,
@@ -56,7 +66,7 @@ impl JetStreamSource {
                 },
             )
             .await
-            .map_err(|err| anyhow::anyhow!("creating the consumer {}: {err}", self.consumer))
+            .with_context(|| format!("creating the consumer {}", self.consumer))
     }
 
     async fn handle(&self, message: jetstream::Message) {
@@ -66,12 +76,13 @@ impl JetStreamSource {
             let _ = message.ack().await;
             return;
         };
+        // A header that names no action names nothing to do, like an unknown action.
         let id = message
             .headers
             .as_ref()
             .and_then(|headers| headers.get(HEADER_AGGREGATE_ID))
-            .map(|value| value.to_string());
-        let (Some(id), true) = (id, aggregate == "action" && may_need_work(&event_type)) else {
+            .and_then(|value| ActionId::parse(value.as_str()).ok());
+        let (Some(id), true) = (id, may_need_work(&aggregate, &event_type)) else {
             let _ = message.ack().await;
             return;
         };
@@ -86,7 +97,7 @@ impl JetStreamSource {
             Err(err) => {
                 let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
                 if delivered >= self.max_deliver {
-                    warn!(action_id = id, error = %err, delivered, "giving up on a message: dead-lettered");
+                    warn!(action_id = %id, error = format!("{err:#}"), delivered, "giving up on a message: dead-lettered");
                     let body = serde_json::json!({ "subject": subject, "action_id": id, "error": format!("{err:#}"), "delivered": delivered });
                     let _ = self
                         .client
@@ -94,7 +105,7 @@ impl JetStreamSource {
                         .await;
                     let _ = message.ack_with(AckKind::Term).await;
                 } else {
-                    warn!(action_id = id, error = %err, delivered, "processing failed; redelivering");
+                    warn!(action_id = %id, error = format!("{err:#}"), delivered, "processing failed; redelivering");
                     let _ = message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                         .await;
@@ -117,14 +128,17 @@ impl JetStreamSource {
                 {
                     Ok(messages) => messages,
                     Err(err) => {
-                        warn!(error = %err, "executor: no message stream yet");
+                        warn!(
+                            error = format!("{err:#}"),
+                            "executor: no message stream yet"
+                        );
                         tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(backoff) => {} }
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                         continue;
                     }
                 },
                 Err(err) => {
-                    warn!(error = %err, "executor: consumer unavailable");
+                    warn!(error = format!("{err:#}"), "executor: consumer unavailable");
                     tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(backoff) => {} }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
@@ -188,15 +202,21 @@ impl LogSource {
         let Some(last) = events.last().map(|event| event.cursor) else {
             return Ok(0);
         };
-        let ids: BTreeSet<&str> = events
+        let ids: BTreeSet<ActionId> = events
             .iter()
-            .filter(|event| event.aggregate_type == "action" && may_need_work(&event.event_type))
-            .map(|event| event.aggregate_id.as_str())
+            .filter(|event| may_need_work(&event.aggregate_type, &event.event_type))
+            .filter_map(|event| match ActionId::parse(&event.aggregate_id) {
+                Ok(id) => Some(id),
+                Err(err) => {
+                    warn!(aggregate_id = event.aggregate_id, error = %err, "an action event names no action; skipped");
+                    None
+                }
+            })
             .collect();
-        for id in ids {
+        for id in &ids {
             if let Err(err) = self.executor.process(id).await {
                 // The sweep retries what failed here; the checkpoint still moves on.
-                warn!(action_id = id, error = %err, "processing failed");
+                warn!(action_id = %id, error = format!("{err:#}"), "processing failed");
             }
         }
         ledger.save_checkpoint(Self::CHECKPOINT, last).await?;
@@ -226,7 +246,10 @@ impl LogSource {
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    warn!(error = %err, "executor: reading the log failed");
+                    warn!(
+                        error = format!("{err:#}"),
+                        "executor: reading the log failed"
+                    );
                     let pause = ledger.health().failed(Self::CHECKPOINT, checkpoint, &err);
                     tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(pause) => {} }
                 }
@@ -257,18 +280,19 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// One sweep; returns what was done to each action that needed something.
-    pub async fn sweep(&self) -> anyhow::Result<Vec<(String, Processed)>> {
+    pub async fn sweep(&self) -> anyhow::Result<Vec<(ActionId, Processed)>> {
         let ids = self
             .projections
             .actions_needing_attention(chrono::Utc::now(), 500)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+            .await?;
         let mut done = Vec::new();
         for id in ids {
             match self.executor.process(&id).await {
                 Ok(Processed::Nothing | Processed::RetryAt(_)) => {}
                 Ok(outcome) => done.push((id, outcome)),
-                Err(err) => warn!(action_id = id, error = %err, "sweep: processing failed"),
+                Err(err) => {
+                    warn!(action_id = %id, error = format!("{err:#}"), "sweep: processing failed");
+                }
             }
         }
         Ok(done)
@@ -277,7 +301,7 @@ impl Sweeper {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         while !*shutdown.borrow() {
             if let Err(err) = self.sweep().await {
-                warn!(error = %err, "sweep failed");
+                warn!(error = format!("{err:#}"), "sweep failed");
             }
             tokio::select! { _ = shutdown.changed() => {}, () = tokio::time::sleep(self.interval) => {} }
         }

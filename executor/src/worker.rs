@@ -115,7 +115,7 @@ impl Executor {
 
     async fn command(
         &self,
-        id: &str,
+        id: &ActionId,
         state: &countersign_domain::action::ActionState,
         command: ActionCommand,
     ) -> Result<Committed<Action>, LedgerError<ActionError>> {
@@ -127,22 +127,18 @@ impl Executor {
     }
 
     /// Runs the action if it awaits execution now; fires its deadline if that has passed.
-    pub async fn process(&self, id: &str) -> anyhow::Result<Processed> {
-        let (action, _) = self
-            .ledger
-            .load::<Action>(id)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+    pub async fn process(&self, id: &ActionId) -> anyhow::Result<Processed> {
+        let (action, _) = self.ledger.load::<Action>(id).await?;
         let Some(state) = action.state() else {
             return Ok(Processed::Nothing);
         };
-        let span = info_span!("execute", tenant = %state.tenant, action_id = id, correlation_id = state.correlation_id.as_ref().map(|c| c.as_str()).unwrap_or(""));
+        let span = info_span!("execute", tenant = %state.tenant, action_id = %id, correlation_id = state.correlation_id.as_ref().map(|c| c.as_str()).unwrap_or(""));
         self.process_state(id, state).instrument(span).await
     }
 
     async fn process_state(
         &self,
-        id: &str,
+        id: &ActionId,
         state: &countersign_domain::action::ActionState,
     ) -> anyhow::Result<Processed> {
         let now = chrono::Utc::now();
@@ -162,7 +158,7 @@ impl Executor {
             {
                 Ok(committed) if !committed.events.is_empty() => Ok(Processed::Expired),
                 Ok(_) | Err(LedgerError::Rejected(_)) => Ok(Processed::Nothing),
-                Err(err) => Err(anyhow::anyhow!("{err}")),
+                Err(err) => Err(err.into()),
             };
         }
         let reclaimable = state.status == ActionStatus::Executing
@@ -195,7 +191,7 @@ impl Executor {
             Ok(committed) => committed,
             // Another executor holds it, finished it, or it was never requested: not ours.
             Err(LedgerError::Rejected(_)) => return Ok(Processed::Nothing),
-            Err(err) => return Err(anyhow::anyhow!("{err}")),
+            Err(err) => return Err(err.into()),
         };
         let Some(attempt) = claimed.events.iter().find_map(|event| match &event.event {
             ActionEvent::ExecutionStarted(started) => Some(started.attempt),
@@ -223,19 +219,19 @@ impl Executor {
 
     async fn run(
         &self,
-        id: &str,
+        id: &ActionId,
         state: &countersign_domain::action::ActionState,
         attempt: u32,
     ) -> Processed {
         let started = Instant::now();
-        let settings = match self
-            .ledger
-            .load::<TenantSettings>(state.tenant.as_str())
-            .await
-        {
+        let settings = match self.ledger.load::<TenantSettings>(&state.tenant).await {
             Ok((settings, _)) => settings.settings,
             Err(err) => {
-                warn!(error = %err, "could not load the tenant's settings; the attempt will be retried");
+                let err = anyhow::Error::from(err);
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not load the tenant's settings; the attempt will be retried"
+                );
                 return Processed::Nothing;
             }
         };
@@ -245,7 +241,10 @@ impl Executor {
         {
             Ok(settings) => settings,
             Err(err) => {
-                warn!(error = %err, "could not read the tenant's secrets; the attempt will be retried");
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not read the tenant's secrets; the attempt will be retried"
+                );
                 return Processed::Nothing;
             }
         };
@@ -297,7 +296,10 @@ impl Executor {
         match self.command(id, state, command).await {
             Ok(_) => info!(attempt, succeeded, duration_ms, "execution recorded"),
             // Our lease was reclaimed meanwhile: that attempt's outcome is not ours to record.
-            Err(err) => warn!(error = %err, attempt, "the outcome could not be recorded"),
+            Err(err) => warn!(
+                error = format!("{:#}", anyhow::Error::from(err)),
+                attempt, "the outcome could not be recorded"
+            ),
         }
         Processed::Ran { attempt, succeeded }
     }
@@ -330,19 +332,11 @@ impl Executor {
         &self,
         id: &ActionId,
     ) -> anyhow::Result<Result<serde_json::Value, Failure>> {
-        let (action, _) = self
-            .ledger
-            .load::<Action>(&id.to_string())
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let (action, _) = self.ledger.load::<Action>(id).await?;
         let Some(state) = action.state() else {
             anyhow::bail!("no such action")
         };
-        let (settings, _) = self
-            .ledger
-            .load::<TenantSettings>(state.tenant.as_str())
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let (settings, _) = self.ledger.load::<TenantSettings>(&state.tenant).await?;
         let invocation = invocation(state, state.execution.attempts + 1, settings.settings);
         Ok(match self.registry.resolve(&state.action_type) {
             None => Err(Failure::permanent(format!(
@@ -352,14 +346,6 @@ impl Executor {
             Some(capability) => capability.preview(&invocation).await,
         })
     }
-}
-
-/// The event types after which an action may await execution.
-pub fn may_need_work(event_type: &str) -> bool {
-    matches!(
-        event_type,
-        "ActionApproved" | "ExecutionRequested" | "ExecutionFailed" | "ExecutionStarted"
-    )
 }
 
 /// What a capability is asked to do for attempt `attempt` of the action.

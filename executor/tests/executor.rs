@@ -258,7 +258,7 @@ impl World {
         let by = command.context().by.id.clone();
         self.store
             .ledger
-            .execute::<Action>(&id.to_string(), command, &Metadata::new(tenant(), by))
+            .execute::<Action>(&id, command, &Metadata::new(tenant(), by))
             .await
             .unwrap_or_else(|err| panic!("{err}"))
             .events
@@ -320,12 +320,7 @@ impl World {
     }
 
     async fn status(&self, id: ActionId) -> ActionStatus {
-        let (action, _) = self
-            .store
-            .ledger
-            .load::<Action>(&id.to_string())
-            .await
-            .expect("load");
+        let (action, _) = self.store.ledger.load::<Action>(&id).await.expect("load");
         action.state().expect("submitted").status
     }
 
@@ -543,7 +538,7 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
         lease: Duration::from_secs(10),
         ..config()
     });
-    let running = tokio::spawn(async move { first.process(&id.to_string()).await });
+    let running = tokio::spawn(async move { first.process(&id).await });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while world.counting.calls() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never called");
@@ -557,12 +552,12 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
     // Before the lease runs out nobody may take over; after it, the next processing retries.
     let second = world.executor();
     assert_eq!(
-        second.process(&id.to_string()).await.expect("process"),
+        second.process(&id).await.expect("process"),
         Processed::Nothing
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let retried = loop {
-        match second.process(&id.to_string()).await.expect("process") {
+        match second.process(&id).await.expect("process") {
             Processed::Nothing => {
                 assert!(tokio::time::Instant::now() < deadline, "never taken over");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -585,7 +580,7 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
     assert!(events.iter().any(|e| matches!(e, ActionEvent::ExecutionFailed(f) if f.attempt == 1 && f.error.contains("lease"))));
     // Nothing more happens however often it is processed.
     assert_eq!(
-        second.process(&id.to_string()).await.expect("process"),
+        second.process(&id).await.expect("process"),
         Processed::Nothing
     );
     assert_eq!(world.counting.calls(), 2);
@@ -666,7 +661,7 @@ async fn retryable_failures_back_off_and_retry_up_to_max_attempts() {
     let (action, _) = world
         .store
         .ledger
-        .load::<Action>(&unknown.to_string())
+        .load::<Action>(&unknown)
         .await
         .expect("load");
     assert!(
@@ -735,10 +730,7 @@ async fn deadlines_escalate_then_expire_once_each_with_two_executors() {
             .sweep()
             .await
             .expect("sweep");
-        assert!(
-            done.iter().all(|(swept, _)| *swept != id.to_string()),
-            "{done:?}"
-        );
+        assert!(done.iter().all(|(swept, _)| *swept != id), "{done:?}");
     }
     let events = world.events(id).await;
     let count = |name: &str| events.iter().filter(|e| e.event_type() == name).count();

@@ -98,13 +98,12 @@ pub struct Claims {
 }
 
 /// Mints an HS256 development token.
-pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, String> {
+pub fn mint_hs256(secret: &[u8], claims: &Claims) -> jsonwebtoken::errors::Result<String> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
         &EncodingKey::from_secret(secret),
     )
-    .map_err(|e| e.to_string())
 }
 
 /// How the caller proved who they are.
@@ -281,7 +280,7 @@ impl Authenticator {
         let (keys, _) = state
             .app
             .ledger()
-            .load::<ApiKeys>(tenant.as_str())
+            .load::<ApiKeys>(&tenant)
             .await
             .map_err(ApiError::from)?;
         let record = keys

@@ -240,7 +240,9 @@ where
                     ),
                 )
             },
-            LedgerError::Store(error) => Self::internal(error),
+            LedgerError::Store(source) => {
+                Self::internal(format!("the event store failed: {source:#}"))
+            }
             LedgerError::Unreadable(detail) => {
                 tracing::warn!(%detail, "a command's event would not read back; refused");
                 Self::new(

@@ -25,6 +25,8 @@ type Refusal = Pin<Box<dyn Future<Output = ApiError> + Send>>;
 
 /// One client's subscription to one action.
 pub struct ActionStream {
+    id: ActionId,
+    /// `id` as the log stores it, to match logged events against.
     key: String,
     ledger: Ledger,
     action: Action,
@@ -40,7 +42,7 @@ pub struct ActionStream {
 impl std::fmt::Debug for ActionStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ActionStream")
-            .field("action", &self.key)
+            .field("action", &self.id)
             .field("sequence", &self.sequence)
             .field("done", &self.done)
             .finish_non_exhaustive()
@@ -78,6 +80,7 @@ impl ActionStream {
             .json_data(serde_json::json!({ "status": status, "sequence": sequence }))
             .unwrap_or_default();
         Ok(Self {
+            id,
             key: id.to_string(),
             ledger: state.app.ledger().clone(),
             action,
@@ -117,7 +120,7 @@ impl ActionStream {
                 }
                 update = self.progress.recv() => {
                     if let Ok((action_id, update)) = update
-                        && action_id.to_string() == self.key
+                        && action_id == self.id
                     {
                         return Some(Event::default().event("progress").json_data(update).unwrap_or_default());
                     }
@@ -137,7 +140,7 @@ impl ActionStream {
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
                     // Missed hub messages: reload the action and carry on from its state.
-                    if let Ok((reloaded, sequence)) = self.ledger.load::<Action>(&self.key).await {
+                    if let Ok((reloaded, sequence)) = self.ledger.load::<Action>(&self.id).await {
                         self.action = reloaded;
                         self.sequence = sequence;
                     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use base64::Engine;
+use countersign_domain::TenantId;
 use countersign_domain::tenant::TenantSettings;
 use countersign_gateway::auth::LEEWAY_SECONDS;
 use futures::StreamExt;
@@ -352,7 +353,7 @@ async fn settings_show_the_webhook_url_without_its_credentials(kind: &str) {
         .state
         .app
         .ledger()
-        .load::<TenantSettings>("acme")
+        .load::<TenantSettings>(&TenantId::parse("acme").expect("a tenant"))
         .await
         .expect("settings");
     let stored_url = stored.settings.webhook_url.expect("a webhook URL");

@@ -42,7 +42,7 @@ struct Pending {
     aggregate_type: String,
     aggregate_id: String,
     events: Vec<SerializedEvent>,
-    reply: oneshot::Sender<Result<Outcome, String>>,
+    reply: oneshot::Sender<anyhow::Result<Outcome>>,
 }
 
 /// The queue in front of the committer tasks (started on first use, stopped when the last
@@ -80,7 +80,7 @@ impl GroupCommitter {
         aggregate_type: &str,
         aggregate_id: &str,
         events: Vec<SerializedEvent>,
-    ) -> Result<Outcome, String> {
+    ) -> anyhow::Result<Outcome> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -89,12 +89,12 @@ impl GroupCommitter {
                 events,
                 reply,
             })
-            .map_err(|_| "the committer has stopped".to_owned())?;
+            .map_err(|_| anyhow::anyhow!("the committer has stopped"))?;
         // Counted once sent: a test that sees N waiting knows all N can be taken.
         self.probe.queued(1);
         answer
             .await
-            .map_err(|_| "the committer stopped before answering".to_owned())?
+            .map_err(|_| anyhow::anyhow!("the committer stopped before answering"))?
     }
 }
 
@@ -166,26 +166,27 @@ async fn commit_statement(pool: &PgPool, mut group: Vec<Pending>, probe: &Probe)
         }
         Err(err) => {
             let conflict = is_conflict(&err);
-            let message = err.to_string();
             if !conflict {
-                warn!(error = %message, commands = group.len(), "appending events failed");
+                warn!(error = %err, commands = group.len(), "appending events failed");
             }
+            // Every command of the group failed for the same reason: each gets the error.
+            let err = Arc::new(err);
             for pending in group {
                 let _ = pending.reply.send(if conflict {
                     Ok(Outcome::Conflict)
                 } else {
-                    Err(message.clone())
+                    Err(anyhow::Error::new(Arc::clone(&err)).context("appending events"))
                 });
             }
         }
     }
 }
 
-fn answer(outcome: Result<Placed, sqlx::Error>) -> Result<Outcome, String> {
+fn answer(outcome: Result<Placed, sqlx::Error>) -> anyhow::Result<Outcome> {
     match outcome {
         Ok(placed) => Ok(Outcome::Committed(placed)),
         Err(err) if is_conflict(&err) => Ok(Outcome::Conflict),
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(anyhow::Error::new(err).context("appending events")),
     }
 }
 

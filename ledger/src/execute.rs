@@ -1,12 +1,12 @@
 //! Running a command: load, decide, append atomically, retry on conflict.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::SerializedEvent;
 use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use cqrs_es::{AggregateContext, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use sqlite_es::SqliteEventRepository;
@@ -102,9 +102,10 @@ pub enum LedgerError<E: std::error::Error> {
     /// Concurrent writers kept changing the aggregate; nothing was recorded.
     #[error("the aggregate kept changing under {attempts} attempts; nothing was recorded")]
     Conflict { attempts: u32 },
-    /// The store failed; nothing was recorded (the transaction did not commit).
-    #[error("event store: {0}")]
-    Store(String),
+    /// The store failed; nothing was recorded (the transaction did not commit). The source says
+    /// how (the driver's error, the stored event that would not decode, …).
+    #[error("the event store failed")]
+    Store(#[source] anyhow::Error),
     /// An event would not read back with the log's decoder (too deep, `\u0000` that PostgreSQL
     /// refuses, a shape its own type cannot decode); nothing was recorded. Commands check their
     /// documents before deciding, so this is the last line, not the usual refusal.
@@ -113,16 +114,29 @@ pub enum LedgerError<E: std::error::Error> {
 }
 
 impl<E: std::error::Error> LedgerError<E> {
-    fn store(err: impl fmt::Display) -> Self {
-        Self::Store(err.to_string())
-    }
-
+    /// cqrs-es boxes the store's errors without reporting the box as their source: unboxed here,
+    /// so that the chain reaches the driver's error.
     fn from_aggregate(err: AggregateError<E>) -> Self {
         match err {
             AggregateError::UserError(err) => Self::Rejected(err),
             AggregateError::AggregateConflict => Self::Conflict { attempts: 1 },
-            other => Self::store(other),
+            AggregateError::DatabaseConnectionError(err) | AggregateError::UnexpectedError(err) => {
+                Self::Store(anyhow::Error::from_boxed(err))
+            }
+            AggregateError::DeserializationError(err) => {
+                Self::Store(anyhow::Error::from_boxed(err).context("encoding or decoding an event"))
+            }
         }
+    }
+}
+
+/// The error inside cqrs-es's box (which it does not report as the source).
+fn unboxed(err: PersistenceError) -> anyhow::Error {
+    match err {
+        PersistenceError::ConnectionError(err)
+        | PersistenceError::DeserializationError(err)
+        | PersistenceError::UnknownError(err) => anyhow::Error::from_boxed(err),
+        other @ PersistenceError::OptimisticLockError => anyhow::Error::new(other),
     }
 }
 
@@ -158,7 +172,7 @@ impl Ledger {
     /// Runs `command` against the aggregate `id`, appending its events in one transaction.
     pub async fn execute<A>(
         &self,
-        id: &str,
+        id: &A::Id,
         command: A::Command,
         metadata: &Metadata,
     ) -> Result<Committed<A>, LedgerError<A::Error>>
@@ -166,6 +180,9 @@ impl Ledger {
         A: LedgerAggregate,
         A::Command: Clone,
     {
+        // The stored form of the id: the store's key from here on.
+        let id = id.to_string();
+        let id = id.as_str();
         let span = info_span!(
             "ledger.execute",
             aggregate = A::TYPE,
@@ -318,7 +335,7 @@ impl Ledger {
                 })
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(LedgerError::store)?;
+            .map_err(|err| LedgerError::Store(unboxed(err).context("encoding an event")))?;
         let committer = self
             .committer
             .get_or_init(|| GroupCommitter::start(pool.clone()));
@@ -358,7 +375,9 @@ impl Ledger {
         let Some(first) = events.first().map(|(sequence, _)| *sequence) else {
             return Ok(Vec::new());
         };
-        let first = i64::try_from(first).map_err(LedgerError::store)?;
+        let first = i64::try_from(first)
+            .context("an event sequence beyond the store's range")
+            .map_err(LedgerError::Store)?;
         let rows: Vec<(i64, i64, i64)> = match &self.backend {
             Backend::Postgres(pool) => {
                 sqlx::query_as(
@@ -385,7 +404,8 @@ impl Ledger {
                 .await
             }
         }
-        .map_err(LedgerError::store)?;
+        .context("locating the appended events")
+        .map_err(LedgerError::Store)?;
         Ok(events
             .into_iter()
             .zip(rows)
@@ -400,11 +420,14 @@ impl Ledger {
 
     /// Loads an aggregate by folding its events (upcast to their current versions), or from memory
     /// when it is [`LedgerAggregate::CACHED`] and its stream has not grown since.
-    pub async fn load<A>(&self, id: &str) -> Result<(A, u64), LedgerError<A::Error>>
+    pub async fn load<A>(&self, id: &A::Id) -> Result<(A, u64), LedgerError<A::Error>>
     where
         A: LedgerAggregate,
         A::Command: Clone,
     {
+        // The stored form of the id: the store's key from here on.
+        let id = id.to_string();
+        let id = id.as_str();
         if !A::CACHED {
             return self.fold::<A>(id).await;
         }
@@ -457,8 +480,11 @@ impl Ledger {
                     .await
             }
         }
-        .map_err(LedgerError::store)?;
-        u64::try_from(version).map_err(LedgerError::store)
+        .context("reading the stream's version")
+        .map_err(LedgerError::Store)?;
+        u64::try_from(version)
+            .context("a negative stream version")
+            .map_err(LedgerError::Store)
     }
 
     async fn fold<A>(&self, id: &str) -> Result<(A, u64), LedgerError<A::Error>>

@@ -59,6 +59,10 @@ where
     /// hot, rarely-changing streams: a tenant's policies, settings and keys.
     const CACHED: bool = false;
 
+    /// The id of one instance. [`Ledger::execute`] and [`Ledger::load`] take it typed; the ledger
+    /// stores its `Display` form as the events' `aggregate_id`, so that form is a stored contract.
+    type Id: std::fmt::Display + Send + Sync + ?Sized + 'static;
+
     /// Upcasters from older stored event versions to the current ones, oldest first.
     fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         Vec::new()
@@ -83,6 +87,8 @@ where
 /// execution claim refused if another executor won, a repeated submission answered
 /// `already_submitted`.
 impl LedgerAggregate for Action {
+    type Id = countersign_domain::ActionId;
+
     /// A submission's id is random or derived from its idempotency key: a repeat is the rare case,
     /// answered on the second try from the stored stream.
     fn creates(command: &Self::Command) -> bool {
@@ -96,12 +102,15 @@ impl LedgerAggregate for Action {
 /// A tenant's policies, settings and API keys: every command is decided on the stream's current
 /// state, so a retry after a conflict decides again on fresh state.
 impl LedgerAggregate for countersign_domain::tenant::PolicySet {
+    type Id = TenantId;
     const CACHED: bool = true;
 }
 impl LedgerAggregate for countersign_domain::tenant::TenantSettings {
+    type Id = TenantId;
     const CACHED: bool = true;
 }
 impl LedgerAggregate for countersign_domain::tenant::ApiKeys {
+    type Id = TenantId;
     const CACHED: bool = true;
 }
 

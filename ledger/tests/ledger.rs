@@ -79,7 +79,7 @@ async fn commands_append(store: &TestStore) {
     let id = action_id();
     let committed = store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect("submitted");
     assert_eq!(committed.events.len(), 1);
@@ -92,7 +92,7 @@ async fn commands_append(store: &TestStore) {
     let voted = store
         .ledger
         .execute::<Action>(
-            &id.to_string(),
+            &id,
             vote(approver("ana"), countersign_domain::quorum::Vote::Approve),
             &metadata("ana"),
         )
@@ -126,11 +126,7 @@ async fn commands_append(store: &TestStore) {
     assert_eq!(Action::from_events(&decoded), voted.aggregate);
     assert_eq!(store.ledger.log_head().await.expect("head"), log[3].cursor);
 
-    let (loaded, sequence) = store
-        .ledger
-        .load::<Action>(&id.to_string())
-        .await
-        .expect("load");
+    let (loaded, sequence) = store.ledger.load::<Action>(&id).await.expect("load");
     assert_eq!((loaded, sequence), (voted.aggregate, 4));
 }
 
@@ -139,13 +135,13 @@ async fn refused_records_nothing(store: &TestStore) {
     let id = action_id();
     let submitted = store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect("submitted");
     let refused = store
         .ledger
         .execute::<Action>(
-            &id.to_string(),
+            &id,
             vote(
                 principal("rita", &["approver"]),
                 countersign_domain::quorum::Vote::Approve,
@@ -160,7 +156,7 @@ async fn refused_records_nothing(store: &TestStore) {
     );
     let again = store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect_err("repeat");
     assert!(
@@ -182,7 +178,7 @@ async fn append_only(store: &TestStore) {
     let id = action_id();
     let submitted = store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect("submitted");
     for statement in [
@@ -233,7 +229,7 @@ async fn a_late_commit_is_never_skipped() {
     let id = action_id();
     let b = store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect("B commits");
     let b_position = b.last_position().expect("position");
@@ -281,7 +277,7 @@ async fn log_order_follows_transactions_not_positions() {
     let id = action_id();
     let late = store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect("commits");
     assert!(
@@ -354,16 +350,12 @@ async fn many_writers(store: &TestStore) {
                 for _ in 0..ACTIONS_PER_WRITER {
                     let id = action_id();
                     ledger
-                        .execute::<Action>(
-                            &id.to_string(),
-                            submit(id, any_of(1)),
-                            &metadata("rita"),
-                        )
+                        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
                         .await
                         .expect("submit");
                     ledger
                         .execute::<Action>(
-                            &id.to_string(),
+                            &id,
                             cancel(principal("rita", &["requester"])),
                             &metadata("rita"),
                         )
@@ -434,11 +426,7 @@ async fn concurrent_voters(store: &TestStore) {
     let id = action_id();
     store
         .ledger
-        .execute::<Action>(
-            &id.to_string(),
-            submit(id, any_of(VOTERS as u32)),
-            &metadata("rita"),
-        )
+        .execute::<Action>(&id, submit(id, any_of(VOTERS as u32)), &metadata("rita"))
         .await
         .expect("submit");
     // On PostgreSQL the committer is held until every vote waits for it: all were decided on
@@ -454,7 +442,7 @@ async fn concurrent_voters(store: &TestStore) {
                 let voter = approver(&format!("voter-{i}"));
                 ledger
                     .execute::<Action>(
-                        &id.to_string(),
+                        &id,
                         vote(voter, countersign_domain::quorum::Vote::Approve),
                         &metadata(&format!("voter-{i}")),
                     )
@@ -490,11 +478,7 @@ async fn concurrent_voters(store: &TestStore) {
         log.last().map(|e| e.event_type.as_str()),
         Some("ActionApproved")
     );
-    let (action, _) = store
-        .ledger
-        .load::<Action>(&id.to_string())
-        .await
-        .expect("load");
+    let (action, _) = store.ledger.load::<Action>(&id).await.expect("load");
     assert_eq!(
         action.state().map(|s| s.status),
         Some(ActionStatus::Approved)
@@ -520,7 +504,7 @@ async fn conflicts_reported(store: &TestStore) {
     let id = action_id();
     let submitted = ledger
         .execute::<Action>(
-            &id.to_string(),
+            &id,
             submit(id, any_of(VOTERS as u32 + 1)),
             &metadata("rita"),
         )
@@ -539,7 +523,7 @@ async fn conflicts_reported(store: &TestStore) {
                 let voter = approver(&format!("voter-{i}"));
                 ledger
                     .execute::<Action>(
-                        &id.to_string(),
+                        &id,
                         vote(voter, countersign_domain::quorum::Vote::Approve),
                         &metadata("v"),
                     )
@@ -693,7 +677,7 @@ async fn wake_ups(store: &TestStore) {
     let id = action_id();
     store
         .ledger
-        .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+        .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
         .await
         .expect("submit");
     tokio::time::timeout(Duration::from_secs(60), waiting)
@@ -717,7 +701,7 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
     store
         .ledger
         .execute::<Action>(
-            &contested.to_string(),
+            &contested,
             submit(contested, any_of(VOTERS as u32)),
             &metadata("rita"),
         )
@@ -736,7 +720,7 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
             tokio::spawn(async move {
                 let id = action_id();
                 ledger
-                    .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+                    .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
                     .await
                     .map(|committed| (id, committed.events))
             })
@@ -750,7 +734,7 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
             tokio::spawn(async move {
                 ledger
                     .execute::<Action>(
-                        &contested.to_string(),
+                        &contested,
                         vote(
                             approver(&format!("voter-{i}")),
                             countersign_domain::quorum::Vote::Approve,
@@ -894,20 +878,20 @@ async fn cached_streams(store: &TestStore) {
 
     let (empty, version) = store
         .ledger
-        .load::<TenantSettings>(tenant.as_str())
+        .load::<TenantSettings>(&tenant)
         .await
         .expect("load");
     assert_eq!((empty, version), (TenantSettings::default(), 0));
 
     for (round, mode) in ["auto", "safe", "require_approval"].into_iter().enumerate() {
         other
-            .execute::<TenantSettings>(tenant.as_str(), update(mode), &metadata("ada"))
+            .execute::<TenantSettings>(&tenant, update(mode), &metadata("ada"))
             .await
             .expect("update");
         for _ in 0..2 {
             let (settings, version) = store
                 .ledger
-                .load::<TenantSettings>(tenant.as_str())
+                .load::<TenantSettings>(&tenant)
                 .await
                 .expect("load");
             assert_eq!(version, round as u64 + 1, "the cache follows the stream");
@@ -932,7 +916,7 @@ async fn tailers_share_reads(store: &TestStore) {
         let id = action_id();
         let committed = store
             .ledger
-            .execute::<Action>(&id.to_string(), submit(id, any_of(1)), &metadata("rita"))
+            .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
             .await
             .expect("submit");
         written.push(committed.last_position().expect("position"));

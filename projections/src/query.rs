@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use countersign_domain::action::{Action, ActionState, ActionStatus, Decision, ExecutionState};
@@ -499,7 +500,7 @@ impl ProjectionStore {
         &self,
         now: Timestamp,
         limit: u32,
-    ) -> Result<Vec<String>, QueryError> {
+    ) -> Result<Vec<ActionId>, QueryError> {
         let Some(live) = self.live(Projection::Actions).await? else {
             return Ok(Vec::new());
         };
@@ -514,7 +515,12 @@ impl ProjectionStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|row| row.try_get::<String, _>(0).map_err(QueryError::from))
+            .map(|row| {
+                let id = row.try_get::<String, _>(0)?;
+                ActionId::parse(&id)
+                    .with_context(|| format!("the action id {id:?} in the actions projection"))
+                    .map_err(QueryError::from)
+            })
             .collect()
     }
 
@@ -1001,10 +1007,7 @@ mod postgres_tests {
             .create_generation(Projection::Actions, GenerationState::Live)
             .await?;
         let tenant = TenantId::parse("acme")?;
-        let (mut tx, _) = store
-            .reader(&tenant, Projection::Actions)
-            .await
-            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        let (mut tx, _) = store.reader(&tenant, Projection::Actions).await?;
         let row = sqlx::query("SELECT current_user::text, current_setting('countersign.tenant')")
             .fetch_one(&mut *tx)
             .await?;

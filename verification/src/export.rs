@@ -235,9 +235,9 @@ pub fn verify_bundle(reader: impl BufRead, keys: &KeyRing) -> anyhow::Result<Bun
             &line.inclusion_proof,
             &head.root,
         )
-        .map_err(|err| {
-            anyhow::anyhow!(
-                "line {number} (ledger sequence {}, {}): its inclusion proof fails against the signed head: {err}",
+        .with_context(|| {
+            format!(
+                "line {number} (ledger sequence {}, {}): its inclusion proof fails against the signed head",
                 line.ledger_sequence,
                 line.event.name()
             )

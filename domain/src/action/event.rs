@@ -52,7 +52,38 @@ pub enum ActionEvent {
 /// The current version of every event type. Bump one when its shape changes, and add an upcaster.
 pub const EVENT_VERSION: &str = "1";
 
+/// The stored event types of the named [`ActionEvent`] variants (a variant's event type is its
+/// name). A name that is not a variant, such as one renamed since, does not compile.
+macro_rules! event_types {
+    ($($variant:ident),+ $(,)?) => {{
+        fn _every_name_is_a_variant(event: &ActionEvent) -> bool {
+            matches!(event, $(ActionEvent::$variant(_))|+)
+        }
+        [$(stringify!($variant)),+]
+    }};
+}
+
 impl ActionEvent {
+    /// The event types after which an action may await execution: approved, execution requested,
+    /// an attempt failed (and may be retried), an attempt started (whose lease may run out).
+    pub const MAY_NEED_EXECUTION: [&'static str; 4] = event_types!(
+        ActionApproved,
+        ExecutionRequested,
+        ExecutionFailed,
+        ExecutionStarted,
+    );
+
+    /// Whether the action may await execution after this event.
+    pub fn may_need_execution(&self) -> bool {
+        Self::may_need_execution_type(self.event_type())
+    }
+
+    /// Whether an action may await execution after an event of this stored type: for readers
+    /// that hold the type but not the decoded event (a log row, a message subject).
+    pub fn may_need_execution_type(event_type: &str) -> bool {
+        Self::MAY_NEED_EXECUTION.contains(&event_type)
+    }
+
     /// The stored event type: the variant's name.
     pub fn event_type(&self) -> &'static str {
         match self {

@@ -950,6 +950,44 @@ fn a_manual_policy_runs_only_after_execution_is_requested() {
     assert_eq!(story.start(5), Ok(vec!["ExecutionStarted"]));
 }
 
+/// The stored types that make the executor look at an action are types the domain records, and
+/// the predicate on decoded events agrees with the one on stored types.
+#[test]
+fn every_event_type_that_may_need_execution_is_one_the_domain_records() {
+    let mut story = approved(any(1));
+    story.request(&requester(), 2).expect("request");
+    story.start(3).expect("start");
+    story.fail(1, true, 4).expect("fail");
+    let recorded: std::collections::BTreeSet<&str> =
+        story.events.iter().map(ActionEvent::event_type).collect();
+    for event_type in ActionEvent::MAY_NEED_EXECUTION {
+        assert!(
+            recorded.contains(event_type),
+            "{event_type} is not in {recorded:?}"
+        );
+        assert!(ActionEvent::may_need_execution_type(event_type));
+    }
+    for event in &story.events {
+        assert_eq!(
+            event.may_need_execution(),
+            ActionEvent::MAY_NEED_EXECUTION.contains(&event.event_type()),
+            "{event:?}"
+        );
+    }
+    for event_type in [
+        "ActionSubmitted",
+        "VoteCast",
+        "StageApproved",
+        "ExecutionSucceeded",
+        "",
+    ] {
+        assert!(
+            !ActionEvent::may_need_execution_type(event_type),
+            "{event_type}"
+        );
+    }
+}
+
 #[test]
 fn only_the_requester_or_an_admin_may_request_execution() {
     let mut story = approved(any(1));

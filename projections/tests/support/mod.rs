@@ -78,11 +78,7 @@ impl World {
         let committed = self
             .store
             .ledger
-            .execute::<Action>(
-                &id.to_string(),
-                command,
-                &Metadata::new(context.tenant, context.by.id),
-            )
+            .execute::<Action>(&id, command, &Metadata::new(context.tenant, context.by.id))
             .await
             .unwrap_or_else(|err| panic!("command refused: {err}"));
         self.written += committed.events.len() as i64;
@@ -94,11 +90,7 @@ impl World {
         match self
             .store
             .ledger
-            .execute::<Action>(
-                &id.to_string(),
-                command,
-                &Metadata::new(context.tenant, context.by.id),
-            )
+            .execute::<Action>(&id, command, &Metadata::new(context.tenant, context.by.id))
             .await
         {
             Ok(committed) => {

@@ -65,7 +65,7 @@ pub async fn approved_action(ledger: &Ledger, tenant: &str, n: usize) -> String 
     for command in [submit, vote] {
         let metadata = Metadata::new(tenant.clone(), command.context().by.id.clone());
         ledger
-            .execute::<Action>(&id.to_string(), command, &metadata)
+            .execute::<Action>(&id, command, &metadata)
             .await
             .expect("command commits");
     }
