@@ -22,6 +22,7 @@ pub mod health;
 mod lock;
 pub mod log;
 mod secrets;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::collections::HashMap;
