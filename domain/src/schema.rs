@@ -68,6 +68,7 @@ mod tests {
             "ExecutionSucceeded",
             "ExecutionFailed",
             "ExecutionSkipped",
+            "RollbackRequested",
         ] {
             assert!(text.contains(event_type), "{event_type} missing");
         }
