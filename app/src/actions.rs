@@ -19,6 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::tenant::count;
 use crate::{Actor, App, AppError, roles};
 
 /// What a write answers: the value after it and where its last event landed in the log (reads
@@ -36,12 +37,16 @@ pub enum Submitted {
     Existing(Written<ActionDetail>),
 }
 
-fn count(command: &'static str, outcome: &'static str) {
-    metrics::counter!("countersign_commands_total", "command" => command, "outcome" => outcome)
-        .increment(1);
-}
-
-/// Runs an action command for the actor's tenant and counts its outcome.
+/// Runs an action command for the actor's tenant and counts its outcome, in a span naming the
+/// tenant, the action, the command, the actor and the correlation id.
+#[tracing::instrument(name = "command", skip_all, fields(
+    command = command.name(),
+    tenant = %actor.tenant,
+    action_id = %id,
+    principal = %actor.principal.id,
+    channel = actor.channel.as_str(),
+    correlation_id = command.context().correlation_id.as_ref().map(|id| id.as_str()),
+))]
 async fn run(
     app: &App,
     actor: &Actor,
@@ -51,16 +56,7 @@ async fn run(
     let name = command.name();
     let metadata = actor.metadata(command.context().correlation_id.clone());
     let result = app.ledger.execute::<Action>(&id, command, &metadata).await;
-    count(
-        name,
-        match &result {
-            Ok(_) => "ok",
-            Err(LedgerError::Rejected(error)) => error.code(),
-            Err(LedgerError::Conflict { .. }) => "conflict",
-            Err(LedgerError::Store(_)) => "store_error",
-            Err(LedgerError::Unreadable(_)) => "unreadable_input",
-        },
-    );
+    count(name, &result, ActionError::code);
     result
 }
 

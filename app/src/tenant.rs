@@ -6,7 +6,36 @@ use countersign_ledger::{Committed, LedgerAggregate, LedgerError};
 
 use crate::{Actor, App, AppError};
 
-/// Runs a tenant command on the actor's tenant stream and counts its outcome.
+/// Counts a command's outcome (`countersign_commands_total`, by command and outcome code) and
+/// logs a refusal (in the command's span: tenant, action, actor, correlation id).
+pub(crate) fn count<T, E: std::error::Error>(
+    command: &'static str,
+    result: &Result<T, LedgerError<E>>,
+    code: impl Fn(&E) -> &'static str,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(LedgerError::Rejected(error)) => code(error),
+        Err(LedgerError::Conflict { .. }) => "conflict",
+        Err(LedgerError::Store(_)) => "store_error",
+        Err(LedgerError::Unreadable(_)) => "unreadable_input",
+    };
+    metrics::counter!("countersign_commands_total", "command" => command, "outcome" => outcome)
+        .increment(1);
+    if let Err(error) = result {
+        tracing::info!(command, outcome, error = %error, "command refused");
+    }
+}
+
+/// Runs a tenant command on the actor's tenant stream and counts its outcome, in a span naming
+/// the tenant, the command, the actor and the correlation id.
+#[tracing::instrument(name = "command", skip_all, fields(
+    command = name,
+    tenant = %actor.tenant,
+    principal = %actor.principal.id,
+    channel = actor.channel.as_str(),
+    correlation_id = actor.correlation_id.as_ref().map(|id| id.as_str()),
+))]
 pub(crate) async fn run<A>(
     app: &App,
     actor: &Actor,
@@ -25,14 +54,6 @@ where
             &actor.metadata(actor.correlation_id.clone()),
         )
         .await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(LedgerError::Rejected(error)) => error.code(),
-        Err(LedgerError::Conflict { .. }) => "conflict",
-        Err(LedgerError::Store(_)) => "store_error",
-        Err(LedgerError::Unreadable(_)) => "unreadable_input",
-    };
-    metrics::counter!("countersign_commands_total", "command" => name, "outcome" => outcome)
-        .increment(1);
+    count(name, &result, TenantError::code);
     Ok(result?)
 }
