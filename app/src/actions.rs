@@ -11,8 +11,10 @@ use countersign_domain::quorum::Vote;
 use countersign_domain::risk::assess;
 use countersign_domain::submission::Submission;
 use countersign_domain::tenant::{PolicySet, TenantSettings};
-use countersign_domain::{ActionId, Comment, IdempotencyKey, Source, Summary, TenantMode};
-use countersign_ledger::{Committed, LedgerError, LogCursor};
+use countersign_domain::{
+    ActionId, Comment, IdempotencyKey, Source, Summary, TenantId, TenantMode, UserId,
+};
+use countersign_ledger::{Committed, Ledger, LedgerError, LogCursor};
 use countersign_projections::{ActionDetail, AuditEntry, InboxFilter, InboxPage, Projection};
 use cqrs_es::Aggregate;
 use schemars::JsonSchema;
@@ -104,12 +106,24 @@ pub async fn policy_for(
     actor: &Actor,
     submission: &Submission,
 ) -> Result<(TenantMode, PolicySnapshot), AppError> {
+    governing(&app.ledger, &actor.tenant, &actor.principal.id, submission).await
+}
+
+/// The tenant's mode and the policy that governs `submission` by `requester`, from the tenant's
+/// settings and policies as the ledger holds them now: the one resolution every submission
+/// goes through (the API, rollbacks, the demo loader).
+pub async fn governing(
+    ledger: &Ledger,
+    tenant: &TenantId,
+    requester: &UserId,
+    submission: &Submission,
+) -> Result<(TenantMode, PolicySnapshot), AppError> {
     let ((settings, _), (policies, _)) = tokio::try_join!(
-        app.ledger.load::<TenantSettings>(&actor.tenant),
-        app.ledger.load::<PolicySet>(&actor.tenant),
+        ledger.load::<TenantSettings>(tenant),
+        ledger.load::<PolicySet>(tenant),
     )?;
     let risk = assess(submission);
-    let facts = submission.facts(&actor.principal.id, &risk);
+    let facts = submission.facts(requester, &risk);
     Ok((
         settings.settings.mode,
         resolve(

@@ -15,9 +15,8 @@ use chrono::{DateTime, Duration, Utc};
 use countersign_domain::action::{
     Action, ActionCommand, ActionError, CastVote, CommandContext, RequestExecution, SubmitAction,
 };
-use countersign_domain::policy::{Policy, resolve};
+use countersign_domain::policy::Policy;
 use countersign_domain::quorum::Vote;
-use countersign_domain::risk::assess;
 use countersign_domain::submission::Submission;
 use countersign_domain::tenant::{
     PolicyCommand, PolicyDraft, PolicySet, Settings, SettingsCommand, TenantCommandContext,
@@ -159,7 +158,7 @@ impl Loader<'_> {
             .with_context(|| format!("{name} on demo action {id}"))
     }
 
-    /// Submits as the gateway does: the tenant's mode and the policy its installed policies give.
+    /// Submits as the API does (the same policy resolution), at a time in the past.
     async fn submit(
         &self,
         key: &str,
@@ -171,22 +170,19 @@ impl Loader<'_> {
         let id = ActionId::for_idempotency_key(&self.tenant, &key);
         let submission: Submission =
             serde_json::from_value(submission).context("demo submission")?;
-        let ((settings, _), (policies, _)) = tokio::try_join!(
-            self.ledger.load::<TenantSettings>(&self.tenant),
-            self.ledger.load::<PolicySet>(&self.tenant),
+        let (mode, policy) = countersign_app::actions::governing(
+            &self.ledger,
+            &self.tenant,
+            &requester.id,
+            &submission,
         )
-        .context("loading the demo tenant")?;
-        let risk = assess(&submission);
-        let policy = resolve(
-            &policies.list(),
-            &submission.facts(&requester.id, &risk),
-            &settings.settings.default_requirements,
-        );
+        .await
+        .context("the policy governing a demo submission")?;
         let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
             context: self.context(requester, self.now - Duration::minutes(minutes_ago)),
             action_id: id,
             submission,
-            mode: settings.settings.mode,
+            mode,
             policy,
             idempotency_key: Some(key.clone()),
             rollback_of: None,
