@@ -10,25 +10,30 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use countersign_ledger::Backend;
-use countersign_ledger::testing::TestStore;
+use countersign_ledger::testing::{
+    ChildGuard, Deadline, TestStore, TestStream, eventually, eventually_blocking, within,
+};
 use serde_json::{Value, json};
 
-const NATS: &str = "nats://127.0.0.1:4222";
 const SECRET: &str = "roles-test-secret-0123456789abcdef";
 /// How long anything the test waits for may take (the readable log waits for the oldest
 /// transaction open anywhere on the server, other tests' included).
 const PATIENCE: Duration = Duration::from_secs(90);
 
+fn patience() -> Deadline {
+    within(PATIENCE)
+}
+
 /// A `countersign serve` child process, killed when dropped (a failing test leaves none
 /// behind). Its JSON log is collected as it comes.
 struct Process {
     name: String,
-    child: Child,
+    child: ChildGuard,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -50,7 +55,7 @@ impl Process {
         });
         Self {
             name: name.to_owned(),
-            child,
+            child: child.into(),
             log,
         }
     }
@@ -80,10 +85,9 @@ impl Process {
 
     /// Waits until `found` answers something from the log; fails if the process exits first.
     fn wait_for<T>(&mut self, what: &str, found: impl Fn(&[Value]) -> Option<T>) -> T {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        eventually_blocking(patience().every(Duration::from_millis(50)), || {
             if let Some(value) = found(&self.messages()) {
-                return value;
+                return Ok(value);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
@@ -92,14 +96,12 @@ impl Process {
                     self.tail()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "{} never logged {what}:\n{}",
                 self.name,
                 self.tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            ))
+        })
     }
 
     /// Waits until the log says each of `messages` (a message listed twice, twice).
@@ -124,49 +126,15 @@ impl Process {
 
     /// SIGKILL: no graceful anything.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill();
-        }
-    }
-}
-
-/// Deletes the test's JetStream stream however the test ends.
-struct StreamGuard(String);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(client) = async_nats::connect(NATS).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&name)
-                        .await;
-                }
-            });
-        })
-        .join();
+        self.child.kill_and_wait();
     }
 }
 
 /// The settings every process of the deployment shares.
 struct Deployment {
     database_url: String,
-    stream: String,
-    prefix: String,
+    /// Deleted however the test ends.
+    stream: TestStream,
     data_dir: tempfile::TempDir,
 }
 
@@ -181,14 +149,14 @@ impl Deployment {
                 "--dev-keys",
                 "false",
                 "--nats-stream",
-                &self.stream,
+                &self.stream.name,
                 "--nats-prefix",
-                &self.prefix,
+                &self.stream.prefix,
             ])
             .env_remove("RUST_LOG")
             .env("COUNTERSIGN_LOG_FORMAT", "json")
             .env("DATABASE_URL", &self.database_url)
-            .env("NATS_URL", NATS)
+            .env("NATS_URL", self.stream.url())
             .env("COUNTERSIGN_DATA_DIR", self.data_dir.path())
             .env("COUNTERSIGN_JWT_HS256_SECRET", SECRET)
             .env("COUNTERSIGN_SWEEP_SECONDS", "1");
@@ -292,8 +260,7 @@ fn status_of(api: &Api, id: &str, bearer: &str) -> String {
 /// `consistency_token`. While no worker projects (the active one was just killed), the inbox
 /// answers 503 `not_caught_up` after 5 s: asked again until the standby has taken over.
 fn inbox_status(api: &Api, id: &str, bearer: &str, consistency_token: &str) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    eventually_blocking(patience(), || {
         let answer = http(
             &api.address,
             "GET",
@@ -302,20 +269,20 @@ fn inbox_status(api: &Api, id: &str, bearer: &str, consistency_token: &str) -> S
             None,
         );
         match answer.status {
-            200 => {
-                return answer.body["items"]
-                    .as_array()
-                    .expect("items")
-                    .iter()
-                    .find(|item| item["id"] == id)
-                    .and_then(|item| item["status"].as_str())
-                    .unwrap_or_else(|| panic!("{id} is not in the inbox: {}", answer.body))
-                    .to_owned();
+            200 => Ok(answer.body["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|item| item["id"] == id)
+                .and_then(|item| item["status"].as_str())
+                .unwrap_or_else(|| panic!("{id} is not in the inbox: {}", answer.body))
+                .to_owned()),
+            503 if answer.body["code"] == "not_caught_up" => {
+                Err(format!("inbox answered 503: {}", answer.body))
             }
-            503 if answer.body["code"] == "not_caught_up" && Instant::now() < deadline => {}
             status => panic!("inbox answered {status}: {}", answer.body),
         }
-    }
+    })
 }
 
 /// Submits an action through one api process and approves it and asks for its execution
@@ -369,21 +336,19 @@ fn submit_approve_execute(writer: &Api, other: &Api, n: usize) -> String {
 /// Waits until both api processes answer every action of `ids` executed.
 fn wait_until_executed(apis: &[&Api], ids: &[String]) {
     let owner = token("olga", &["owner"]);
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = patience().every(Duration::from_millis(100));
     for api in apis {
         for id in ids {
-            loop {
+            eventually_blocking(deadline, || {
                 let status = status_of(api, id, &owner);
                 if status == "executed" {
-                    break;
+                    return Ok(());
                 }
-                assert!(
-                    Instant::now() < deadline,
+                Err(format!(
                     "{id} is still {status} through {}",
                     api.process.name
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+                ))
+            });
         }
     }
 }
@@ -612,16 +577,13 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
     let Backend::Postgres(pool) = store.ledger.backend() else {
         unreachable!("a PostgreSQL test store")
     };
-    let unique = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let deployment = Deployment {
         database_url: store.location(),
-        stream: format!("ROLES_{unique}"),
-        prefix: format!("roles{unique}"),
+        stream: TestStream::new("roles"),
         data_dir: tempfile::tempdir().expect("temp dir"),
     };
-    let _stream = StreamGuard(deployment.stream.clone());
-    let jetstream =
-        async_nats::jetstream::new(async_nats::connect(NATS).await.expect("NATS answers"));
+    let client = async_nats::connect(deployment.stream.url()).await;
+    let jetstream = async_nats::jetstream::new(client.expect("NATS answers"));
 
     // Worker 1 first, until it holds every tailer lock; then worker 2, which consumes from
     // the shared durable consumer but waits for the locks.
@@ -702,19 +664,17 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
     );
 
     // Everything in the log happened exactly once: projected, sealed, relayed, executed.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let wrong = disagreements(pool, &jetstream, &deployment.stream, &ids).await;
+    eventually(patience().every(Duration::from_millis(200)), async || {
+        let wrong = disagreements(pool, &jetstream, &deployment.stream.name, &ids).await;
         if wrong.is_empty() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "after the takeover: {wrong:#?}\nworker 2:\n{}",
             worker2.tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ))
+    })
+    .await;
     // The standby ran what was approved after the kill.
     let events = stored_events(pool).await;
     let runners: BTreeSet<&str> = events

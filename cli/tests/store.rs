@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use countersign_domain::action::{Action, ActionEvent, ActionStatus, Rejection};
-use countersign_ledger::testing::TestStore;
-use countersign_ledger::{Ledger, LogCursor, StoreConfig};
+use countersign_ledger::testing::{
+    ChildGuard, TestStore, TestStream, eventually, eventually_blocking, settled_log, within,
+};
+use countersign_ledger::{Ledger, StoreConfig};
 
 fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_countersign"))
@@ -23,47 +25,8 @@ fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("countersign runs")
 }
 
-/// The number of events committed to the store (readable or not yet).
-async fn committed_events(ledger: &Ledger) -> usize {
-    let sql = "SELECT COUNT(*) FROM events";
-    let count: i64 = match ledger.backend() {
-        countersign_ledger::Backend::Postgres(pool) => {
-            sqlx::query_scalar(sql).fetch_one(pool).await
-        }
-        countersign_ledger::Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-    }
-    .expect("count");
-    usize::try_from(count).expect("a count")
-}
-
-/// Every event of the log once all committed ones are readable (on PostgreSQL the readable
-/// horizon waits for the oldest transaction open anywhere on the server, other tests' included).
-async fn whole_log(ledger: &Ledger) -> Vec<countersign_ledger::LoggedEvent> {
-    let committed = committed_events(ledger).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cursor = LogCursor::START;
-        let mut all = Vec::new();
-        loop {
-            let batch = ledger.read_log(cursor, 500).await.expect("read");
-            let Some(last) = batch.last() else { break };
-            cursor = last.cursor;
-            all.extend(batch);
-        }
-        if all.len() >= committed {
-            return all;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {committed} events readable",
-            all.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
-    let log = whole_log(ledger).await;
+    let log = settled_log(ledger).await;
     let mut events: BTreeMap<String, Vec<ActionEvent>> = BTreeMap::new();
     for event in log.iter().filter(|event| event.aggregate_type == "action") {
         events
@@ -82,7 +45,7 @@ async fn actions(ledger: &Ledger) -> (usize, BTreeMap<String, Action>) {
 
 /// Every action event of the log, in order.
 async fn all_action_events(ledger: &Ledger) -> Vec<ActionEvent> {
-    whole_log(ledger)
+    settled_log(ledger)
         .await
         .iter()
         .filter(|event| event.aggregate_type == "action")
@@ -331,7 +294,7 @@ fn http_get_as(address: &str, path: &str, bearer: Option<&str>) -> (u16, String)
 /// `countersign serve` in a child process, killed if the test fails before it stops it (an
 /// orphan holding the test's output open would keep `cargo test` waiting).
 struct Served {
-    child: std::process::Child,
+    child: ChildGuard,
     /// Where it listens, from its JSON log.
     address: String,
     /// Reads the rest of its log as it comes (a full pipe would stall the service).
@@ -353,7 +316,7 @@ impl Served {
         });
         let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
         let mut served = Self {
-            child,
+            child: child.into(),
             address: String::new(),
             log: Some(log),
         };
@@ -383,15 +346,6 @@ impl Served {
             .take()
             .map(|log| log.join().expect("log reader"))
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -428,20 +382,16 @@ fn serve_answers_health_readiness_and_metrics_and_stops_on_sigterm() {
         r#"countersign_projection_lag_events{projection="actions""#,
         r#"countersign_log_reads_total{source="store"}"#,
     ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let deadline = within(Duration::from_secs(20)).every(Duration::from_millis(100));
+    eventually_blocking(deadline, || {
         let (status, metrics) = http_get_as(&address, "/metrics", Some("scrape"));
         assert_eq!(status, 200);
         let missing: Vec<_> = wanted.iter().filter(|m| !metrics.contains(*m)).collect();
         if missing.is_empty() {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "missing {missing:?} in {metrics}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err(format!("missing {missing:?} in {metrics}"))
+    });
 
     assert!(
         served
@@ -597,41 +547,22 @@ fn http(
     token: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    let body = body.map(ToString::to_string).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    http_send(address, method, path, token, &[], body)
 }
 
 /// Server mode through the binary: PostgreSQL, NATS JetStream relay and executor, HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_runs_approved_actions_through_nats_on_postgres() {
     let store = TestStore::postgres().await.expect("database");
-    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let stream = TestStream::new("cli");
     let secret = "server-mode-test-secret-0123456789";
     let served = Served::start(
         Command::new(env!("CARGO_BIN_EXE_countersign"))
             .args(["serve", "--listen", "127.0.0.1:0", "--dev-keys", "false"])
             .env("DATABASE_URL", store.location())
-            .env("NATS_URL", "nats://127.0.0.1:4222")
-            .env("COUNTERSIGN_NATS_STREAM", format!("CLI_{}", &unique[..12]))
-            .env("COUNTERSIGN_NATS_PREFIX", format!("cli{}", &unique[..12]))
+            .env("NATS_URL", stream.url())
+            .env("COUNTERSIGN_NATS_STREAM", &stream.name)
+            .env("COUNTERSIGN_NATS_PREFIX", &stream.prefix)
             .env("COUNTERSIGN_JWT_HS256_SECRET", secret)
             .env("COUNTERSIGN_SWEEP_SECONDS", "1"),
     );
@@ -685,15 +616,15 @@ async fn serve_runs_approved_actions_through_nats_on_postgres() {
         .0,
         202
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let detail = loop {
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(100));
+    let detail = eventually(deadline, async || {
         let (_, detail) = http(&address, "GET", &format!("/v1/actions/{id}"), &owner, None);
         if detail["status"] == "executed" {
-            break detail;
+            return Ok(detail);
         }
-        assert!(Instant::now() < deadline, "never executed: {detail}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        Err(format!("never executed: {detail}"))
+    })
+    .await;
     assert_eq!(
         detail["execution"]["result"],
         serde_json::json!({ "echo": { "hello": "world" } })
@@ -749,18 +680,16 @@ fn a_log_event_no_reader_can_decode_stalls_readiness_and_doctor_and_status_name_
 
     let served = Served::embedded(data);
     let address = served.address.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let body = loop {
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(200));
+    let body = eventually_blocking(deadline, || {
         let (status, body) = http_get(&address, "/readyz");
         if status == 503 && body.contains("projection:actions") && body.contains("sealer") {
-            break body;
+            return Ok(body);
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "readiness never named the stalled tailers: {status} {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        ))
+    });
     let readiness: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let stalled = readiness["stalled"].as_array().expect("stalled tailers");
     assert!(
@@ -811,17 +740,17 @@ fn a_log_event_no_reader_can_decode_stalls_readiness_and_doctor_and_status_name_
     );
 }
 
-/// One HTTP/1.1 request with a JSON body; answers (status, body).
+/// One HTTP/1.1 request with a JSON body, if any, and extra headers; answers (status, body).
 fn http_send(
     address: &str,
     method: &str,
     path: &str,
     bearer: &str,
     headers: &[(&str, &str)],
-    body: &serde_json::Value,
+    body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
     let mut stream = TcpStream::connect(address).expect("connect");
-    let body = body.to_string();
+    let body = body.map(ToString::to_string).unwrap_or_default();
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
@@ -869,10 +798,10 @@ fn the_correlation_id_reaches_the_logs_of_the_work_it_caused() {
         "/v1/actions",
         &rita,
         &flow,
-        &serde_json::json!({
+        Some(&serde_json::json!({
             "module": "email", "capability": "send", "summary": "Tell customer 1042",
             "payload": { "to": ["c1042@example.com"], "subject": "Refund", "text": "Done." }
-        }),
+        })),
     );
     assert_eq!(status, 201, "{submitted}");
     let id = submitted["id"].as_str().expect("id").to_owned();
@@ -882,7 +811,7 @@ fn the_correlation_id_reaches_the_logs_of_the_work_it_caused() {
         &format!("/v1/actions/{id}/approve"),
         &olivia,
         &flow,
-        &serde_json::json!({}),
+        Some(&serde_json::json!({})),
     );
     assert_eq!(status, 200, "{body}");
     let (status, body) = http_send(
@@ -891,18 +820,17 @@ fn the_correlation_id_reaches_the_logs_of_the_work_it_caused() {
         &format!("/v1/actions/{id}/execute"),
         &olivia,
         &flow,
-        &serde_json::json!({}),
+        Some(&serde_json::json!({})),
     );
     assert!(status == 202 || status == 200, "{status} {body}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(100));
+    eventually_blocking(deadline, || {
         let (_, detail) = http_get_as(&address, &format!("/v1/actions/{id}"), Some(&olivia));
         if detail.contains(r#""status":"executed""#) {
-            break;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "never executed: {detail}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err(format!("never executed: {detail}"))
+    });
     let log = served.stop();
     let recorded = log
         .iter()

@@ -8,10 +8,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use countersign_ledger::StoreConfig;
-use countersign_ledger::testing::TestStore;
+use countersign_ledger::testing::{ChildGuard, TestStore, eventually_blocking, within};
 use sqlx::{Connection, Executor};
 
 /// Events `countersign demo` records: 3 policies and the settings the owner installs, then 20
@@ -270,7 +270,7 @@ fn serve_runs_the_sealer_signs_and_publishes_heads_and_stops_it_on_sigterm() {
         ),
         "--seal-every-seconds must be a positive number",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_countersign"))
+    let mut child: ChildGuard = Command::new(env!("CARGO_BIN_EXE_countersign"))
         .args([
             "serve",
             "--listen",
@@ -286,18 +286,18 @@ fn serve_runs_the_sealer_signs_and_publishes_heads_and_stops_it_on_sigterm() {
         .env("COUNTERSIGN_SIGNING_KEY", key)
         .stderr(Stdio::piped())
         .spawn()
-        .expect("serve starts");
+        .expect("serve starts")
+        .into();
     let latest = heads.join("demo/latest.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let head = loop {
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(100));
+    let head = eventually_blocking(deadline, || {
         if let Ok(text) = std::fs::read_to_string(&latest)
             && let Ok(head) = serde_json::from_str::<serde_json::Value>(&text)
         {
-            break head;
+            return Ok(head);
         }
-        assert!(Instant::now() < deadline, "no head was published");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        Err("no head was published")
+    });
     assert_eq!(head["tree_size"], DEMO_EVENTS);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

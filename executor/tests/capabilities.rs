@@ -3,9 +3,10 @@
 //! axum receiver and against the Python receiver of docs/capabilities.md
 //! (`scripts/webhook_receiver.sh` installs `blake3` from PyPI into a virtual environment under the
 //! target directory), external capabilities against providers over NATS, and the example provider
-//! (`examples/provider/inventory.rs`) itself. NATS is the server at `COUNTERSIGN_TEST_NATS_URL`
-//! (default `nats://127.0.0.1:4222`, started by `make test`); every test serves a module name of
-//! its own, so tests run in parallel on one server.
+//! (`examples/provider/inventory.rs`) itself. NATS is the tests' server
+//! (`countersign_ledger::testing::nats_url`: `COUNTERSIGN_TEST_NATS_URL`, default
+//! `nats://127.0.0.1:4222`, started by `make test`); every test serves a module name of its own,
+//! so tests run in parallel on one server.
 #![expect(
     clippy::expect_used,
     reason = "a test fails loudly where its setup breaks"
@@ -28,6 +29,7 @@ use countersign_executor::builtin::{
 };
 use countersign_executor::external::{CapabilityReply, CapabilityRequest, External};
 use countersign_executor::{Capability, Failure, Invocation, Progress, ProgressHub};
+use countersign_ledger::testing::{ChildGuard, nats_url};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -660,15 +662,9 @@ fn webhook_signature_matches_the_documented_example() {
 /// `scripts/webhook_receiver.py` (the verification code docs/capabilities.md shows) running in
 /// Python, killed on drop.
 struct PythonReceiver {
-    child: std::process::Child,
+    #[expect(dead_code, reason = "kills the receiver when dropped")]
+    child: ChildGuard,
     port: u16,
-}
-
-impl Drop for PythonReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl PythonReceiver {
@@ -686,7 +682,10 @@ impl PythonReceiver {
             .spawn()
             .expect("bash runs the receiver");
         let stdout = child.stdout.take().expect("its standard output");
-        let mut receiver = Self { child, port: 0 };
+        let mut receiver = Self {
+            child: child.into(),
+            port: 0,
+        };
         // The first run installs blake3 from PyPI into the virtual environment.
         let line = tokio::time::timeout(
             Duration::from_secs(300),
@@ -881,8 +880,7 @@ async fn nats() -> Client {
 }
 
 async fn nats_with(options: async_nats::ConnectOptions) -> Client {
-    let url = std::env::var("COUNTERSIGN_TEST_NATS_URL")
-        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let url = nats_url();
     options
         .connect(url.as_str())
         .await

@@ -5,26 +5,23 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use countersign_domain::action::{
-    Action, ActionCommand, ActionEvent, ActionStatus, CastVote, CommandContext, StartExecution,
-    SubmitAction,
+    Action, ActionCommand, ActionEvent, ActionStatus, CommandContext,
 };
-use countersign_domain::policy::{PolicySnapshot, Requirements};
 use countersign_domain::quorum::Vote;
-use countersign_domain::submission::Submission;
-use countersign_domain::{ActionId, Principal, Role, TenantId, TenantMode, UserId};
+use countersign_domain::{ActionId, Principal, TenantMode};
 use countersign_executor::{
     Capability, Completed, Executor, ExecutorConfig, Failure, Invocation, JetStreamSource,
     LogSource, Processed, Progress, ProgressHub, Registry, Relay, StreamConfig, Sweeper,
 };
-use countersign_ledger::Metadata;
-use countersign_ledger::testing::TestStore;
+use countersign_ledger::testing::actions::{self, principal, tenant};
+use countersign_ledger::testing::{ChildGuard, TestStore, eventually, eventually_blocking, within};
 use countersign_projections::{ProjectionStore, Supervisor};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -119,7 +116,7 @@ impl Counting {
 
 /// A `nats-server` of the test's own, with its own JetStream store.
 struct NatsServer {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -155,32 +152,25 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts (Debian package nats-server)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server never listened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Some(child.into());
+        eventually_blocking(
+            within(Duration::from_secs(30)),
+            || match std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                Ok(_) => Ok(()),
+                Err(_) => Err("nats-server never listened"),
+            },
+        );
     }
 
+    /// Kills the server (its store stays, for [`NatsServer::spawn`] to start it again).
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill_and_wait();
         }
     }
 
     fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -190,17 +180,6 @@ struct World {
     counting: Counting,
     stop: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
-}
-
-fn tenant() -> TenantId {
-    TenantId::parse("acme").expect("tenant")
-}
-
-fn principal(id: &str, roles: &[&str]) -> Principal {
-    Principal::new(
-        UserId::parse(id).expect("user"),
-        roles.iter().map(|r| Role::parse(*r).expect("role")),
-    )
 }
 
 fn config() -> ExecutorConfig {
@@ -255,10 +234,7 @@ impl World {
     }
 
     async fn run(&self, id: ActionId, command: ActionCommand) -> Vec<ActionEvent> {
-        let by = command.context().by.id.clone();
-        self.store
-            .ledger
-            .execute::<Action>(&id, command, &Metadata::new(tenant(), by))
+        actions::execute(&self.store.ledger, id, command)
             .await
             .unwrap_or_else(|err| panic!("{err}"))
             .events
@@ -269,48 +245,26 @@ impl World {
 
     async fn submit(&self, action_type: &str, requirements: Value, mode: TenantMode) -> ActionId {
         let (module, capability) = action_type.split_once('.').expect("module.capability");
-        let submission: Submission =
-            serde_json::from_value(json!({ "module": module, "capability": capability, "summary": "count", "payload": { "n": uuid::Uuid::new_v4().to_string() } }))
-                .expect("submission");
-        let id = ActionId::from_uuid(uuid::Uuid::now_v7());
+        let submission = actions::submission(
+            module,
+            capability,
+            "count",
+            json!({ "payload": { "n": uuid::Uuid::new_v4().to_string() } }),
+        );
+        let id = actions::new_id();
+        let requester = principal("rita", &["requester"]);
         self.run(
             id,
-            ActionCommand::SubmitAction(Box::new(SubmitAction {
-                context: CommandContext {
-                    tenant: tenant(),
-                    by: principal("rita", &["requester"]),
-                    at: chrono::Utc::now(),
-                    correlation_id: None,
-                },
-                action_id: id,
-                submission,
-                mode,
-                policy: PolicySnapshot::tenant_default(
-                    Requirements::parse(&requirements).expect("requirements"),
-                ),
-                idempotency_key: None,
-                rollback_of: None,
-            })),
+            actions::submit(now(&requester), id, submission, &requirements, mode),
         )
         .await;
         id
     }
 
     async fn approve(&self, id: ActionId) {
+        let owner = principal("olga", &["owner"]);
         let events = self
-            .run(
-                id,
-                ActionCommand::CastVote(CastVote {
-                    context: CommandContext {
-                        tenant: tenant(),
-                        by: principal("olga", &["owner"]),
-                        at: chrono::Utc::now(),
-                        correlation_id: None,
-                    },
-                    vote: Vote::Approve,
-                    comment: None,
-                }),
-            )
+            .run(id, actions::vote(now(&owner), Vote::Approve, None))
             .await;
         assert!(
             events
@@ -337,18 +291,14 @@ impl World {
     }
 
     async fn wait_for(&self, id: ActionId, wanted: ActionStatus) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(within(Duration::from_secs(60)), async || {
             let status = self.status(id).await;
             if status == wanted {
-                return;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} stayed {status}, wanted {wanted}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            Err(format!("{id} stayed {status}, wanted {wanted}"))
+        })
+        .await;
     }
 }
 
@@ -356,6 +306,11 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// In tenant acme, by `by`, now.
+fn now(by: &Principal) -> CommandContext {
+    actions::context(&tenant("acme"), by, chrono::Utc::now())
 }
 
 fn auto() -> Value {
@@ -428,8 +383,8 @@ async fn approved_actions_run_once_through_nats_jetstream() {
     let (stop_replay, replay_stopped) = watch::channel(false);
     let replaying = tokio::spawn(replay.run(replay_stopped));
     let jetstream = async_nats::jetstream::new(client.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let deadline = within(Duration::from_secs(30)).every(Duration::from_millis(50));
+    eventually(deadline, async || {
         let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> = jetstream
             .get_stream(&stream.stream)
             .await
@@ -437,21 +392,16 @@ async fn approved_actions_run_once_through_nats_jetstream() {
             .get_consumer("replay")
             .await;
         let Ok(mut consumer) = consumer else {
-            // The replaying executor has not created its consumer yet.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+            return Err("the replaying executor never created its consumer".to_owned());
         };
         let info = consumer.info().await.expect("info");
         if info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0
         {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replay never drained: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("the replay never drained: {info:?}"))
+    })
+    .await;
     let _ = stop_replay.send(true);
     let _ = replaying.await;
     assert_eq!(world.counting.calls(), 2, "the replay called no capability");
@@ -498,27 +448,17 @@ async fn the_embedded_executor_tails_the_store_the_same_way() {
     let tailer = LogSource {
         executor: world.executor(),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while tailer.checkpoint().await.expect("checkpoint") < approved {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the executor never read the approval"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(within(Duration::from_secs(60)), async || {
+        if tailer.checkpoint().await.expect("checkpoint") < approved {
+            return Err("the executor never read the approval");
+        }
+        Ok(())
+    })
+    .await;
     assert_eq!(world.status(manual).await, ActionStatus::Approved);
+    let requester = principal("rita", &["requester"]);
     world
-        .run(
-            manual,
-            ActionCommand::RequestExecution(countersign_domain::action::RequestExecution {
-                context: CommandContext {
-                    tenant: tenant(),
-                    by: principal("rita", &["requester"]),
-                    at: chrono::Utc::now(),
-                    correlation_id: None,
-                },
-            }),
-        )
+        .run(manual, actions::request_execution(now(&requester)))
         .await;
     world.wait_for(manual, ActionStatus::Executed).await;
     assert_eq!(world.counting.calls(), 2);
@@ -539,11 +479,14 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
         ..config()
     });
     let running = tokio::spawn(async move { first.process(&id).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while world.counting.calls() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "never called");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let deadline = within(Duration::from_secs(30)).every(Duration::from_millis(10));
+    eventually(deadline, async || {
+        if world.counting.calls() == 0 {
+            return Err("never called");
+        }
+        Ok(())
+    })
+    .await;
     running.abort();
     let _ = running.await;
     assert_eq!(world.status(id).await, ActionStatus::Executing);
@@ -555,16 +498,14 @@ async fn an_executor_killed_mid_call_is_retried_with_the_same_key_and_succeeds_o
         second.process(&id).await.expect("process"),
         Processed::Nothing
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let retried = loop {
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(100));
+    let retried = eventually(deadline, async || {
         match second.process(&id).await.expect("process") {
-            Processed::Nothing => {
-                assert!(tokio::time::Instant::now() < deadline, "never taken over");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            outcome => break outcome,
+            Processed::Nothing => Err("never taken over"),
+            outcome => Ok(outcome),
         }
-    };
+    })
+    .await;
     assert_eq!(
         retried,
         Processed::Ran {
@@ -594,20 +535,8 @@ async fn a_dead_claimant_never_called_the_capability_and_the_next_one_does_once(
         .await;
     world.approve(id).await;
     // A claim by an executor that died before calling anything.
-    world
-        .run(
-            id,
-            ActionCommand::StartExecution(StartExecution {
-                context: CommandContext {
-                    tenant: tenant(),
-                    by: principal("executor:dead", &[]),
-                    at: chrono::Utc::now(),
-                    correlation_id: None,
-                },
-                lease_seconds: 1,
-            }),
-        )
-        .await;
+    let dead = principal("executor:dead", &[]);
+    world.run(id, actions::start_execution(now(&dead), 1)).await;
     let sweeper = world.sweeper(world.executor(), Duration::from_millis(100));
     tokio::spawn(sweeper.run(world.stopped.clone()));
     world.wait_for(id, ActionStatus::Executed).await;
@@ -790,8 +719,8 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
     // The relay publishes asynchronously and saves its checkpoint after publishing: it reaches
     // the head of the log shortly after the last action ran.
     let head = world.store.ledger.log_head().await.expect("head");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(50));
+    eventually(deadline, async || {
         let relayed = world
             .store
             .ledger
@@ -799,18 +728,17 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
             .await
             .expect("checkpoint");
         if relayed >= head {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        Err(format!(
             "the relay stopped at {relayed:?} before the head {head:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ))
+    })
+    .await;
     let jetstream = async_nats::jetstream::new(client);
     let expected = u64::try_from(ids.len() * 4).unwrap_or(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let deadline = within(Duration::from_secs(30)).every(Duration::from_millis(100));
+    eventually(deadline, async || {
         let info = jetstream
             .get_stream(&stream.stream)
             .await
@@ -821,14 +749,13 @@ async fn nats_stopped_during_a_write_load_loses_no_event() {
             .state
             .clone();
         if info.messages >= expected {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        Err(format!(
             "every event reached the stream: {info:?} (head {head:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,13 +4,14 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
-#[macro_use]
 mod support;
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use countersign_ledger::on_both_stores;
+use countersign_ledger::testing::{eventually, readable_log, within};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{API_KEY_SECRET, TestApp, token};
@@ -671,10 +672,9 @@ async fn stats_and_user_history(kind: &str) {
         "expired",
         "expired",
     ];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut details = Vec::new();
-    loop {
-        details.clear();
+    let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(50));
+    let details = eventually(deadline, async || {
+        let mut details = Vec::new();
         for (id, _) in all {
             details.push(app.get(&format!("/v1/actions/{id}"), &p.auditor).await.body);
         }
@@ -683,11 +683,11 @@ async fn stats_and_user_history(kind: &str) {
             .map(|d| d["status"].as_str().unwrap_or(""))
             .collect();
         if statuses == settled {
-            break;
+            return Ok(details);
         }
-        assert!(tokio::time::Instant::now() < deadline, "{statuses:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{statuses:?}"))
+    })
+    .await;
     assert_eq!(details[5]["escalations"], 1, "escalated before it expired");
 
     // Every figure, against what the actions' own records say.
@@ -732,20 +732,16 @@ async fn stats_and_user_history(kind: &str) {
         "votes_cast": 3,
         "vote_participation": 0.5,
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let deadline = within(Duration::from_secs(30)).every(Duration::from_millis(50));
+    eventually(deadline, async || {
         let stats = app.get("/v1/stats", &p.auditor).await;
         assert_eq!(stats.status, StatusCode::OK, "{}", stats.body);
         if stats.body == expected {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} != {expected}",
-            stats.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("{} != {expected}", stats.body))
+    })
+    .await;
     assert_eq!(
         app.get("/v1/stats", &p.requester).await.status,
         StatusCode::FORBIDDEN
@@ -762,8 +758,7 @@ async fn stats_and_user_history(kind: &str) {
         app.get("/v1/users/olga/actions", &p.requester).await.status,
         StatusCode::FORBIDDEN
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(within(Duration::from_secs(30)), async || {
         let votes = app.get("/v1/users/olga/votes", &p.auditor).await;
         if let Some(votes) = votes.body["votes"].as_array()
             && votes.len() == 2
@@ -776,11 +771,11 @@ async fn stats_and_user_history(kind: &str) {
             let mut approved = [executed.0.as_str(), failed.0.as_str()];
             approved.sort_unstable();
             assert_eq!(voted, approved);
-            break;
+            return Ok(());
         }
-        assert!(tokio::time::Instant::now() < deadline, "{}", votes.body);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(votes.body.to_string())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -920,22 +915,14 @@ async fn the_correlation_id_travels_from_the_header_into_every_event_and_the_aud
         .nth(1)
         .and_then(|p| p.parse().ok())
         .expect("position");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let events = loop {
-        let mut cursor = countersign_ledger::LogCursor::START;
-        let mut all = Vec::new();
-        loop {
-            let batch = app.store.ledger.read_log(cursor, 500).await.expect("log");
-            let Some(last) = batch.last() else { break };
-            cursor = last.cursor;
-            all.extend(batch);
-        }
+    let events = eventually(within(Duration::from_secs(30)), async || {
+        let all = readable_log(&app.store.ledger).await;
         if all.iter().any(|event| event.cursor.position == written) {
-            break all;
+            return Ok(all);
         }
-        assert!(tokio::time::Instant::now() < deadline, "never readable");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        Err("never readable")
+    })
+    .await;
     let of = |action: &str| {
         events
             .iter()

@@ -7,7 +7,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode};
+use countersign_ledger::testing::{eventually, within};
 use serde_json::{Value, json};
 use support::{TestApp, token};
 
@@ -357,16 +360,16 @@ async fn another_tenants_resources_answer_exactly_like_missing_ones() {
         .await;
     let key_id = key.body["key_id"].as_str().expect("key id").to_owned();
     // Make sure the projections hold the action before comparing.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app
-        .get(&format!("/v1/actions/{id}/audit"), &as_role("owner"))
-        .await
-        .status
-        != StatusCode::OK
-    {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(within(Duration::from_secs(30)), async || {
+        let audit = app
+            .get(&format!("/v1/actions/{id}/audit"), &as_role("owner"))
+            .await;
+        if audit.status != StatusCode::OK {
+            return Err(format!("the audit trail answered {}", audit.status));
+        }
+        Ok(())
+    })
+    .await;
     let missing = "00000000-0000-7000-8000-000000000000";
     let globex = token("gus", "globex", &["owner", "admin", "approver", "auditor"]);
     let cases: Vec<(Method, String, String, Option<Value>)> = vec![

@@ -13,6 +13,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use countersign_executor::builtin::{SIGNATURE_HEADER, Webhook};
+use countersign_ledger::testing::{eventually, readable_log, within};
 use futures::StreamExt;
 use serde_json::json;
 use support::{TestApp, token};
@@ -165,8 +166,8 @@ async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {
 
     // The audit shows the whole lifecycle.
     let auditor = token("audrey", "acme", &["auditor"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let types = loop {
+    let deadline = within(Duration::from_secs(30)).every(Duration::from_millis(50));
+    let types = eventually(deadline, async || {
         let audit = app.get(&format!("/v1/actions/{id}/audit"), &auditor).await;
         let types: Vec<String> = audit.body["events"]
             .as_array()
@@ -177,11 +178,11 @@ async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {
             })
             .unwrap_or_default();
         if types.last().is_some_and(|t| t == "ExecutionSucceeded") {
-            break types;
+            return Ok(types);
         }
-        assert!(tokio::time::Instant::now() < deadline, "{types:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        Err(format!("{types:?}"))
+    })
+    .await;
     assert_eq!(
         types,
         [
@@ -283,41 +284,27 @@ async fn webhook_credentials_reach_the_receiver_and_never_the_log() {
         .post(&format!("/v1/actions/{id}/execute"), &owner, json!({}))
         .await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.body);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let delivery = loop {
-        if let Some(delivery) = deliveries.lock().expect("lock").first().cloned() {
-            break delivery;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let delivery = eventually(within(Duration::from_secs(30)), async || {
+        let first = deliveries.lock().expect("lock").first().cloned();
+        first.ok_or("never delivered")
+    })
+    .await;
     // HTTP basic credentials from the URL: base64("crm:s3cret").
     assert_eq!(delivery.headers["authorization"], "Basic Y3JtOnMzY3JldA==");
 
     // Nowhere in the log (once the run's outcome is recorded), the settings view or the audit
     // trail.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get(&format!("/v1/actions/{id}"), &owner).await.body["status"] != "executed" {
-        assert!(tokio::time::Instant::now() < deadline, "never executed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_for_status(&id, &owner, "executed").await;
     let count = app.settled_event_count().await;
-    let mut cursor = countersign_ledger::LogCursor::START;
-    let mut seen = 0;
-    loop {
-        let batch = app.store.ledger.read_log(cursor, 500).await.expect("log");
-        let Some(last) = batch.last() else { break };
-        cursor = last.cursor;
-        for event in &batch {
-            assert!(
-                !event.payload.to_string().contains("s3cret"),
-                "{}",
-                event.payload
-            );
-        }
-        seen += batch.len();
+    let log = readable_log(&app.store.ledger).await;
+    for event in &log {
+        assert!(
+            !event.payload.to_string().contains("s3cret"),
+            "{}",
+            event.payload
+        );
     }
-    assert_eq!(seen, count);
+    assert_eq!(log.len(), count);
     let read = app.get("/v1/settings", &auditor).await;
     assert_eq!(read.body["webhook_url"], shown);
     assert!(!read.body.to_string().contains("s3cret"));

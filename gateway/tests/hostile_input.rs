@@ -6,7 +6,6 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
-#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -14,6 +13,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use countersign_ledger::LogCursor;
+use countersign_ledger::on_both_stores;
+use countersign_ledger::testing::{eventually, within};
 use countersign_verification::export::{export, verify_bundle};
 use countersign_verification::{HeadSigner, KeyRing, Sealer, SealerConfig, VerifyOptions, verify};
 use proptest::prelude::*;
@@ -112,8 +113,7 @@ fn cursor_of(answer: &Answer) -> LogCursor {
 /// on PostgreSQL the readable head may lag behind it while other transactions are open),
 /// failing if a tailer stalls.
 async fn projections_catch_up(app: &TestApp, head: LogCursor) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(within(Duration::from_secs(60)), async || {
         let stalled = app.store.ledger.health().stalled();
         assert!(stalled.is_empty(), "a tailer stalled: {stalled:?}");
         let mut behind = false;
@@ -129,14 +129,11 @@ async fn projections_catch_up(app: &TestApp, head: LogCursor) {
             behind |= live.checkpoint < head;
         }
         if !behind {
-            return;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "projections never reached {head:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("projections never reached {head:?}"))
+    })
+    .await;
 }
 
 on_both_stores!(the_deep_payload_attack_is_refused_and_every_tenant_keeps_moving);
@@ -496,21 +493,15 @@ async fn whatever_the_api_accepts_every_reader_reads_back_exactly(kind: &str) {
     // The embedded executor tails the same log: it must not be stuck either.
     let executor = app.executor.clone().expect("executor");
     let head = last_write;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while executor
-        .ledger()
-        .load_checkpoint("executor")
-        .await
-        .expect("checkpoint")
-        < head
-    {
+    eventually(within(Duration::from_secs(60)), async || {
+        let read = executor.ledger().load_checkpoint("executor").await;
+        if read.expect("checkpoint") >= head {
+            return Ok(());
+        }
         let stalled = app.store.ledger.health().stalled();
         assert!(stalled.is_empty(), "a tailer stalled: {stalled:?}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the executor never read the whole log"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err("the executor never read the whole log")
+    })
+    .await;
     seal_and_verify(&app).await;
 }

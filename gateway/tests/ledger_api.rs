@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use countersign_ledger::testing::{eventually, within};
 use countersign_verification::{
     ConsistencyProof, HeadSigner, InclusionProof, KeyRing, Sealer, SealerConfig, SignedHead,
 };
@@ -28,8 +29,7 @@ async fn seal(app: &TestApp, signer: &HeadSigner) {
         app.state.app.seals().clone(),
         config,
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(within(Duration::from_secs(30)), async || {
         sealer.run_until_idle().await.expect("seal");
         sealer.sign_heads(true).await.expect("sign");
         let sealed = app
@@ -42,14 +42,11 @@ async fn seal(app: &TestApp, signer: &HeadSigner) {
         if sealed.cursor >= app.store.ledger.log_head().await.expect("head")
             && app.settled_event_count().await > 0
         {
-            return;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never sealed everything"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err("never sealed everything")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,15 +7,13 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
-#[macro_use]
 mod support;
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
-use countersign_domain::action::{Action, ActionCommand, CommandContext, RequestRollback};
-use countersign_domain::{ActionId, IdempotencyKey, Principal, Role, TenantId, UserId};
-use countersign_ledger::Metadata;
+use countersign_domain::action::{ActionCommand, RequestRollback};
+use countersign_domain::{ActionId, IdempotencyKey};
+use countersign_ledger::on_both_stores;
+use countersign_ledger::testing::actions::{self, principal, tenant};
 use serde_json::json;
 use support::{TestApp, token};
 
@@ -43,11 +41,7 @@ async fn a_rollback_whose_submission_never_happened_completes_when_asked_again(k
         .post(&format!("/v1/actions/{id}/execute"), &requester, json!({}))
         .await;
     assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.body);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while app.get(&format!("/v1/actions/{id}"), &owner).await.body["status"] != "executed" {
-        assert!(tokio::time::Instant::now() < deadline, "never executed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_for_status(&id, &owner, "executed").await;
 
     // Someone who is neither its requester nor an admin is refused by the domain, and nothing
     // is recorded on either action.
@@ -67,29 +61,16 @@ async fn a_rollback_whose_submission_never_happened_completes_when_asked_again(k
 
     // The first step alone, as if the process died before the second: the original names its
     // rollback action, which does not exist yet.
-    let tenant = TenantId::parse("acme").expect("tenant");
+    let tenant = tenant("acme");
     let original = ActionId::parse(&id).expect("action id");
     let key = IdempotencyKey::parse(format!("rollback:{id}")).expect("key");
     let rollback_id = ActionId::for_idempotency_key(&tenant, &key);
-    let by = Principal::new(
-        UserId::parse("rita").expect("user"),
-        [Role::parse("requester").expect("role")],
-    );
-    app.store
-        .ledger
-        .execute::<Action>(
-            &original,
-            ActionCommand::RequestRollback(RequestRollback {
-                context: CommandContext {
-                    tenant: tenant.clone(),
-                    by: by.clone(),
-                    at: chrono::Utc::now(),
-                    correlation_id: None,
-                },
-                rollback_action_id: rollback_id,
-            }),
-            &Metadata::new(tenant, by.id),
-        )
+    let by = principal("rita", &["requester"]);
+    let request = ActionCommand::RequestRollback(RequestRollback {
+        context: actions::context(&tenant, &by, chrono::Utc::now()),
+        rollback_action_id: rollback_id,
+    });
+    actions::execute(&app.store.ledger, original, request)
         .await
         .expect("the request is recorded");
     let linked = app.get(&format!("/v1/actions/{id}"), &owner).await.body;

@@ -6,7 +6,6 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
-#[macro_use]
 mod support;
 
 use std::time::Duration;
@@ -17,6 +16,7 @@ use base64::Engine;
 use countersign_domain::TenantId;
 use countersign_domain::tenant::TenantSettings;
 use countersign_gateway::auth::LEEWAY_SECONDS;
+use countersign_ledger::on_both_stores;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

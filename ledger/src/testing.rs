@@ -1,15 +1,38 @@
-//! Test support: a fresh PostgreSQL database or SQLite file per test, so tests run in parallel.
+//! Test support for every crate's tests, compiled only with the `testing` feature (each crate's
+//! dev-dependencies turn it on):
 //!
-//! The PostgreSQL server comes from `COUNTERSIGN_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); each call creates a database named after a
-//! random id, migrates it, and drops it when the returned guard is dropped.
+//! - [`TestStore`]: a fresh PostgreSQL database or SQLite file per test, so tests run in parallel.
+//!   The PostgreSQL server comes from `COUNTERSIGN_TEST_DATABASE_URL` (default
+//!   `postgres://postgres@127.0.0.1:5432/postgres`); each call creates a database named after a
+//!   random id, migrates it, and drops it when the returned guard is dropped.
+//! - [`on_both_stores!`](crate::on_both_stores): a test written once, run on each kind of store.
+//! - [`actions`]: the values and commands of an action's life, and running them on a ledger.
+//! - The log as a test reads it: [`readable_log`], [`committed_events`], [`settled_log`].
+//! - Waiting for what happens on its own time: [`eventually`] (or [`eventually_blocking`]) until
+//!   a [`Deadline`] ([`within`]).
+//! - [`TestStream`]: a JetStream stream of the test's own on the tests' NATS server
+//!   ([`nats_url`]), deleted when dropped.
+//! - [`ChildGuard`]: a child process killed when dropped.
+#![expect(
+    clippy::expect_used,
+    reason = "test support fails the test loudly where its setup breaks"
+)]
+
+pub mod actions;
+mod nats;
+mod process;
+mod wait;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::{Ledger, StoreConfig};
+use crate::{Backend, Ledger, LogCursor, LoggedEvent, StoreConfig};
+
+pub use nats::{DEFAULT_TEST_NATS, TestStream, nats_url};
+pub use process::ChildGuard;
+pub use wait::{Deadline, eventually, eventually_blocking, within};
 
 pub const DEFAULT_TEST_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -118,27 +141,111 @@ impl Drop for TestStore {
     fn drop(&mut self) {
         if let Cleanup::Postgres { server, database } = &self.cleanup {
             let (server, database) = (server.clone(), database.clone());
-            // Dropping happens outside any runtime guarantee; a blocking helper thread with its
-            // own runtime drops the database (FORCE ends this test's leftover sessions).
-            let _ = std::thread::spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async {
-                    if let Ok(mut admin) = PgConnection::connect(&server).await {
-                        let _ = admin
-                            .execute(
-                                format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str(),
-                            )
-                            .await;
-                        let _ = admin.close().await;
-                    }
-                });
-            })
-            .join();
+            // FORCE ends this test's leftover sessions.
+            block_on_aside(async move {
+                if let Ok(mut admin) = PgConnection::connect(&server).await {
+                    let _ = admin
+                        .execute(
+                            format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str(),
+                        )
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
         }
     }
+}
+
+/// Runs a clean-up to its end from `Drop`, which happens outside any runtime guarantee: on a
+/// helper thread with a runtime of its own, waited for.
+fn block_on_aside(cleanup: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    })
+    .join();
+}
+
+/// Declares a test that runs once on a fresh PostgreSQL database and once on a fresh SQLite
+/// file, as the tests `$name::postgres` and `$name::sqlite`:
+///
+/// - `on_both_stores!(name)` calls `async fn name(kind: &str)` with `"postgres"` or `"sqlite"`,
+///   for a test that builds its world on [`TestStore::of_kind`];
+/// - `on_both_stores!(name, check)` calls `async fn check(store: &TestStore)` with a fresh store.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name("postgres").await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name("sqlite").await;
+            }
+        }
+    };
+    ($name:ident, $check:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let store = $crate::testing::TestStore::postgres()
+                    .await
+                    .expect("test database");
+                super::$check(&store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let store = $crate::testing::TestStore::sqlite()
+                    .await
+                    .expect("test file");
+                super::$check(&store).await;
+            }
+        }
+    };
+}
+
+/// Every event readable now, from the start of the log.
+pub async fn readable_log(ledger: &Ledger) -> Vec<LoggedEvent> {
+    let mut cursor = LogCursor::START;
+    let mut all = Vec::new();
+    loop {
+        let batch = ledger.read_log(cursor, 100).await.expect("read log");
+        let Some(last) = batch.last() else { return all };
+        cursor = last.cursor;
+        all.extend(batch);
+    }
+}
+
+/// The number of events committed to the store, readable or not yet.
+pub async fn committed_events(ledger: &Ledger) -> usize {
+    let sql = "SELECT COUNT(*) FROM events";
+    let count: i64 = match ledger.backend() {
+        Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+    }
+    .expect("count");
+    usize::try_from(count).expect("a count")
+}
+
+/// The whole log once every committed event is readable. On PostgreSQL the readable horizon
+/// waits for the oldest transaction open anywhere on the server, other tests' included.
+pub async fn settled_log(ledger: &Ledger) -> Vec<LoggedEvent> {
+    eventually(within(std::time::Duration::from_secs(60)), async || {
+        let committed = committed_events(ledger).await;
+        let log = readable_log(ledger).await;
+        if log.len() == committed {
+            Ok(log)
+        } else {
+            Err(format!("{} of {committed} events readable", log.len()))
+        }
+    })
+    .await
 }

@@ -11,62 +11,25 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use countersign_domain::action::{Action, ActionEvent, ActionStatus};
-use countersign_ledger::testing::TestStore;
+use countersign_ledger::on_both_stores;
+use countersign_ledger::testing::{TestStore, eventually, readable_log, within};
 use countersign_ledger::{LedgerError, LogCursor, LoggedEvent, RetryPolicy};
 use fixtures::*;
 use serde_json::json;
-
-/// Declares a test that runs once against PostgreSQL and once against SQLite.
-macro_rules! on_both_stores {
-    ($name:ident, $body:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let store = countersign_ledger::testing::TestStore::postgres()
-                    .await
-                    .expect("test database");
-                super::$body(&store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let store = countersign_ledger::testing::TestStore::sqlite()
-                    .await
-                    .expect("test file");
-                super::$body(&store).await;
-            }
-        }
-    };
-}
-
-/// Everything readable now.
-async fn read_all(store: &TestStore) -> Vec<LoggedEvent> {
-    let mut cursor = LogCursor::START;
-    let mut all = Vec::new();
-    loop {
-        let batch = store.ledger.read_log(cursor, 100).await.expect("read log");
-        let Some(last) = batch.last() else { return all };
-        cursor = last.cursor;
-        all.extend(batch);
-    }
-}
 
 /// The whole log once the event at `position` is readable. On PostgreSQL the readable horizon is
 /// the oldest transaction running anywhere on the server (other tests' included), so a reader may
 /// have to wait for it, as a tailer would.
 async fn read_through(store: &TestStore, position: i64) -> Vec<LoggedEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let all = read_all(store).await;
+    eventually(within(Duration::from_secs(60)), async || {
+        let all = readable_log(&store.ledger).await;
         if all.iter().any(|event| event.cursor.position == position) {
-            return all;
+            Ok(all)
+        } else {
+            Err(format!("position {position} never became readable"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "position {position} never became readable"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 // ------------------------------------------------------------------ commands and positions
@@ -76,7 +39,7 @@ on_both_stores!(
     commands_append
 );
 async fn commands_append(store: &TestStore) {
-    let id = action_id();
+    let id = new_id();
     let committed = store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -132,7 +95,7 @@ async fn commands_append(store: &TestStore) {
 
 on_both_stores!(a_refused_command_records_nothing, refused_records_nothing);
 async fn refused_records_nothing(store: &TestStore) {
-    let id = action_id();
+    let id = new_id();
     let submitted = store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -175,7 +138,7 @@ async fn refused_records_nothing(store: &TestStore) {
 
 on_both_stores!(events_cannot_be_updated_or_deleted, append_only);
 async fn append_only(store: &TestStore) {
-    let id = action_id();
+    let id = new_id();
     let submitted = store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -226,7 +189,7 @@ async fn a_late_commit_is_never_skipped() {
     .expect("A appends");
 
     // B: appends and commits while A is open.
-    let id = action_id();
+    let id = new_id();
     let b = store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -274,7 +237,7 @@ async fn log_order_follows_transactions_not_positions() {
         .await
         .expect("take an id");
 
-    let id = action_id();
+    let id = new_id();
     let late = store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -348,7 +311,7 @@ async fn many_writers(store: &TestStore) {
             let ledger = store.ledger.clone();
             tokio::spawn(async move {
                 for _ in 0..ACTIONS_PER_WRITER {
-                    let id = action_id();
+                    let id = new_id();
                     ledger
                         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
                         .await
@@ -423,7 +386,7 @@ on_both_stores!(
 );
 async fn concurrent_voters(store: &TestStore) {
     const VOTERS: usize = 16;
-    let id = action_id();
+    let id = new_id();
     store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(VOTERS as u32)), &metadata("rita"))
@@ -501,7 +464,7 @@ async fn conflicts_reported(store: &TestStore) {
         attempts: 1,
         ..RetryPolicy::default()
     });
-    let id = action_id();
+    let id = new_id();
     let submitted = ledger
         .execute::<Action>(
             &id,
@@ -648,20 +611,14 @@ async fn tailer_locks(store: &TestStore) {
     assert!(other.is_some(), "other names are independent");
     first.release().await;
     // PostgreSQL frees an advisory lock when it has ended the closed session, just after.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while store
-        .ledger
-        .lock_tailer("projection:inbox")
-        .await
-        .expect("lock")
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "released locks can be taken again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(within(Duration::from_secs(60)), async || {
+        let lock = store.ledger.lock_tailer("projection:inbox").await;
+        match lock.expect("lock") {
+            Some(_) => Ok(()),
+            None => Err("released locks can be taken again"),
+        }
+    })
+    .await;
 }
 
 on_both_stores!(an_append_wakes_a_waiting_tailer, wake_ups);
@@ -674,7 +631,7 @@ async fn wake_ups(store: &TestStore) {
         futures::poll!(waiting.as_mut()).is_pending(),
         "nothing appended yet"
     );
-    let id = action_id();
+    let id = new_id();
     store
         .ledger
         .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -697,7 +654,7 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
     const SUBMITTERS: usize = 96;
     const VOTERS: usize = 12;
     let store = TestStore::postgres().await.expect("test database");
-    let contested = action_id();
+    let contested = new_id();
     store
         .ledger
         .execute::<Action>(
@@ -718,7 +675,7 @@ async fn concurrent_commands_commit_in_groups_and_losers_alone_decide_again() {
         .map(|_| {
             let ledger = store.ledger.clone();
             tokio::spawn(async move {
-                let id = action_id();
+                let id = new_id();
                 ledger
                     .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
                     .await
@@ -858,7 +815,7 @@ async fn cached_streams(store: &TestStore) {
     use countersign_domain::tenant::{
         Settings, SettingsCommand, TenantCommandContext, TenantSettings,
     };
-    let tenant = tenant();
+    let tenant = tenant("acme");
     let update = |mode: &str| SettingsCommand::UpdateSettings {
         context: TenantCommandContext {
             tenant: tenant.clone(),
@@ -909,11 +866,11 @@ on_both_stores!(
 );
 async fn tailers_share_reads(store: &TestStore) {
     let head = |events: &[LoggedEvent]| events.last().map(|e| e.cursor);
-    let first = read_all(store).await;
+    let first = readable_log(&store.ledger).await;
     let start = head(&first).unwrap_or(LogCursor::START);
     let mut written = Vec::new();
     for _ in 0..3 {
-        let id = action_id();
+        let id = new_id();
         let committed = store
             .ledger
             .execute::<Action>(&id, submit(id, any_of(1)), &metadata("rita"))
@@ -927,17 +884,12 @@ async fn tailers_share_reads(store: &TestStore) {
     let other = countersign_ledger::Ledger::open(&store.config)
         .await
         .expect("second handle");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !other
-        .read_log(start, 100)
-        .await
-        .expect("read")
-        .iter()
-        .any(|e| e.cursor.position == last)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never readable");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(within(Duration::from_secs(60)), async || {
+        let read = other.read_log(start, 100).await.expect("read");
+        let readable = read.iter().any(|e| e.cursor.position == last);
+        readable.then_some(()).ok_or("never readable")
+    })
+    .await;
 
     // Five tailers at the same place, woken together, with different batch sizes.
     let before = store.ledger.log_reads();
@@ -981,7 +933,10 @@ async fn tailers_share_reads(store: &TestStore) {
     );
     assert_eq!(store.ledger.log_reads().from_store, after.from_store + 1);
     // Behind the stretch: the store, and the full log as it is.
-    assert_eq!(read_all(store).await.len(), first.len() + written.len());
+    assert_eq!(
+        readable_log(&store.ledger).await.len(),
+        first.len() + written.len()
+    );
 }
 
 // ------------------------------------------------------------------ what is written reads back

@@ -16,28 +16,14 @@ use countersign_domain::action::ActionStatus;
 use countersign_domain::quorum::Vote;
 use countersign_domain::risk::RiskLevel;
 use countersign_domain::{ActionId, TenantMode};
+use countersign_ledger::on_both_stores;
+use countersign_ledger::testing::{eventually, within};
 use countersign_projections::replay::{Until, replay};
 use countersign_projections::{
     GenerationState, InboxFilter, InboxSort, Projection, QueryError, Runner, Supervisor,
 };
 use serde_json::json;
 use support::*;
-
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name("postgres").await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name("sqlite").await;
-            }
-        }
-    };
-}
 
 /// A small, varied tenant: every status, two risk levels, votes with comments, an escalation.
 struct Scene {
@@ -731,11 +717,17 @@ async fn replay_shows_the_views_as_they_were(kind: &str) {
     );
     let voted = world.run(id, vote).await;
     let after_vote = voted.last_position().expect("position");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while world.store.ledger.log_head().await.expect("head").position < after_vote {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(within(Duration::from_secs(60)), async || {
+        let head = world.store.ledger.log_head().await.expect("head");
+        if head.position < after_vote {
+            Err(format!(
+                "the log head stayed at {head:?}, before {after_vote}"
+            ))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 
     let earlier = replay(
         &world.store.ledger,
@@ -868,18 +860,19 @@ async fn a_rebuild_swaps_in_while_readers_always_get_complete_answers(kind: &str
     let read_on = |reads: Vec<usize>, more: usize| {
         let counts = counts.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while counts
-                .iter()
-                .zip(&reads)
-                .any(|(count, read)| count.load(Ordering::SeqCst) < read + more)
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "a reader stopped reading (a failed read panics above)"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let deadline = within(Duration::from_secs(60)).every(Duration::from_millis(5));
+            eventually(deadline, async || {
+                let behind = counts
+                    .iter()
+                    .zip(&reads)
+                    .any(|(count, read)| count.load(Ordering::SeqCst) < read + more);
+                if behind {
+                    Err("a reader stopped reading (a failed read panics above)")
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
         }
     };
     let snapshot = || -> Vec<usize> {
@@ -954,8 +947,8 @@ async fn a_changed_projection_version_is_rebuilt_beside_the_live_one_by_the_supe
     let supervisor = tokio::spawn(
         Supervisor::new(world.store.ledger.clone(), world.projections.clone()).run(stopped),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let every = Duration::from_millis(50);
+    eventually(within(Duration::from_secs(60)).every(every), async || {
         let live = world
             .projections
             .live(Projection::Audit)
@@ -964,29 +957,27 @@ async fn a_changed_projection_version_is_rebuilt_beside_the_live_one_by_the_supe
             .expect("live");
         if live.version == Projection::Audit.version() && live.events == world.written {
             assert!(live.generation > old.generation);
-            break;
+            return Ok(());
         }
-        assert!(tokio::time::Instant::now() < deadline, "never rebuilt");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err("never rebuilt")
+    })
+    .await;
     // New events keep flowing into the new generation.
     workload(&mut world, 12, 3).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while world
-        .projections
-        .live(Projection::Audit)
-        .await
-        .expect("registry")
-        .expect("live")
-        .events
-        < world.written
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new generation stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(within(Duration::from_secs(60)).every(every), async || {
+        let live = world
+            .projections
+            .live(Projection::Audit)
+            .await
+            .expect("registry")
+            .expect("live");
+        if live.events < world.written {
+            Err("the new generation stopped")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     stop.send(true).expect("stop");
     supervisor.await.expect("task").expect("supervisor");
     let left: Vec<_> = world

@@ -7,6 +7,7 @@
 
 mod support;
 
+use countersign_ledger::on_both_stores;
 use countersign_ledger::testing::TestStore;
 use countersign_verification::decisions::check_decisions;
 use countersign_verification::export::{BundleHeader, BundleLine, export, verify_bundle};

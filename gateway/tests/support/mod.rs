@@ -1,10 +1,6 @@
 //! A running app on a fresh store: projections and the event hub run as in `serve`; requests go
 //! through the router with `oneshot`.
-#![allow(
-    dead_code,
-    unused_macros,
-    reason = "each test binary uses a different subset"
-)]
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,30 +9,11 @@ use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use countersign_app::App;
 use countersign_gateway::{AppState, AuthConfig, Claims, EventHub, Limits, app, mint_hs256};
-use countersign_ledger::LogCursor;
-use countersign_ledger::testing::TestStore;
+use countersign_ledger::testing::{TestStore, TestStream, eventually, settled_log, within};
 use countersign_projections::{ProjectionStore, Supervisor};
 use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt;
-
-/// Declares a test that runs once against PostgreSQL and once against SQLite: `$name(kind)` with
-/// `kind` `"postgres"` or `"sqlite"`.
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$name("postgres").await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$name("sqlite").await;
-            }
-        }
-    };
-}
 
 pub const SECRET: &[u8] = b"test-secret-for-countersign-gateway";
 pub const API_KEY_SECRET: [u8; 32] = [7; 32];
@@ -46,8 +23,8 @@ pub struct TestApp {
     pub state: AppState,
     /// The executor running beside the gateway ([`TestApp::with_executor`]).
     pub executor: Option<countersign_executor::Executor>,
-    /// The NATS client and JetStream stream of [`TestApp::with_nats_executor`], for clean-up.
-    pub nats_stream: Option<(async_nats::Client, String)>,
+    /// The JetStream stream of [`TestApp::with_nats_executor`], deleted with the app.
+    pub nats_stream: Option<TestStream>,
     stop: watch::Sender<bool>,
 }
 
@@ -111,21 +88,21 @@ impl TestApp {
             .await
     }
 
-    /// An app whose process also relays the log to NATS JetStream (the shared server at
-    /// `NATS_URL`, default 127.0.0.1:4222, on a stream of its own) and runs the executor as a
-    /// JetStream consumer, as `serve` does with `--nats-url`.
+    /// An app whose process also relays the log to NATS JetStream (the tests' server, on a
+    /// stream of its own) and runs the executor as a JetStream consumer, as `serve` does with
+    /// `--nats-url`.
     pub async fn with_nats_executor(kind: &str, webhook_key: [u8; 32]) -> Self {
-        let url = std::env::var("NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".into());
-        let client = async_nats::connect(url).await.expect("NATS with JetStream");
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let stream = countersign_executor::StreamConfig {
-            stream: format!("TEST_{}", &unique[..12]),
-            prefix: format!("cs{}", &unique[..12]),
+        let stream = TestStream::new("test");
+        let client = async_nats::connect(stream.url())
+            .await
+            .expect("NATS with JetStream");
+        let mut app = Self::spawn(kind).await;
+        let config = countersign_executor::StreamConfig {
+            stream: stream.name.clone(),
+            prefix: stream.prefix.clone(),
         };
-        Self::spawn(kind)
-            .await
-            .run_executor(webhook_key, Some((client, stream)))
-            .await
+        app.nats_stream = Some(stream);
+        app.run_executor(webhook_key, Some((client, config))).await
     }
 
     async fn run_executor(
@@ -155,7 +132,6 @@ impl TestApp {
                 );
             }
             Some((client, stream)) => {
-                self.nats_stream = Some((client.clone(), stream.stream.clone()));
                 tokio::spawn(
                     countersign_executor::Relay::new(
                         self.store.ledger.clone(),
@@ -220,30 +196,16 @@ impl TestApp {
             ..AppState::new(app, auth)
         };
         // Wait for the projections to exist, as a deployed service would before taking traffic.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while state
-            .app
-            .projections()
-            .live(countersign_projections::Projection::Audit)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-            || state
-                .app
-                .projections()
-                .live(countersign_projections::Projection::Actions)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "projections never started"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(within(Duration::from_secs(30)), async || {
+            for projection in countersign_projections::Projection::ALL {
+                let live = state.app.projections().live(projection).await;
+                if live.ok().flatten().is_none() {
+                    return Err("projections never started");
+                }
+            }
+            Ok(())
+        })
+        .await;
         Self {
             store,
             state,
@@ -303,50 +265,21 @@ impl TestApp {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
 
-    /// Every event in the store (waiting for the readable horizon to pass `at_least` events).
-    pub async fn event_count(&self) -> usize {
-        let mut cursor = LogCursor::START;
-        let mut count = 0;
-        loop {
-            let batch = self.store.ledger.read_log(cursor, 1000).await.expect("log");
-            let Some(last) = batch.last() else {
-                return count;
-            };
-            cursor = last.cursor;
-            count += batch.len();
-        }
+    /// Waits until the action's detail answers `status`.
+    pub async fn wait_for_status(&self, id: &str, bearer: &str, status: &str) {
+        eventually(within(Duration::from_secs(30)), async || {
+            let detail = self.get(&format!("/v1/actions/{id}"), bearer).await;
+            if detail.body["status"] == status {
+                return Ok(());
+            }
+            Err(format!("never {status}: {}", detail.body))
+        })
+        .await;
     }
 
     /// The number of committed events, once every one is readable.
     pub async fn settled_event_count(&self) -> usize {
-        let head = self.store.ledger.log_head().await.expect("head");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let count = self.event_count().await;
-            let committed = self.committed_events().await;
-            if count == committed {
-                return count;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{count} of {committed} events readable (head {head:?})"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn committed_events(&self) -> usize {
-        let sql = "SELECT COUNT(*) FROM events";
-        let count: i64 = match self.store.ledger.backend() {
-            countersign_ledger::Backend::Postgres(pool) => {
-                sqlx::query_scalar(sql).fetch_one(pool).await
-            }
-            countersign_ledger::Backend::Sqlite(pool) => {
-                sqlx::query_scalar(sql).fetch_one(pool).await
-            }
-        }
-        .expect("count");
-        usize::try_from(count).unwrap_or_default()
+        settled_log(&self.store.ledger).await.len()
     }
 }
 

@@ -4,15 +4,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use countersign_domain::action::{
-    Action, ActionCommand, CancelAction, CastVote, CommandContext, ExpireAction,
-    RecordExecutionFailure, RecordExecutionSuccess, RequestExecution, StartExecution, SubmitAction,
+    Action, ActionCommand, CommandContext, ExpireAction, RecordExecutionFailure,
+    RecordExecutionSuccess,
 };
-use countersign_domain::policy::{PolicySnapshot, Requirements};
 use countersign_domain::quorum::Vote;
 use countersign_domain::submission::Submission;
-use countersign_domain::{ActionId, Comment, Principal, Role, TenantId, TenantMode, UserId};
+use countersign_domain::{ActionId, Principal, TenantId, TenantMode};
+use countersign_ledger::Committed;
 use countersign_ledger::testing::TestStore;
-use countersign_ledger::{Committed, Metadata};
+use countersign_ledger::testing::actions;
+pub use countersign_ledger::testing::actions::{any_of, principal, submission, tenant};
 use countersign_projections::{
     Generation, GenerationState, Outcome, Projection, ProjectionStore, Runner,
 };
@@ -20,29 +21,6 @@ use serde_json::{Value, json};
 
 pub fn at(minutes: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_790_000_000, 0).single().expect("time") + chrono::Duration::minutes(minutes)
-}
-
-pub fn tenant(name: &str) -> TenantId {
-    TenantId::parse(name).expect("tenant")
-}
-
-pub fn principal(id: &str, roles: &[&str]) -> Principal {
-    Principal::new(
-        UserId::parse(id).expect("user"),
-        roles.iter().map(|r| Role::parse(*r).expect("role")),
-    )
-}
-
-pub fn any_of(n: u32) -> Value {
-    json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": n }] }] })
-}
-
-pub fn submission(module: &str, capability: &str, summary: &str, extra: Value) -> Submission {
-    let mut document = json!({ "module": module, "capability": capability, "summary": summary });
-    if let (Some(target), Value::Object(extra)) = (document.as_object_mut(), extra) {
-        target.extend(extra);
-    }
-    serde_json::from_value(document).expect("submission")
 }
 
 pub struct World {
@@ -65,20 +43,11 @@ impl World {
     }
 
     fn context(tenant: &TenantId, by: &Principal, minutes: i64) -> CommandContext {
-        CommandContext {
-            tenant: tenant.clone(),
-            by: by.clone(),
-            at: at(minutes),
-            correlation_id: None,
-        }
+        actions::context(tenant, by, at(minutes))
     }
 
     pub async fn run(&mut self, id: ActionId, command: ActionCommand) -> Committed<Action> {
-        let context = command.context().clone();
-        let committed = self
-            .store
-            .ledger
-            .execute::<Action>(&id, command, &Metadata::new(context.tenant, context.by.id))
+        let committed = actions::execute(&self.store.ledger, id, command)
             .await
             .unwrap_or_else(|err| panic!("command refused: {err}"));
         self.written += committed.events.len() as i64;
@@ -86,13 +55,7 @@ impl World {
     }
 
     pub async fn try_run(&mut self, id: ActionId, command: ActionCommand) -> bool {
-        let context = command.context().clone();
-        match self
-            .store
-            .ledger
-            .execute::<Action>(&id, command, &Metadata::new(context.tenant, context.by.id))
-            .await
-        {
+        match actions::execute(&self.store.ledger, id, command).await {
             Ok(committed) => {
                 self.written += committed.events.len() as i64;
                 true
@@ -109,7 +72,7 @@ impl World {
         submission: Submission,
         requirements: Value,
     ) -> ActionId {
-        let id = ActionId::from_uuid(uuid::Uuid::now_v7());
+        let id = actions::new_id();
         self.submit_as(
             id,
             tenant,
@@ -134,18 +97,8 @@ impl World {
         requirements: Value,
         mode: TenantMode,
     ) -> Committed<Action> {
-        let policy = PolicySnapshot::tenant_default(
-            Requirements::parse(&requirements).expect("requirements"),
-        );
-        let command = ActionCommand::SubmitAction(Box::new(SubmitAction {
-            context: Self::context(tenant, requester, minutes),
-            action_id: id,
-            submission,
-            mode,
-            policy,
-            idempotency_key: None,
-            rollback_of: None,
-        }));
+        let context = Self::context(tenant, requester, minutes);
+        let command = actions::submit(context, id, submission, &requirements, mode);
         self.run(id, command).await
     }
 
@@ -156,11 +109,7 @@ impl World {
         minutes: i64,
         comment: Option<&str>,
     ) -> ActionCommand {
-        ActionCommand::CastVote(CastVote {
-            context: Self::context(tenant, id_voter, minutes),
-            vote,
-            comment: comment.map(|c| Comment::parse(c).expect("comment")),
-        })
+        actions::vote(Self::context(tenant, id_voter, minutes), vote, comment)
     }
 
     pub async fn vote(
@@ -180,10 +129,7 @@ impl World {
     }
 
     pub fn cancel_command(tenant: &TenantId, by: &Principal, minutes: i64) -> ActionCommand {
-        ActionCommand::CancelAction(CancelAction {
-            context: Self::context(tenant, by, minutes),
-            reason: None,
-        })
+        actions::cancel(Self::context(tenant, by, minutes))
     }
 
     pub fn expire_command(tenant: &TenantId, minutes: i64) -> ActionCommand {
@@ -193,16 +139,12 @@ impl World {
     }
 
     pub fn request_command(tenant: &TenantId, by: &Principal, minutes: i64) -> ActionCommand {
-        ActionCommand::RequestExecution(RequestExecution {
-            context: Self::context(tenant, by, minutes),
-        })
+        actions::request_execution(Self::context(tenant, by, minutes))
     }
 
     pub fn start_command(tenant: &TenantId, minutes: i64) -> ActionCommand {
-        ActionCommand::StartExecution(StartExecution {
-            context: Self::context(tenant, &principal("executor:test", &[]), minutes),
-            lease_seconds: 60,
-        })
+        let executor = principal("executor:test", &[]);
+        actions::start_execution(Self::context(tenant, &executor, minutes), 60)
     }
 
     pub fn success_command(tenant: &TenantId, attempt: u32, minutes: i64) -> ActionCommand {

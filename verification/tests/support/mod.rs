@@ -5,67 +5,42 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use countersign_domain::action::{Action, ActionCommand, CastVote, CommandContext, SubmitAction};
-use countersign_domain::policy::{PolicySnapshot, Requirements};
+use countersign_domain::TenantMode;
 use countersign_domain::quorum::Vote;
-use countersign_domain::submission::Submission;
-use countersign_domain::{ActionId, Principal, Role, TenantId, TenantMode, UserId};
-use countersign_ledger::testing::TestStore;
-use countersign_ledger::{Ledger, Metadata, StoreConfig};
+use countersign_ledger::testing::actions::{self, principal};
+use countersign_ledger::testing::{TestStore, eventually, readable_log, within};
+use countersign_ledger::{Ledger, StoreConfig};
 use countersign_verification::{HeadSigner, SealStore, Sealer, SealerConfig};
 use serde_json::json;
 use sqlx::{Connection, Executor};
 
 pub const TENANTS: [&str; 2] = ["acme", "globex"];
 
-fn principal(id: &str, role: &str) -> Principal {
-    Principal::new(
-        UserId::parse(id).expect("user"),
-        [Role::parse(role).expect("role")],
-    )
-}
-
-fn context(tenant: &TenantId, by: Principal) -> CommandContext {
-    CommandContext {
-        tenant: tenant.clone(),
-        by,
-        at: Utc::now(),
-        correlation_id: None,
-    }
-}
-
 /// One action submitted and approved by one vote: four events
 /// (ActionSubmitted; VoteCast, StageApproved, ActionApproved). Returns its id.
 pub async fn approved_action(ledger: &Ledger, tenant: &str, n: usize) -> String {
-    let tenant = TenantId::parse(tenant).expect("tenant");
-    let id = ActionId::from_uuid(uuid::Uuid::now_v7());
-    let submission: Submission = serde_json::from_value(json!({
-        "module": "billing", "capability": "refund",
-        "payload": { "order": 1000 + n, "amount": 12.5 }, "summary": format!("Refund order {}", 1000 + n),
-    }))
-    .expect("submission");
-    let requirements = Requirements::parse(&json!({
-        "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }]
-    }))
-    .expect("requirements");
-    let submit = ActionCommand::SubmitAction(Box::new(SubmitAction {
-        context: context(&tenant, principal("rita", "requester")),
-        action_id: id,
+    let tenant = actions::tenant(tenant);
+    let id = actions::new_id();
+    let submission = actions::submission(
+        "billing",
+        "refund",
+        &format!("Refund order {}", 1000 + n),
+        json!({ "payload": { "order": 1000 + n, "amount": 12.5 } }),
+    );
+    let submit = actions::submit(
+        actions::context(&tenant, &principal("rita", &["requester"]), Utc::now()),
+        id,
         submission,
-        mode: TenantMode::RequireApproval,
-        policy: PolicySnapshot::tenant_default(requirements),
-        idempotency_key: None,
-        rollback_of: None,
-    }));
-    let vote = ActionCommand::CastVote(CastVote {
-        context: context(&tenant, principal("ana", "approver")),
-        vote: Vote::Approve,
-        comment: None,
-    });
+        &actions::any_of(1),
+        TenantMode::RequireApproval,
+    );
+    let vote = actions::vote(
+        actions::context(&tenant, &principal("ana", &["approver"]), Utc::now()),
+        Vote::Approve,
+        None,
+    );
     for command in [submit, vote] {
-        let metadata = Metadata::new(tenant.clone(), command.context().by.id.clone());
-        ledger
-            .execute::<Action>(&id, command, &metadata)
+        actions::execute(ledger, id, command)
             .await
             .expect("command commits");
     }
@@ -100,8 +75,7 @@ pub fn config(signer: &HeadSigner, every_events: u64) -> SealerConfig {
 /// Runs the sealer until it has sealed `events` in all (on PostgreSQL another test's open
 /// transaction can hold the log's horizon back for a while).
 pub async fn seal_through(sealer: &mut Sealer, events: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually(within(Duration::from_secs(60)), async || {
         sealer.run_until_idle().await.expect("seals");
         let sealed = sealer
             .store()
@@ -111,37 +85,23 @@ pub async fn seal_through(sealer: &mut Sealer, events: i64) {
             .events;
         if sealed >= events {
             assert_eq!(sealed, events, "sealed more events than were written");
-            return;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {sealed} of {events} events became readable"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("only {sealed} of {events} events became readable"))
+    })
+    .await;
 }
 
 /// Waits until the log reader sees `events` events (see `seal_through`).
 pub async fn readable(ledger: &Ledger, events: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut cursor = countersign_ledger::LogCursor::START;
-        let mut seen = 0;
-        loop {
-            let batch = ledger.read_log(cursor, 1000).await.expect("read");
-            let Some(last) = batch.last() else { break };
-            cursor = last.cursor;
-            seen += batch.len();
-        }
+    eventually(within(Duration::from_secs(60)), async || {
+        let seen = readable_log(ledger).await.len();
         if seen >= events {
-            return;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {seen} of {events} events became readable"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err(format!("only {seen} of {events} events became readable"))
+    })
+    .await;
 }
 
 pub async fn seal_store(store: &TestStore) -> SealStore {
@@ -188,28 +148,4 @@ pub async fn tamper(store: &TestStore, postgres: &[&str], sqlite: &[&str]) {
             let _ = connection.close().await;
         }
     }
-}
-
-/// Runs `check` on a fresh PostgreSQL database and on a fresh SQLite file.
-#[macro_export]
-macro_rules! on_both_stores {
-    ($name:ident, $check:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let store = countersign_ledger::testing::TestStore::postgres()
-                    .await
-                    .expect("test database");
-                super::$check(&store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let store = countersign_ledger::testing::TestStore::sqlite()
-                    .await
-                    .expect("test file");
-                super::$check(&store).await;
-            }
-        }
-    };
 }
