@@ -171,7 +171,7 @@ impl Loader<'_> {
         let submission: Submission =
             serde_json::from_value(submission).context("demo submission")?;
         let (mode, policy) = countersign_app::actions::governing(
-            &self.ledger,
+            self.ledger,
             &self.tenant,
             &requester.id,
             &submission,
