@@ -9,8 +9,6 @@ use clap::{Args, Subcommand};
 use countersign_app::{Actor, App, Channel, keys};
 use countersign_domain::{Principal, Role, TenantId, UserId};
 use countersign_gateway::{AuthConfig, Claims, mint_hs256};
-use countersign_projections::ProjectionStore;
-use countersign_verification::SealStore;
 use jsonwebtoken::jwk::JwkSet;
 use serde::{Deserialize, Serialize};
 
@@ -306,13 +304,10 @@ async fn as_operator(
     api_key_secret: Option<[u8; 32]>,
 ) -> anyhow::Result<(App, Actor)> {
     let tenant = TenantId::parse(tenant).context("--tenant")?;
-    let config = store.config();
-    let app = App::new(
-        store.open_migrated().await?,
-        ProjectionStore::open(&config).await?,
-        SealStore::open(&config).await?,
-    )
-    .with_api_key_secret(api_key_secret);
+    let ledger = store.open_migrated().await?;
+    let (projections, seals) =
+        countersign_runtime::open_projections_and_seals(&store.config()).await?;
+    let app = App::new(ledger, projections, seals).with_api_key_secret(api_key_secret);
     Ok((app, Actor::new(tenant, operator()?, Channel::Cli)))
 }
 

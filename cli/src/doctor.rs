@@ -58,8 +58,7 @@ pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
     if pending > 0 {
         bail!("{pending} migrations not applied");
     }
-    let projections = ProjectionStore::open(&config).await?;
-    let seals = SealStore::open(&config).await?;
+    let (projections, seals) = countersign_runtime::open_projections_and_seals(&config).await?;
     let head = ledger.log_head().await?;
     writeln!(out, "log head: position {}", head.position)?;
     writeln!(

@@ -5,16 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore};
-use cqrs_es::persist::{PersistenceError, SerializedEvent};
-use cqrs_es::{AggregateContext, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
-use sqlite_es::SqliteEventRepository;
-use sqlx::PgPool;
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{AggregateError, EventEnvelope};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::commit::{GroupCommitter, Outcome};
-use crate::{Backend, Ledger, LedgerAggregate, Metadata};
+use crate::store::{LedgerStore as _, Outcome, unboxed};
+use crate::{Ledger, LedgerAggregate, Metadata};
 
 /// How optimistic-concurrency conflicts are retried: up to `attempts` tries in all, sleeping a
 /// random time between `base` and `base × 2^try` (capped at `max`) between them.
@@ -130,16 +126,6 @@ impl<E: std::error::Error> LedgerError<E> {
     }
 }
 
-/// The error inside cqrs-es's box (which it does not report as the source).
-fn unboxed(err: PersistenceError) -> anyhow::Error {
-    match err {
-        PersistenceError::ConnectionError(err)
-        | PersistenceError::DeserializationError(err)
-        | PersistenceError::UnknownError(err) => anyhow::Error::from_boxed(err),
-        other @ PersistenceError::OptimisticLockError => anyhow::Error::new(other),
-    }
-}
-
 enum Attempt<A: LedgerAggregate>
 where
     A::Command: Clone,
@@ -196,27 +182,15 @@ impl Ledger {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let outcome = match &self.backend {
-                    Backend::Postgres(pool) => {
-                        let fresh = attempt == 1 && retry && A::creates(&command);
-                        self.attempt_grouped::<A>(pool, fresh, id, command.clone(), metadata)
-                            .await?
-                    }
-                    Backend::Sqlite(pool) => {
-                        self.attempt::<A, _>(
-                            SqliteEventRepository::new(pool.clone()),
-                            id,
-                            command.clone(),
-                            metadata,
-                        )
-                        .await?
-                    }
-                };
+                let fresh = attempt == 1
+                    && retry
+                    && A::creates(&command)
+                    && self.store.decides_creations_unread();
+                let outcome = self
+                    .attempt::<A>(fresh, id, command.clone(), metadata)
+                    .await?;
                 match outcome {
                     Attempt::Done(aggregate, events) => {
-                        if !events.is_empty() {
-                            self.appended.notify_waiters();
-                        }
                         return Ok(Committed {
                             aggregate,
                             events,
@@ -238,58 +212,11 @@ impl Ledger {
         .await
     }
 
-    async fn attempt<A, R>(
+    /// One try: load and decide here, append through the store (the group committer on
+    /// PostgreSQL, sqlite-es on SQLite). `fresh` decides on the empty aggregate without reading
+    /// its stream: if the stream exists after all, the append conflicts and the next try reads it.
+    async fn attempt<A>(
         &self,
-        repo: R,
-        id: &str,
-        command: A::Command,
-        metadata: &Metadata,
-    ) -> Result<Attempt<A>, LedgerError<A::Error>>
-    where
-        A: LedgerAggregate,
-        A::Command: Clone,
-        R: PersistedEventRepository,
-    {
-        // Pure event sourcing only: see the crate documentation.
-        let store =
-            PersistedEventStore::<R, A>::new_event_store(repo).with_upcasters(A::upcasters());
-        let mut context = store
-            .load_aggregate(id)
-            .await
-            .map_err(LedgerError::from_aggregate)?;
-        let first_sequence = context.current_sequence as u64 + 1;
-        let sink = EventSink::default();
-        context
-            .aggregate()
-            .handle(command, &(), &sink)
-            .await
-            .map_err(LedgerError::Rejected)?;
-        let events = sink.collect().await;
-        let after = context.aggregate.clone();
-        if events.is_empty() {
-            return Ok(Attempt::Done(after, Vec::new()));
-        }
-        ensure_readable::<A>(&events)?;
-        match store.commit(events, context, metadata.to_map()).await {
-            Ok(envelopes) => {
-                let events = envelopes
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, envelope)| (first_sequence + i as u64, envelope.payload))
-                    .collect();
-                Ok(Attempt::Done(after, self.locate::<A>(id, events).await?))
-            }
-            Err(AggregateError::AggregateConflict) => Ok(Attempt::Conflict),
-            Err(err) => Err(LedgerError::from_aggregate(err)),
-        }
-    }
-
-    /// One try on PostgreSQL: load and decide here, append through the group committer. `fresh`
-    /// decides on the empty aggregate without reading its stream: if the stream exists after all,
-    /// the append conflicts and the next try reads it.
-    async fn attempt_grouped<A>(
-        &self,
-        pool: &PgPool,
         fresh: bool,
         id: &str,
         command: A::Command,
@@ -302,14 +229,10 @@ impl Ledger {
         let (mut after, last_sequence) = if fresh {
             (A::default(), 0)
         } else {
-            let context = PersistedEventStore::<_, A>::new_event_store(
-                PostgresEventRepository::new(pool.clone()),
-            )
-            .with_upcasters(A::upcasters())
-            .load_aggregate(id)
-            .await
-            .map_err(LedgerError::from_aggregate)?;
-            (context.aggregate, context.current_sequence)
+            self.store
+                .load::<A>(id)
+                .await
+                .map_err(LedgerError::from_aggregate)?
         };
         let sink = EventSink::default();
         // The sink applies each event: `after` becomes the aggregate after the command.
@@ -336,11 +259,9 @@ impl Ledger {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| LedgerError::Store(unboxed(err).context("encoding an event")))?;
-        let committer = self
-            .committer
-            .get_or_init(|| GroupCommitter::start(pool.clone()));
-        match committer
-            .append(A::TYPE, id, serialized)
+        match self
+            .store
+            .append::<A>(id, serialized)
             .await
             .map_err(LedgerError::Store)?
         {
@@ -360,62 +281,6 @@ impl Ledger {
                 Ok(Attempt::Done(after, recorded))
             }
         }
-    }
-
-    /// Finds the global positions of just-committed events.
-    async fn locate<A>(
-        &self,
-        id: &str,
-        events: Vec<(u64, A::Event)>,
-    ) -> Result<Vec<RecordedEvent<A::Event>>, LedgerError<A::Error>>
-    where
-        A: LedgerAggregate,
-        A::Command: Clone,
-    {
-        let Some(first) = events.first().map(|(sequence, _)| *sequence) else {
-            return Ok(Vec::new());
-        };
-        let first = i64::try_from(first)
-            .context("an event sequence beyond the store's range")
-            .map_err(LedgerError::Store)?;
-        let rows: Vec<(i64, i64, i64)> = match &self.backend {
-            Backend::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT sequence, position, txid::text::bigint FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
-                      ORDER BY sequence",
-                )
-                .bind(A::TYPE)
-                .bind(id)
-                .bind(first)
-                .fetch_all(pool)
-                .await
-            }
-            Backend::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT sequence, position, 0 FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
-                      ORDER BY sequence",
-                )
-                .bind(A::TYPE)
-                .bind(id)
-                .bind(first)
-                .fetch_all(pool)
-                .await
-            }
-        }
-        .context("locating the appended events")
-        .map_err(LedgerError::Store)?;
-        Ok(events
-            .into_iter()
-            .zip(rows)
-            .map(|((sequence, event), (_, position, txid))| RecordedEvent {
-                sequence,
-                position,
-                txid,
-                event,
-            })
-            .collect())
     }
 
     /// Loads an aggregate by folding its events (upcast to their current versions), or from memory
@@ -462,26 +327,11 @@ impl Ledger {
         aggregate_type: &str,
         id: &str,
     ) -> Result<u64, LedgerError<E>> {
-        let query = "SELECT COALESCE(MAX(sequence), 0) FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2";
-        let version: i64 = match &self.backend {
-            Backend::Postgres(pool) => {
-                sqlx::query_scalar(query)
-                    .bind(aggregate_type)
-                    .bind(id)
-                    .fetch_one(pool)
-                    .await
-            }
-            Backend::Sqlite(pool) => {
-                sqlx::query_scalar(query)
-                    .bind(aggregate_type)
-                    .bind(id)
-                    .fetch_one(pool)
-                    .await
-            }
-        }
-        .context("reading the stream's version")
-        .map_err(LedgerError::Store)?;
+        let version = self
+            .store
+            .stream_version(aggregate_type, id)
+            .await
+            .map_err(LedgerError::Store)?;
         u64::try_from(version)
             .context("a negative stream version")
             .map_err(LedgerError::Store)
@@ -492,25 +342,11 @@ impl Ledger {
         A: LedgerAggregate,
         A::Command: Clone,
     {
-        let context = match &self.backend {
-            Backend::Postgres(pool) => {
-                PersistedEventStore::<_, A>::new_event_store(PostgresEventRepository::new(
-                    pool.clone(),
-                ))
-                .with_upcasters(A::upcasters())
-                .load_aggregate(id)
-                .await
-            }
-            Backend::Sqlite(pool) => {
-                PersistedEventStore::<_, A>::new_event_store(SqliteEventRepository::new(
-                    pool.clone(),
-                ))
-                .with_upcasters(A::upcasters())
-                .load_aggregate(id)
-                .await
-            }
-        }
-        .map_err(LedgerError::from_aggregate)?;
-        Ok((context.aggregate, context.current_sequence as u64))
+        let (aggregate, sequence) = self
+            .store
+            .load::<A>(id)
+            .await
+            .map_err(LedgerError::from_aggregate)?;
+        Ok((aggregate, sequence as u64))
     }
 }

@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::{Backend, Ledger, LogCursor, LoggedEvent};
+use crate::store::LedgerStore as _;
+use crate::{Ledger, LogCursor, LoggedEvent};
 
 /// Failures in a row after which a tailer counts as stalled.
 pub const STALL_AFTER: u32 = 3;
@@ -188,15 +189,7 @@ impl Ledger {
     /// The checkpoints of the tailers that keep no tables of their own (the relay, the embedded
     /// executor), by name.
     pub async fn tailer_checkpoints(&self) -> anyhow::Result<Vec<(String, LogCursor)>> {
-        let sql = "SELECT name, txid, position FROM tailer_checkpoints ORDER BY name";
-        let rows: Vec<(String, i64, i64)> = match &self.backend {
-            Backend::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-            Backend::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-        }?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, txid, position)| (name, LogCursor { txid, position }))
-            .collect())
+        self.store.tailer_checkpoints().await
     }
 }
 

@@ -11,24 +11,27 @@
 //!   for every reader and never skips an event committed late (see [`log`]).
 //! - [`Ledger::lock_tailer`] makes sure one instance runs each named tailer.
 //!
+//! Every statement the ledger runs goes through one interface, `store::LedgerStore`, with a
+//! PostgreSQL and a SQLite implementation (`store/postgres.rs`, `store/sqlite.rs`); the ledger
+//! itself never matches on the backend. [`Ledger::backend`] hands tests and tools the raw pool.
+//!
 //! cqrs-es is used in pure event-sourcing mode only (`PersistedEventStore::new_event_store`): in
 //! cqrs-es 0.5.0 its snapshot and aggregate-store modes apply each new event twice. Its `Query`
 //! dispatch is not used: it runs in-process after the commit and is lost on a crash, so everything
 //! durable tails the log instead.
 
-mod commit;
 mod execute;
 pub mod health;
 mod lock;
 pub mod log;
 mod secrets;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,19 +39,14 @@ use countersign_domain::action::Action;
 use countersign_domain::{CorrelationId, TenantId, UserId};
 use cqrs_es::Aggregate;
 use cqrs_es::persist::EventUpcaster;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
-use tokio::sync::Notify;
 
-#[cfg(feature = "testing")]
-pub use commit::CommitProbe;
 pub use execute::{Committed, LedgerError, RecordedEvent, RetryPolicy};
 pub use lock::TailerLock;
 pub use log::{LogCursor, LogReads, LogWaker, LoggedEvent};
-
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+#[cfg(feature = "testing")]
+pub use store::CommitProbe;
+use store::{LedgerStore as _, Store};
 
 /// An aggregate the ledger stores. Its events are upcast on read by `upcasters()`.
 pub trait LedgerAggregate: Aggregate<Services = ()> + Clone + 'static
@@ -149,7 +147,8 @@ impl StoreConfig {
     }
 
     /// A pool of driver-neutral connections to this store (for the tables beside the ledger:
-    /// projections, seals), at most `max_connections` of them.
+    /// projections, seals; a process opens one and shares it between them), at most
+    /// `max_connections` of them.
     ///
     /// Connections are not pinged when handed out (a round trip per query; a dead connection
     /// fails its query instead), and one that comes back still inside a transaction is closed
@@ -185,7 +184,18 @@ impl StoreConfig {
     }
 }
 
-/// The pool of one of the two stores.
+/// Whether a pool from [`StoreConfig::any_pool`] reaches PostgreSQL (else SQLite): the stores
+/// that share one such pool read it from the pool rather than being told.
+pub fn is_postgres_pool(pool: &sqlx::AnyPool) -> bool {
+    matches!(
+        pool.connect_options().database_url.scheme(),
+        "postgres" | "postgresql"
+    )
+}
+
+/// The raw pool of one of the two stores: the escape hatch for tests and tools that need SQL the
+/// ledger does not offer ([`Ledger::backend`]). The ledger itself goes through its store
+/// interface (`store`), never through this.
 #[derive(Debug, Clone)]
 pub enum Backend {
     Postgres(PgPool),
@@ -235,17 +245,14 @@ type Cached = (u64, Arc<dyn std::any::Any + Send + Sync>);
 /// The shared handle on the store, used by the gateway, the executor and every tailer.
 #[derive(Debug, Clone)]
 pub struct Ledger {
+    /// The events table's SQL, on PostgreSQL or SQLite (see `store`).
+    store: Store,
+    /// The store's pool, for [`Ledger::backend`] only.
     backend: Backend,
-    /// Wakes in-process tailers after a commit (the embedded store has no LISTEN/NOTIFY).
-    appended: Arc<Notify>,
     retry: RetryPolicy,
-    /// Names the store in tailer locks (the SQLite file, or the PostgreSQL URL).
-    identity: String,
     /// The state of [`LedgerAggregate::CACHED`] streams, by (aggregate type, id): at most one entry
     /// per tenant aggregate.
     cache: Arc<std::sync::Mutex<HashMap<(&'static str, String), Cached>>>,
-    /// Appends concurrent commands' events together (PostgreSQL; started on first use).
-    committer: Arc<OnceLock<commit::GroupCommitter>>,
     /// The newest events read, shared by the process's tailers.
     tail: Arc<log::TailCache>,
     /// Which of the process's tailers are stuck (see [`health`]).
@@ -255,58 +262,15 @@ pub struct Ledger {
 impl Ledger {
     /// Opens the store (creating the SQLite file and its directory when needed). Does not migrate.
     pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
-        match config {
-            StoreConfig::Postgres { url } => {
-                let options = PgConnectOptions::from_str(url)
-                    .context("DATABASE_URL is not a valid PostgreSQL URL")?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(32)
-                    .acquire_timeout(Duration::from_secs(10))
-                    // sqlx pings every connection it hands out by default: a round trip per
-                    // query. A connection that died fails its query instead (the caller sees a
-                    // store error, and the pool replaces the connection).
-                    .test_before_acquire(false)
-                    .connect_with(options)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-                Ok(Self::with_backend(Backend::Postgres(pool), url))
-            }
-            StoreConfig::Sqlite { path } => {
-                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("creating {}", dir.display()))?;
-                }
-                let options = SqliteConnectOptions::new()
-                    .filename(path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .test_before_acquire(false)
-                    .connect_with(options)
-                    .await
-                    .with_context(|| format!("opening {}", path.display()))?;
-                Ok(Self::with_backend(
-                    Backend::Sqlite(pool),
-                    &path.display().to_string(),
-                ))
-            }
-        }
-    }
-
-    fn with_backend(backend: Backend, identity: &str) -> Self {
-        Self {
-            backend,
-            appended: Arc::new(Notify::new()),
+        let store = Store::open(config).await?;
+        Ok(Self {
+            backend: store.backend(),
+            store,
             retry: RetryPolicy::default(),
-            identity: identity.to_owned(),
-            committer: Arc::new(OnceLock::new()),
             cache: Arc::default(),
             tail: Arc::default(),
             health: health::Health::default(),
-        }
+        })
     }
 
     /// Replaces the conflict retry policy.
@@ -316,6 +280,9 @@ impl Ledger {
         self
     }
 
+    /// The store's raw pool: the escape hatch for tests and tools that need SQL of their own
+    /// (inspecting plans, tampering with rows, counting). Everything the ledger does goes through
+    /// its methods instead.
     pub fn backend(&self) -> &Backend {
         &self.backend
     }
@@ -327,57 +294,26 @@ impl Ledger {
 
     /// `postgres` or `sqlite`.
     pub fn kind(&self) -> &'static str {
-        match self.backend {
-            Backend::Postgres(_) => "postgres",
-            Backend::Sqlite(_) => "sqlite",
-        }
-    }
-
-    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
-        match self.backend {
-            Backend::Postgres(_) => &POSTGRES_MIGRATIONS,
-            Backend::Sqlite(_) => &SQLITE_MIGRATIONS,
-        }
+        self.store.kind()
     }
 
     /// Applies every pending migration.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        match &self.backend {
-            Backend::Postgres(pool) => self.migrator().run(pool).await,
-            Backend::Sqlite(pool) => self.migrator().run(pool).await,
-        }
-        .context("applying migrations")
+        self.store.migrate().await
     }
 
     /// How many of the code's migrations the database has not applied.
     pub async fn pending_migrations(&self) -> anyhow::Result<usize> {
-        let query = "SELECT version FROM _sqlx_migrations WHERE success";
-        let applied: Vec<i64> = match &self.backend {
-            Backend::Postgres(pool) => sqlx::query_scalar(query).fetch_all(pool).await,
-            Backend::Sqlite(pool) => sqlx::query_scalar(query).fetch_all(pool).await,
-        }
-        .unwrap_or_default();
-        Ok(self
-            .migrator()
-            .iter()
-            .filter(|migration| !applied.contains(&migration.version))
-            .count())
+        self.store.pending_migrations().await
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match &self.backend {
-            Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Backend::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        }
-        .context("the database does not answer")
+        self.store.ping().await
     }
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
-        match &self.backend {
-            Backend::Postgres(pool) => pool.close().await,
-            Backend::Sqlite(pool) => pool.close().await,
-        }
+        self.store.close().await;
     }
 }

@@ -5,15 +5,16 @@
 //! exclusive `flock` on a file of its own beside the database (`<db>.locks/<key>`), so that a CLI
 //! command (`countersign seal`) and a running `serve` on the same file exclude each other too;
 //! the kernel releases it when the holder closes it or dies.
+//!
+//! How each store takes its lock is in `store::postgres` and `store::sqlite`.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::path::PathBuf;
+use std::fs::File;
 
-use anyhow::Context;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-use crate::{Backend, Ledger};
+use crate::Ledger;
+use crate::store::LedgerStore as _;
 
 /// Held while a tailer runs; dropping it releases the lock.
 #[derive(Debug)]
@@ -41,54 +42,27 @@ pub fn advisory_key(name: &str) -> i64 {
 impl Ledger {
     /// Takes the lock for tailer `name`, or returns `None` when another instance holds it.
     pub async fn lock_tailer(&self, name: &str) -> anyhow::Result<Option<TailerLock>> {
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                let mut connection = pool
-                    .acquire()
-                    .await
-                    .context("connection for a tailer lock")?
-                    .detach();
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(advisory_key(name))
-                    .fetch_one(&mut connection)
-                    .await
-                    .context("pg_try_advisory_lock")?;
-                if !locked {
-                    let _ = connection.close().await;
-                    return Ok(None);
-                }
-                Ok(Some(TailerLock {
-                    name: name.to_owned(),
-                    held: Held::Postgres(Some(connection)),
-                }))
-            }
-            Backend::Sqlite(_) => {
-                let dir = PathBuf::from(format!("{}.locks", self.identity));
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let path = dir.join(format!("{:016x}", advisory_key(name)));
-                let file = OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(&path)
-                    .with_context(|| format!("opening the lock file {}", path.display()))?;
-                match file.try_lock() {
-                    Ok(()) => Ok(Some(TailerLock {
-                        name: name.to_owned(),
-                        held: Held::File(file),
-                    })),
-                    Err(TryLockError::WouldBlock) => Ok(None),
-                    Err(TryLockError::Error(err)) => {
-                        Err(err).with_context(|| format!("locking {}", path.display()))
-                    }
-                }
-            }
-        }
+        self.store.lock_tailer(name).await
     }
 }
 
 impl TailerLock {
+    /// A lock held by a PostgreSQL session (the connection that took the advisory lock).
+    pub(crate) fn session(name: &str, connection: PgConnection) -> Self {
+        Self {
+            name: name.to_owned(),
+            held: Held::Postgres(Some(connection)),
+        }
+    }
+
+    /// A lock held by an open, `flock`ed file.
+    pub(crate) fn file(name: &str, file: File) -> Self {
+        Self {
+            name: name.to_owned(),
+            held: Held::File(file),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -11,6 +11,10 @@
 //!
 //! Notifications (`LISTEN countersign_events` on PostgreSQL, an in-process signal on SQLite) only
 //! wake readers early; readers also poll.
+//!
+//! The queries themselves live with the stores (`store::postgres`, `store::sqlite`); this module
+//! keeps what is the same on both: the cursor, the events, the cache of the newest stretch and
+//! reading ahead.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,9 +24,9 @@ use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use serde_json::Value;
 use sqlx::postgres::PgListener;
-use sqlx::{FromRow, Row};
 
-use crate::{Backend, Ledger, LedgerAggregate};
+use crate::store::LedgerStore as _;
+use crate::{Ledger, LedgerAggregate};
 
 /// A place in the log. Compare cursors to compare places.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -84,45 +88,6 @@ impl LoggedEvent {
         })
     }
 }
-
-#[derive(FromRow)]
-struct LogRow {
-    position: i64,
-    txid: i64,
-    tenant: String,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-}
-
-// ORDER BY names the table's columns: the output alias `txid` is a bigint, and ordering by it
-// would defeat the (txid, position) index and sort every remaining row on each batch.
-const PG_READ: &str = "
-SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload, metadata, recorded_at
-  FROM events
- WHERE (txid, position) > ($1::bigint::text::xid8, $2)
-   AND txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY events.txid, events.position
- LIMIT $3";
-
-// Same caution as PG_READ: ordering by the alias made this a sort of the whole log per call.
-const PG_HEAD: &str = "
-SELECT txid::text::bigint AS txid, position
-  FROM events
- WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
- ORDER BY events.txid DESC, events.position DESC
- LIMIT 1";
-
-const SQLITE_READ: &str = "
-SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
-       event_type, event_version, payload, metadata, recorded_at
-  FROM events
- WHERE position > $1
- ORDER BY position
- LIMIT $2";
 
 /// How many of the newest events read from the store the ledger keeps for the next tailer.
 pub const TAIL_CACHE: usize = 4096;
@@ -258,27 +223,7 @@ impl Ledger {
     ) -> anyhow::Result<Vec<LoggedEvent>> {
         self.tail.from_store.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("countersign_log_reads_total", "source" => "store").increment(1);
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                let rows = sqlx::query(PG_READ)
-                    .bind(after.txid)
-                    .bind(after.position)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await
-                    .context("reading the log")?;
-                rows.iter().map(postgres_logged).collect()
-            }
-            Backend::Sqlite(pool) => {
-                let rows = sqlx::query(SQLITE_READ)
-                    .bind(after.position)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await
-                    .context("reading the log")?;
-                rows.iter().map(sqlite_logged).collect()
-            }
-        }
+        self.store.read_log(after, limit).await
     }
 
     /// Every stored event of one aggregate, in sequence order, with when it was recorded (for
@@ -290,44 +235,11 @@ impl Ledger {
     ) -> anyhow::Result<Vec<LoggedEvent>> {
         let mut events = Vec::new();
         let mut after = -1;
-        // Reuse the log decoding by reading this aggregate's rows in sequence order.
         loop {
-            let batch = match &self.backend {
-                Backend::Postgres(pool) => {
-                    let rows = sqlx::query(
-                        "SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
-                                event_type, event_version, payload, metadata, recorded_at
-                           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-                          ORDER BY sequence LIMIT 1000",
-                    )
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(after)
-                    .fetch_all(pool)
-                    .await
-                    .context("reading an aggregate's events")?;
-                    rows.iter()
-                        .map(postgres_logged)
-                        .collect::<anyhow::Result<Vec<_>>>()?
-                }
-                Backend::Sqlite(pool) => {
-                    let rows = sqlx::query(
-                        "SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
-                                event_type, event_version, payload, metadata, recorded_at
-                           FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-                          ORDER BY sequence LIMIT 1000",
-                    )
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(after)
-                    .fetch_all(pool)
-                    .await
-                    .context("reading an aggregate's events")?;
-                    rows.iter()
-                        .map(sqlite_logged)
-                        .collect::<anyhow::Result<Vec<_>>>()?
-                }
-            };
+            let batch = self
+                .store
+                .stream_events(aggregate_type, aggregate_id, after)
+                .await?;
             let Some(last) = batch.last() else {
                 return Ok(events);
             };
@@ -342,188 +254,34 @@ impl Ledger {
         if positions.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                let rows = sqlx::query(
-                    "SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id,
-                            sequence, event_type, event_version, payload, metadata, recorded_at
-                       FROM events WHERE position = ANY($1) ORDER BY position",
-                )
-                .bind(positions)
-                .fetch_all(pool)
-                .await
-                .context("reading events by position")?;
-                rows.iter().map(postgres_logged).collect()
-            }
-            Backend::Sqlite(pool) => {
-                let mut events = Vec::with_capacity(positions.len());
-                for chunk in positions.chunks(500) {
-                    let marks = vec!["?"; chunk.len()].join(", ");
-                    let sql = format!(
-                        "SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
-                                event_type, event_version, payload, metadata, recorded_at
-                           FROM events WHERE position IN ({marks}) ORDER BY position"
-                    );
-                    let mut query = sqlx::query(&sql);
-                    for position in chunk {
-                        query = query.bind(position);
-                    }
-                    let rows = query
-                        .fetch_all(pool)
-                        .await
-                        .context("reading events by position")?;
-                    for row in &rows {
-                        events.push(sqlite_logged(row)?);
-                    }
-                }
-                events.sort_by_key(|event| event.cursor.position);
-                Ok(events)
-            }
-        }
+        self.store.read_positions(positions).await
     }
 
     /// The checkpoint a tailer saved under `name` (the start of the log when none).
     pub async fn load_checkpoint(&self, name: &str) -> anyhow::Result<LogCursor> {
-        let sql = "SELECT txid, position FROM tailer_checkpoints WHERE name = $1";
-        let row: Option<(i64, i64)> = match &self.backend {
-            Backend::Postgres(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
-            Backend::Sqlite(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
-        }
-        .context("reading a tailer checkpoint")?;
-        Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor {
-            txid,
-            position,
-        }))
+        self.store.load_checkpoint(name).await
     }
 
     /// Saves a tailer's checkpoint (it only moves forward).
     pub async fn save_checkpoint(&self, name: &str, cursor: LogCursor) -> anyhow::Result<()> {
-        let sql = "INSERT INTO tailer_checkpoints (name, txid, position) VALUES ($1, $2, $3)
-                   ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position
-                   WHERE (tailer_checkpoints.txid, tailer_checkpoints.position) < (excluded.txid, excluded.position)";
-        match &self.backend {
-            Backend::Postgres(pool) => sqlx::query(sql)
-                .bind(name)
-                .bind(cursor.txid)
-                .bind(cursor.position)
-                .execute(pool)
-                .await
-                .map(drop),
-            Backend::Sqlite(pool) => sqlx::query(sql)
-                .bind(name)
-                .bind(cursor.txid)
-                .bind(cursor.position)
-                .execute(pool)
-                .await
-                .map(drop),
-        }
-        .context("saving a tailer checkpoint")?;
-        Ok(())
+        self.store.save_checkpoint(name, cursor).await
     }
 
     /// Waits for appends: returns at the latest after `poll`.
     pub async fn log_waker(&self) -> anyhow::Result<LogWaker> {
-        Ok(match &self.backend {
-            Backend::Postgres(pool) => {
-                let mut listener = PgListener::connect_with(pool)
-                    .await
-                    .context("LISTEN connection")?;
-                listener
-                    .listen("countersign_events")
-                    .await
-                    .context("LISTEN countersign_events")?;
-                LogWaker::Postgres(Box::new(listener))
-            }
-            Backend::Sqlite(_) => LogWaker::InProcess(self.appended.clone()),
-        })
+        self.store.log_waker().await
     }
 
     /// How many events are committed, readable or not yet (on PostgreSQL a committed event stays
     /// unreadable while an older transaction anywhere on the server is open). Commands that
     /// promise to process "the log as it is now" wait until they have read this many.
     pub async fn committed_events(&self) -> anyhow::Result<i64> {
-        let sql = "SELECT COUNT(*) FROM events";
-        match &self.backend {
-            Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-        }
-        .context("counting the committed events")
+        self.store.committed_events().await
     }
 
     /// The newest cursor any reader can reach right now (the end of the readable log).
     pub async fn log_head(&self) -> anyhow::Result<LogCursor> {
-        let row: Option<(i64, i64)> = match &self.backend {
-            Backend::Postgres(pool) => sqlx::query_as(PG_HEAD).fetch_optional(pool).await,
-            Backend::Sqlite(pool) => {
-                sqlx::query_as("SELECT 0, position FROM events ORDER BY position DESC LIMIT 1")
-                    .fetch_optional(pool)
-                    .await
-            }
-        }
-        .context("reading the head of the log")?;
-        Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor {
-            txid,
-            position,
-        }))
-    }
-}
-
-/// A stored row as a [`LoggedEvent`]; an error names the row's position, so that a reader
-/// stuck on it says where (see `health`).
-fn postgres_logged(row: &sqlx::postgres::PgRow) -> anyhow::Result<LoggedEvent> {
-    let base = LogRow::from_row(row).context("decoding a log row")?;
-    let position = base.position;
-    let decoded = (|| -> Result<_, sqlx::Error> {
-        Ok((
-            row.try_get("payload")?,
-            row.try_get("metadata")?,
-            row.try_get("recorded_at")?,
-        ))
-    })()
-    .with_context(|| format!("decoding the event at position {position}"))?;
-    let (payload, metadata, recorded_at) = decoded;
-    Ok(logged(base, payload, metadata, recorded_at))
-}
-
-fn sqlite_logged(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LoggedEvent> {
-    let base = LogRow::from_row(row).context("decoding a log row")?;
-    let position = base.position;
-    let text = |column: &str| -> anyhow::Result<String> { Ok(row.try_get(column)?) };
-    let decoded = (|| -> anyhow::Result<_> {
-        let recorded_at = DateTime::parse_from_rfc3339(&text("recorded_at")?)
-            .context("recorded_at")?
-            .with_timezone(&Utc);
-        Ok((
-            serde_json::from_str(&text("payload")?).context("payload")?,
-            serde_json::from_str(&text("metadata")?).context("metadata")?,
-            recorded_at,
-        ))
-    })()
-    .with_context(|| format!("decoding the event at position {position}"))?;
-    let (payload, metadata, recorded_at) = decoded;
-    Ok(logged(base, payload, metadata, recorded_at))
-}
-
-fn logged(
-    base: LogRow,
-    payload: Value,
-    metadata: Value,
-    recorded_at: DateTime<Utc>,
-) -> LoggedEvent {
-    LoggedEvent {
-        cursor: LogCursor {
-            txid: base.txid,
-            position: base.position,
-        },
-        tenant: base.tenant,
-        aggregate_type: base.aggregate_type,
-        aggregate_id: base.aggregate_id,
-        sequence: base.sequence,
-        event_type: base.event_type,
-        event_version: base.event_version,
-        payload,
-        metadata,
-        recorded_at,
+        self.store.log_head().await
     }
 }
 
@@ -607,53 +365,6 @@ impl LogWaker {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{PG_HEAD, PG_READ};
-    use crate::Backend;
-    use crate::testing::TestStore;
-
-    /// Both log queries can walk the (txid, position) index in order: a query that must sort
-    /// reads the whole log on every call (ordering by the bigint alias instead of the column did
-    /// exactly that). Sorting is priced out so that the plan shows whether it can be avoided at
-    /// all, whatever the table's size.
-    #[tokio::test]
-    async fn the_log_queries_read_the_index_in_order_without_sorting() -> anyhow::Result<()> {
-        let store = TestStore::postgres().await?;
-        let Backend::Postgres(pool) = store.ledger.backend() else {
-            anyhow::bail!("a PostgreSQL store");
-        };
-        for (name, sql) in [
-            (
-                "read",
-                PG_READ
-                    .replace("$1", "0")
-                    .replace("$2", "0")
-                    .replace("$3", "1000"),
-            ),
-            ("head", PG_HEAD.to_owned()),
-        ] {
-            let mut tx = pool.begin().await?;
-            sqlx::query("SET LOCAL enable_sort = off")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SET LOCAL enable_bitmapscan = off")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SET LOCAL enable_seqscan = off")
-                .execute(&mut *tx)
-                .await?;
-            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
-                .fetch_all(&mut *tx)
-                .await?;
-            let plan = plan.join("\n");
-            assert!(plan.contains("events_log_order"), "{name}: {plan}");
-            assert!(!plan.contains("Sort"), "{name} sorts: {plan}");
-        }
-        Ok(())
     }
 }
 

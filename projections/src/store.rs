@@ -62,13 +62,27 @@ fn now_micros() -> i64 {
 }
 
 impl ProjectionStore {
-    /// Opens the projection tables of the ledger's store (which must be migrated).
+    /// Opens the projection tables of the ledger's store (which must be migrated) on a pool of
+    /// their own, for a command that needs no other tables beside the ledger. A process that also
+    /// seals shares one pool: [`ProjectionStore::with_pool`].
     pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
-        let postgres = config.is_postgres();
         let pool = config
-            .any_pool(if postgres { 16 } else { 4 })
+            .any_pool(Self::connections(config))
             .await
             .context("opening the projection store")?;
+        Self::with_pool(pool).await
+    }
+
+    /// The connections the projection runners and readers want of a pool: a pool shared with
+    /// other stores adds these to theirs.
+    pub fn connections(config: &StoreConfig) -> u32 {
+        if config.is_postgres() { 16 } else { 4 }
+    }
+
+    /// The projection tables reached through `pool` (from [`StoreConfig::any_pool`], on a
+    /// migrated store), which other stores of the process may share.
+    pub async fn with_pool(pool: AnyPool) -> anyhow::Result<Self> {
+        let postgres = countersign_ledger::is_postgres_pool(&pool);
         let reader_role = postgres
             && sqlx::query("SELECT 1 FROM pg_roles WHERE rolname = 'countersign_reader'")
                 .fetch_optional(&pool)
@@ -351,6 +365,7 @@ impl ProjectionStore {
         Ok(dump)
     }
 
+    /// Closes the pool (shared with the other stores given it, if any).
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -1,5 +1,6 @@
-//! The countersign service as a library: [`Runtime::build`] opens the stores (migrated), builds
-//! the use cases ([`countersign_app::App`]), binds the listener and connects NATS;
+//! The countersign service as a library: [`Runtime::build`] opens the stores (migrated; the
+//! ledger's pool, and one pool the projections and the seals share), builds the use cases
+//! ([`countersign_app::App`]), binds the listener and connects NATS;
 //! [`Runtime::run_until_stopped`] runs what the process's [`Role`] asks for until a future
 //! resolves, then stops every task the same way and closes the stores. `countersign serve` is
 //! this crate behind flags.
@@ -125,8 +126,7 @@ impl Runtime {
             .listen
             .and_then(|_| PrometheusBuilder::new().install_recorder().ok());
         let ledger = open_migrated(&config.store).await?;
-        let projections = ProjectionStore::open(&config.store).await?;
-        let seals = SealStore::open(&config.store).await?;
+        let (projections, seals) = open_projections_and_seals(&config.store).await?;
         let nats = match &config.executor.nats_url {
             Some(urls) => Some(connect_nats(urls, role).await?),
             None => None,
@@ -462,6 +462,20 @@ async fn open_migrated(store: &StoreConfig) -> anyhow::Result<Ledger> {
     ledger.migrate().await?;
     info!(store = ledger.kind(), applied = pending, location = %describe(store), "store migrated");
     Ok(ledger)
+}
+
+/// The projection and seal stores over one pool of driver-neutral connections, sized for both
+/// (the sum of what each would open alone): with the ledger's own pool, two pools per process.
+/// The store must be migrated.
+pub async fn open_projections_and_seals(
+    store: &StoreConfig,
+) -> anyhow::Result<(ProjectionStore, SealStore)> {
+    let pool = store
+        .any_pool(ProjectionStore::connections(store) + SealStore::connections(store))
+        .await
+        .context("opening the pool of the projection and seal tables")?;
+    let projections = ProjectionStore::with_pool(pool.clone()).await?;
+    Ok((projections, SealStore::with_pool(pool)))
 }
 
 /// Connects to NATS: `urls` is one server or several separated by commas. Connection changes

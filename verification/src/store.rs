@@ -170,14 +170,28 @@ pub(crate) fn tree_row(row: &AnyRow) -> anyhow::Result<TreeState> {
 }
 
 impl SealStore {
-    /// Opens the sealer's tables of the ledger's store (which must be migrated).
+    /// Opens the sealer's tables of the ledger's store (which must be migrated) on a pool of
+    /// their own, for a command that needs no other tables beside the ledger. A process that also
+    /// runs projections shares one pool: [`SealStore::with_pool`].
     pub async fn open(config: &StoreConfig) -> anyhow::Result<Self> {
-        let postgres = config.is_postgres();
         let pool = config
-            .any_pool(if postgres { 8 } else { 4 })
+            .any_pool(Self::connections(config))
             .await
             .context("opening the ledger seal tables")?;
-        Ok(Self { pool, postgres })
+        Ok(Self::with_pool(pool))
+    }
+
+    /// The connections the sealer and the evidence reads want of a pool: a pool shared with
+    /// other stores adds these to theirs.
+    pub fn connections(config: &StoreConfig) -> u32 {
+        if config.is_postgres() { 8 } else { 4 }
+    }
+
+    /// The sealer's tables reached through `pool` (from [`StoreConfig::any_pool`], on a
+    /// migrated store), which other stores of the process may share.
+    pub fn with_pool(pool: AnyPool) -> Self {
+        let postgres = countersign_ledger::is_postgres_pool(&pool);
+        Self { pool, postgres }
     }
 
     /// A transaction that will write; on SQLite it takes the write lock up front (`BEGIN
@@ -196,6 +210,7 @@ impl SealStore {
         self.postgres
     }
 
+    /// Closes the pool (shared with the other stores given it, if any).
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -23,20 +23,12 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::{Outcome, Placed};
+
 /// How many committer tasks may have a group in flight at once.
 const COMMITTERS: usize = 4;
 /// The most events one statement appends.
 const MAX_GROUP_EVENTS: usize = 1024;
-
-/// Where a command's events landed, in order: (position, txid).
-pub(crate) type Placed = Vec<(i64, i64)>;
-
-/// What became of one command's events.
-pub(crate) enum Outcome {
-    Committed(Placed),
-    /// Another writer appended to the aggregate first; nothing was recorded.
-    Conflict,
-}
 
 struct Pending {
     aggregate_type: String,
@@ -376,16 +368,18 @@ impl CommitProbe {
 }
 
 #[cfg(feature = "testing")]
+impl GroupCommitter {
+    /// This committer's test handle.
+    pub(crate) fn probe(&self) -> CommitProbe {
+        CommitProbe(Arc::clone(&self.probe))
+    }
+}
+
+#[cfg(feature = "testing")]
 impl crate::Ledger {
     /// The group committer's test handle (starting the committer if needed); `None` on SQLite,
     /// which appends through sqlite-es without a committer.
     pub fn commit_probe(&self) -> Option<CommitProbe> {
-        let crate::Backend::Postgres(pool) = &self.backend else {
-            return None;
-        };
-        let committer = self
-            .committer
-            .get_or_init(|| GroupCommitter::start(pool.clone()));
-        Some(CommitProbe(Arc::clone(&committer.probe)))
+        self.store.commit_probe()
     }
 }
