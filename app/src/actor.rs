@@ -136,6 +136,7 @@ impl Actor {
         Metadata {
             correlation_id,
             request_id: self.request_id.clone(),
+            channel: Some(self.channel.as_str()),
             ..Metadata::new(self.tenant.clone(), self.principal.id.clone())
         }
     }

@@ -333,6 +333,55 @@ fn submit_approve_execute(writer: &Api, other: &Api, n: usize) -> String {
     id
 }
 
+/// An action's live stream (`GET /v1/actions/{id}/stream`) on one api process, read on a
+/// thread of its own until the stream ends (the action is finished) or the deadline passes.
+struct Watch {
+    reader: std::thread::JoinHandle<String>,
+}
+
+impl Watch {
+    fn open(api: &Api, id: &str, bearer: &str) -> Self {
+        let mut stream = TcpStream::connect(&api.address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /v1/actions/{id}/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bearer}\r\n\
+             Accept: text/event-stream\r\n\r\n",
+            api.address
+        )
+        .expect("request");
+        // The stream is open once its first event (the status now) has arrived.
+        let mut seen = String::new();
+        let mut buffer = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.contains("event: status") {
+            assert!(Instant::now() < deadline, "the stream never opened: {seen}");
+            if let Ok(read) = stream.read(&mut buffer) {
+                seen.push_str(&String::from_utf8_lossy(&buffer[..read]));
+            }
+        }
+        let reader = std::thread::spawn(move || {
+            let deadline = Instant::now() + PATIENCE;
+            while Instant::now() < deadline && !seen.ends_with("0\r\n\r\n") {
+                match stream.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(read) => seen.push_str(&String::from_utf8_lossy(&buffer[..read])),
+                    Err(_) => {}
+                }
+            }
+            seen
+        });
+        Self { reader }
+    }
+
+    /// Everything the stream said, once it has ended.
+    fn said(self) -> String {
+        self.reader.join().expect("the stream reader")
+    }
+}
+
 /// Waits until both api processes answer every action of `ids` executed.
 fn wait_until_executed(apis: &[&Api], ids: &[String]) {
     let owner = token("olga", &["owner"]);
@@ -616,8 +665,42 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
         }
     }
 
+    // A live stream on one api process hears what the other api process and the worker
+    // recorded: the approval written through api 1, the execution written by worker 1.
+    let (requester, owner) = (token("rita", &["requester"]), token("olga", &["owner"]));
+    let submitted = http(
+        &api1.address,
+        "POST",
+        "/v1/actions",
+        &requester,
+        Some(
+            &json!({ "module": "noop", "capability": "echo", "summary": "Echo, watched",
+                      "payload": { "watched": true } }),
+        ),
+    );
+    assert_eq!(submitted.status, 201, "{}", submitted.body);
+    let watched = submitted.body["id"].as_str().expect("id").to_owned();
+    let watch = Watch::open(&api2, &watched, &owner);
+    for step in ["approve", "execute"] {
+        let answer = http(
+            &api1.address,
+            "POST",
+            &format!("/v1/actions/{watched}/{step}"),
+            &owner,
+            Some(&json!({})),
+        );
+        assert!(answer.status < 300, "{step}: {}", answer.body);
+    }
+    let said = watch.said();
+    for event in ["event: ActionApproved", "event: ExecutionSucceeded"] {
+        assert!(
+            said.contains(event),
+            "api 2's stream lacks {event}:\n{said}"
+        );
+    }
+
     // Writes through both api processes, alternately, seen by both.
-    let mut ids = Vec::new();
+    let mut ids = vec![watched];
     for n in 0..4 {
         let (writer, other) = if n % 2 == 0 {
             (&api1, &api2)

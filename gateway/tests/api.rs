@@ -957,6 +957,10 @@ async fn the_correlation_id_travels_from_the_header_into_every_event_and_the_aud
         assert_eq!(event.metadata["correlation_id"], request_ids[2].as_str());
         assert_eq!(event.metadata["request_id"], request_ids[2].as_str());
     }
+    // Every event a request caused names the front door it came through.
+    for event in flow_events.iter().chain(of(&plain_id).iter()) {
+        assert_eq!(event.metadata["channel"], "api", "{}", event.metadata);
+    }
 
     // The audit trail shows it on every entry.
     let token = approved.token().expect("token");

@@ -212,6 +212,9 @@ pub struct Metadata {
     /// The HTTP request that sent the command (`X-Request-Id`); `None` for commands no request
     /// sent (the executor, the CLI).
     pub request_id: Option<String>,
+    /// The front door the command came through (`api`, `cli`, `console`, `system`), when a use
+    /// case of the application layer sent it.
+    pub channel: Option<&'static str>,
 }
 
 impl Metadata {
@@ -221,6 +224,7 @@ impl Metadata {
             actor,
             correlation_id: None,
             request_id: None,
+            channel: None,
         }
     }
 
@@ -234,6 +238,9 @@ impl Metadata {
         }
         if let Some(request_id) = &self.request_id {
             map.insert("request_id".to_owned(), request_id.clone());
+        }
+        if let Some(channel) = self.channel {
+            map.insert("channel".to_owned(), channel.to_owned());
         }
         map
     }
