@@ -666,7 +666,8 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
     }
 
     // A live stream on one api process hears what the other api process and the worker
-    // recorded: the approval written through api 1, the execution written by worker 1.
+    // recorded: the approval written through api 1, the execution written by worker 1, and the
+    // progress the capability reported in worker 1.
     let (requester, owner) = (token("rita", &["requester"]), token("olga", &["owner"]));
     let submitted = http(
         &api1.address,
@@ -692,7 +693,13 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
         assert!(answer.status < 300, "{step}: {}", answer.body);
     }
     let said = watch.said();
-    for event in ["event: ActionApproved", "event: ExecutionSucceeded"] {
+    // The capability's progress report (noop.echo says it is echoing) crosses from the worker
+    // over NATS too.
+    for event in [
+        "event: ActionApproved",
+        "event: progress",
+        "event: ExecutionSucceeded",
+    ] {
         assert!(
             said.contains(event),
             "api 2's stream lacks {event}:\n{said}"

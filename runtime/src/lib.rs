@@ -17,6 +17,10 @@
 //!   `/readyz` and `/metrics` there.
 //! - **all** runs both in one process.
 //!
+//! With NATS, the progress capabilities report while they run crosses from the processes running
+//! the executor to the api processes running none (NATS core, `<prefix>.progress.<action id>`;
+//! see `progress.rs`), so every api process's streams show it.
+//!
 //! # Several workers
 //!
 //! Every singleton a worker starts takes its tailer lock first (a PostgreSQL session advisory
@@ -54,6 +58,7 @@
 
 mod config;
 mod ops;
+mod progress;
 mod role;
 
 use std::collections::HashMap;
@@ -257,8 +262,24 @@ impl Runtime {
                 })
             });
             if config.executor.enabled {
-                spawn_executor(&mut tasks, &config, &app, executor, nats, &stopped);
+                if let Some(client) = &nats {
+                    let (client, hub) = (client.clone(), app.progress().clone());
+                    let prefix = config.executor.stream.prefix.clone();
+                    tasks.spawn_restarting("progress out", &stopped, move |stopped| {
+                        progress::publish(client.clone(), hub.clone(), prefix.clone(), stopped)
+                    });
+                }
+                spawn_executor(&mut tasks, &config, &app, executor, nats.clone(), &stopped);
             }
+        } else if role.serves_api()
+            && let Some(client) = &nats
+        {
+            // No executor here: the progress the streams show comes from the workers.
+            let (client, hub) = (client.clone(), app.progress().clone());
+            let prefix = config.executor.stream.prefix.clone();
+            tasks.spawn_restarting("progress in", &stopped, move |stopped| {
+                progress::receive(client.clone(), hub.clone(), prefix.clone(), stopped)
+            });
         }
         if let Some(address) = local_addr {
             info!(%address, store = ledger.kind(), %role, "countersign listening");
