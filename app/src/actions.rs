@@ -16,7 +16,6 @@ use countersign_domain::{
 };
 use countersign_ledger::{Committed, Ledger, LedgerError, LogCursor};
 use countersign_projections::{ActionDetail, AuditEntry, InboxFilter, InboxPage, Projection};
-use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -87,7 +86,7 @@ async fn current(app: &App, actor: &Actor, id: ActionId) -> Result<(ActionState,
 /// Folds an action's stream from the log: the aggregate, its last event's position, and the
 /// decoded events (for the audit trail).
 async fn fold(app: &App, id: ActionId) -> Result<(Action, i64, Vec<AuditEntry>), AppError> {
-    let logged = app.ledger.events_of(Action::TYPE, &id.to_string()).await?;
+    let logged = app.ledger.stream_of::<Action>(&id).await?;
     let mut action = Action::default();
     let mut position = -1;
     let mut audit = Vec::with_capacity(logged.len());

@@ -5,7 +5,6 @@ use countersign_domain::risk::{RiskAssessment, assess};
 use countersign_domain::submission::Submission;
 use countersign_domain::tenant::{PolicyCommand, PolicyDraft, PolicySet};
 use countersign_domain::{ActionType, PolicyId};
-use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::Serialize;
 
@@ -31,11 +30,7 @@ pub async fn list(
         return Ok(app.ledger.load::<PolicySet>(&actor.tenant).await?.0.list());
     };
     let mut set = PolicySet::default();
-    for logged in app
-        .ledger
-        .events_of(PolicySet::TYPE, actor.tenant.as_str())
-        .await?
-    {
+    for logged in app.ledger.stream_of::<PolicySet>(&actor.tenant).await? {
         if logged.recorded_at > at {
             break;
         }

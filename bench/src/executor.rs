@@ -136,7 +136,7 @@ async fn approval_to_start(
         loop {
             let mut approved = None;
             let mut started = None;
-            for logged in ledger.events_of("action", &id.to_string()).await? {
+            for logged in ledger.stream_of::<Action>(&id).await? {
                 match logged.decode::<Action>()? {
                     ActionEvent::ActionApproved(event) => approved = Some(event.context.at),
                     ActionEvent::ExecutionStarted(event) => {

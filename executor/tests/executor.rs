@@ -282,7 +282,7 @@ impl World {
     async fn events(&self, id: ActionId) -> Vec<ActionEvent> {
         self.store
             .ledger
-            .events_of("action", &id.to_string())
+            .stream_of::<Action>(&id)
             .await
             .expect("events")
             .iter()
@@ -439,7 +439,7 @@ async fn the_embedded_executor_tails_the_store_the_same_way() {
     let approved = world
         .store
         .ledger
-        .events_of("action", &manual.to_string())
+        .stream_of::<Action>(&manual)
         .await
         .expect("events")
         .last()

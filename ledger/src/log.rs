@@ -226,6 +226,16 @@ impl Ledger {
         self.store.read_log(after, limit).await
     }
 
+    /// Every stored event of one aggregate's stream, in sequence order, with where it landed in
+    /// the log and when it was recorded (folding it: read-your-writes views, history).
+    pub async fn stream_of<A>(&self, id: &A::Id) -> anyhow::Result<Vec<LoggedEvent>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        self.events_of(A::TYPE, &id.to_string()).await
+    }
+
     /// Every stored event of one aggregate, in sequence order, with when it was recorded (for
     /// history: the policy in force at a past moment).
     pub async fn events_of(
