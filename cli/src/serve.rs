@@ -3,12 +3,13 @@
 //! for what each `--role` runs).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use countersign_executor::StreamConfig;
-use countersign_gateway::Limits;
+use countersign_gateway::{Limits, RateLimit};
 use countersign_runtime::{
     DEFAULT_LISTEN, ExecutorSettings, Role, Runtime, RuntimeConfig, SmtpSettings,
 };
@@ -53,10 +54,54 @@ pub struct ServeArgs {
     )]
     pub request_timeout_seconds: u64,
     #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+    #[command(flatten)]
     pub seal: SealArgs,
     // Boxed: `Command` stays small (`clippy::large_enum_variant`).
     #[command(flatten)]
     pub executor: Box<ExecutorArgs>,
+}
+
+/// Rate limits on `/v1`, per tenant and per principal (a token's subject or an API key).
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitArgs {
+    /// Requests a tenant may make on /v1, all its principals together: `<n>/s`, `<n>/m` or
+    /// `<n>/h` (unset or 0: no limit). Over it: 429 `rate_limited` with Retry-After.
+    #[arg(long, env = "COUNTERSIGN_RATE_LIMIT_TENANT", value_parser = parse_rate)]
+    pub rate_limit_tenant: Option<Rate>,
+    /// Largest burst of a tenant's requests (default: the rate's count).
+    #[arg(long, env = "COUNTERSIGN_RATE_LIMIT_TENANT_BURST")]
+    pub rate_limit_tenant_burst: Option<NonZeroU32>,
+    /// Requests one principal (a token's subject or an API key) may make on /v1: `<n>/s`,
+    /// `<n>/m` or `<n>/h` (unset or 0: no limit).
+    #[arg(long, env = "COUNTERSIGN_RATE_LIMIT_PRINCIPAL", value_parser = parse_rate)]
+    pub rate_limit_principal: Option<Rate>,
+    /// Largest burst of one principal's requests (default: the rate's count).
+    #[arg(long, env = "COUNTERSIGN_RATE_LIMIT_PRINCIPAL_BURST")]
+    pub rate_limit_principal_burst: Option<NonZeroU32>,
+}
+
+/// A parsed `--rate-limit-*` value: none when it turns the limit off (`0`).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(Option<RateLimit>);
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    RateLimit::parse(text).map(Rate)
+}
+
+impl RateLimitArgs {
+    fn rate(rate: Option<Rate>, burst: Option<NonZeroU32>) -> Option<RateLimit> {
+        let rate = rate.and_then(|Rate(rate)| rate)?;
+        Some(burst.map_or(rate, |burst| rate.with_burst(burst)))
+    }
+
+    /// The tenant's and the principal's rates.
+    pub fn rates(&self) -> (Option<RateLimit>, Option<RateLimit>) {
+        (
+            Self::rate(self.rate_limit_tenant, self.rate_limit_tenant_burst),
+            Self::rate(self.rate_limit_principal, self.rate_limit_principal_burst),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -98,6 +143,10 @@ pub struct ExecutorArgs {
     /// How often deadlines, retries and expired leases are swept.
     #[arg(long, env = "COUNTERSIGN_SWEEP_SECONDS", default_value_t = 5)]
     pub sweep_seconds: u64,
+    /// CIDRs outbound requests (webhooks) may reach off the public internet, comma-separated
+    /// (`127.0.0.0/8` for a receiver on loopback); none by default. See docs/capabilities.md.
+    #[arg(long, env = "COUNTERSIGN_OUTBOUND_ALLOW", default_value = "")]
+    pub outbound_allow: countersign_executor::OutboundPolicy,
 }
 
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
@@ -117,6 +166,7 @@ impl ServeArgs {
         };
         let auth = self.auth.config(&self.store)?;
         let store = self.store.config();
+        let (tenant_rate, principal_rate) = self.rate_limits.rates();
         Ok(RuntimeConfig {
             auth,
             listen: self
@@ -125,6 +175,8 @@ impl ServeArgs {
             limits: Limits {
                 body_bytes: self.body_limit_bytes,
                 request_timeout: Duration::from_secs(self.request_timeout_seconds),
+                tenant_rate,
+                principal_rate,
                 ..Limits::default()
             },
             metrics_token: self.metrics_token.clone(),
@@ -143,6 +195,7 @@ impl ServeArgs {
                 webhook_key: self.auth.webhook_key(&self.store)?,
                 lease: Duration::from_secs(self.executor.execution_lease_seconds),
                 sweep_interval: Duration::from_secs(self.executor.sweep_seconds),
+                outbound: self.executor.outbound_allow.clone(),
                 ..ExecutorSettings::default()
             },
             ..RuntimeConfig::new(role, store)
@@ -169,5 +222,57 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        rate_limits: RateLimitArgs,
+    }
+
+    fn rates(args: &[&str]) -> Result<(Option<RateLimit>, Option<RateLimit>), clap::Error> {
+        Flags::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map(|flags| flags.rate_limits.rates())
+    }
+
+    #[test]
+    fn rate_limits_parse_with_their_bursts_and_zero_is_off() {
+        let (tenant, principal) = rates(&[
+            "--rate-limit-tenant",
+            "100/s",
+            "--rate-limit-tenant-burst",
+            "200",
+            "--rate-limit-principal",
+            "0",
+            "--rate-limit-principal-burst",
+            "5",
+        ])
+        .expect("valid flags");
+        let tenant = tenant.expect("a tenant limit");
+        assert_eq!(
+            (tenant.requests.get(), tenant.per, tenant.burst.get()),
+            (100, Duration::from_secs(1), 200)
+        );
+        assert_eq!(principal, None, "0 turns the limit off");
+        let (_, principal) = rates(&["--rate-limit-principal", "30/m"]).expect("valid flags");
+        let principal = principal.expect("a principal limit");
+        assert_eq!(
+            (
+                principal.requests.get(),
+                principal.per,
+                principal.burst.get()
+            ),
+            (30, Duration::from_secs(60), 30)
+        );
+        assert!(rates(&["--rate-limit-tenant", "fast"]).is_err());
+        assert!(rates(&["--rate-limit-tenant-burst", "0"]).is_err());
     }
 }

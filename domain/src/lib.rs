@@ -12,6 +12,7 @@
 //! - [`tenant`] holds a tenant's policies, settings and API keys as aggregates.
 
 pub mod action;
+pub mod address;
 pub mod canonical;
 pub mod criteria;
 pub mod document;

@@ -4,11 +4,13 @@
 //! policy in force at any past moment can be reconstructed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::address;
 use crate::criteria::Criteria;
 use crate::policy::{Policy, Requirements};
 use crate::{
@@ -358,6 +360,34 @@ impl WebhookUrl {
         &self.0
     }
 
+    /// Where the URL points, checked when a setting saves it. Parsed as the executor parses it
+    /// (the `url` crate); an IP literal that no allow-list may open (unspecified, multicast,
+    /// broadcast, the cloud metadata addresses: [`address::Refusal::always`]) is refused.
+    /// Loopback and private literals pass here: whether they may be reached is the operator's
+    /// allow-list (`COUNTERSIGN_OUTBOUND_ALLOW`), which only the executor knows and applies when
+    /// it sends; names are resolved and checked then too. Not part of [`Self::parse`], so that
+    /// settings already recorded always load.
+    pub fn check_destination(&self) -> Result<(), ParseError> {
+        let url = url::Url::parse(&self.0)
+            .map_err(|err| ParseError::new("webhook_url", format!("not a valid URL: {err}")))?;
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(url::Host::Domain(_)) => return Ok(()),
+            None => return Err(ParseError::new("webhook_url", "must name a host")),
+        };
+        match address::refusal(ip) {
+            Some(refusal) if refusal.always() => Err(ParseError::new(
+                "webhook_url",
+                format!(
+                    "refused: {ip} is {}, which no outbound request may reach",
+                    refusal.describe()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The URL as shown to people: credentials in its userinfo (`https://user:pass@host/…`)
     /// replaced by `***` (`https://***@host/…`). Only the executor needs the real URL.
     pub fn redacted(&self) -> Self {
@@ -525,6 +555,13 @@ impl TenantSettings {
         }
         if self.tenant.is_some() && settings == self.settings {
             return Ok(Vec::new());
+        }
+        // Only a new URL is checked: a recorded one never stops other settings (safe mode) from
+        // changing.
+        if let Some(url) = &settings.webhook_url
+            && self.settings.webhook_url.as_ref() != Some(url)
+        {
+            url.check_destination().map_err(TenantError::InvalidInput)?;
         }
         Ok(vec![SettingsEvent::SettingsUpdated {
             context: context.event_context(),
@@ -983,6 +1020,71 @@ mod tests {
             settings.webhook_url,
             Some(replaced),
             "another host is a new URL"
+        );
+    }
+
+    #[test]
+    fn a_new_webhook_url_to_an_address_nothing_may_reach_is_refused_when_saved() {
+        let save = |current: &TenantSettings, url: &str, version| {
+            current.decide(SettingsCommand::UpdateSettings {
+                context: context("acme", version),
+                settings: Settings {
+                    webhook_url: Some(WebhookUrl::parse(url).expect("parses")),
+                    ..Settings::default()
+                },
+            })
+        };
+        let empty = TenantSettings::default();
+        for url in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[fd00:ec2::254]/",
+            "http://0.0.0.0:5432/",
+            "http://[::]/",
+            "http://224.0.0.1/",
+            "http://[ff02::1]/",
+            "http://255.255.255.255/",
+            "http://0/",
+        ] {
+            let Err(TenantError::InvalidInput(error)) = save(&empty, url, 0) else {
+                panic!("{url} is refused");
+            };
+            assert_eq!(error.field, "webhook_url", "{url}");
+            assert!(error.message.starts_with("refused: "), "{url}: {error}");
+        }
+        let Err(TenantError::InvalidInput(error)) = save(&empty, "http://[::1", 0) else {
+            panic!("not a URL");
+        };
+        assert!(error.message.contains("not a valid URL"), "{error}");
+        // The operator's allow-list decides these when the executor sends; names are resolved
+        // only then.
+        for url in [
+            "http://127.0.0.1:8080/hook",
+            "http://10.0.0.1/",
+            "http://[::1]/",
+            "https://hooks.example.com/in",
+            "http://localhost/",
+        ] {
+            assert!(save(&empty, url, 0).is_ok(), "{url}");
+        }
+        // A URL recorded before the check never stops another setting from changing.
+        let mut recorded = TenantSettings::default();
+        recorded.apply(SettingsEvent::SettingsUpdated {
+            context: context("acme", 0).event_context(),
+            settings: Settings {
+                webhook_url: Some(WebhookUrl::parse("http://0.0.0.0/").expect("parses")),
+                ..Settings::default()
+            },
+        });
+        let mut safe = recorded.settings.clone();
+        safe.mode = TenantMode::Safe;
+        assert!(
+            recorded
+                .decide(SettingsCommand::UpdateSettings {
+                    context: context("acme", 1),
+                    settings: safe,
+                })
+                .is_ok()
         );
     }
 

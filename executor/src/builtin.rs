@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::capability::{Capability, Completed, Failure, Invocation, Progress};
+use crate::outbound::{Outbound, OutboundError};
 
 /// `noop.echo`: answers its payload. For demos and tests.
 #[derive(Debug, Clone, Default)]
@@ -37,10 +38,12 @@ impl Capability for Echo {
 }
 
 /// `webhook.post`: POSTs the payload to the tenant's webhook URL, signed with HMAC-SHA256, with
-/// the execution key as `Idempotency-Key` so that the receiver can drop repeats.
+/// the execution key as `Idempotency-Key` so that the receiver can drop repeats. Through the
+/// [`Outbound`] client: a URL it refuses (loopback, private, metadata… unless allowed) fails for
+/// good and posts nothing.
 #[derive(Debug, Clone)]
 pub struct Webhook {
-    client: reqwest::Client,
+    client: Outbound,
     /// Per-tenant signing secrets are derived from this key.
     signing_key: [u8; 32],
 }
@@ -48,16 +51,11 @@ pub struct Webhook {
 pub const SIGNATURE_HEADER: &str = "x-countersign-signature";
 
 impl Webhook {
-    pub fn new(signing_key: [u8; 32], timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(timeout)
-                // A followed 301/302/303 turns the POST into a GET without the body, whose 200
-                // would count as delivered: a redirect is an answer like any other 3xx.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
+    pub fn new(signing_key: [u8; 32], client: Outbound) -> Self {
+        Self {
+            client,
             signing_key,
-        })
+        }
     }
 
     /// The tenant's HMAC secret: blake3 keyed with the service's webhook key, over the tenant.
@@ -97,25 +95,48 @@ impl Capability for Webhook {
             .map_err(|err| Failure::permanent(err.to_string()))?;
         let timestamp = chrono::Utc::now().timestamp();
         let secret = Self::tenant_secret(&self.signing_key, invocation.tenant.as_str());
+        let signature = Self::signature(&secret, timestamp, &body);
         progress.report(json!({ "step": "posting", "url": url.as_str() }));
-        let response = self
+        let answer = self
             .client
-            .post(url.as_str())
-            .header("content-type", "application/json")
-            .header("idempotency-key", invocation.execution_key.as_str())
-            .header("x-countersign-action", invocation.action_id.to_string())
-            .header("x-countersign-timestamp", timestamp.to_string())
-            .header(SIGNATURE_HEADER, Self::signature(&secret, timestamp, &body))
-            .body(body)
-            .send()
+            .post(
+                url.as_str(),
+                |request| {
+                    request
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", invocation.execution_key.as_str())
+                        .header("x-countersign-action", invocation.action_id.to_string())
+                        .header("x-countersign-timestamp", timestamp.to_string())
+                        .header(SIGNATURE_HEADER, signature)
+                },
+                body,
+            )
             .await
-            .map_err(|err| Failure::retryable(format!("posting to the webhook: {err}")))?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let answer = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+            .map_err(|err| match err {
+                OutboundError::Refused(refused) => Failure::permanent(refused.to_string()),
+                OutboundError::InvalidUrl(_) => {
+                    Failure::permanent(format!("the webhook_url cannot be posted to: {err}"))
+                }
+                OutboundError::Transport(_) => {
+                    Failure::retryable(format!("posting to the webhook: {err}"))
+                }
+            })?;
+        let status = answer.status;
+        let text = String::from_utf8_lossy(&answer.body).into_owned();
+        let truncated = answer.truncated;
+        // A body cut at the client's bound is kept as text: what was read, not a guess.
+        let answer = if truncated {
+            Value::String(text)
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))
+        };
         if status.is_success() {
+            let mut result = json!({ "status": status.as_u16(), "body": answer });
+            if truncated {
+                result["body_truncated"] = Value::Bool(true);
+            }
             Ok(Completed {
-                result: json!({ "status": status.as_u16(), "body": answer }),
+                result,
                 undo_payload: None,
             })
         } else if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {

@@ -28,6 +28,7 @@ use countersign_executor::builtin::{
     Echo, Email, LoggedEmail, SIGNATURE_HEADER, Webhook, WebhooksDisabled,
 };
 use countersign_executor::external::{CapabilityReply, CapabilityRequest, External};
+use countersign_executor::outbound::{Limits, Outbound};
 use countersign_executor::{Capability, Failure, Invocation, Progress, ProgressHub};
 use countersign_ledger::testing::{ChildGuard, nats_url};
 use futures::StreamExt;
@@ -571,8 +572,21 @@ fn receiver_verifies(
     mac.verify_slice(&signature).is_ok()
 }
 
+/// The outbound client of these tests: receivers run on loopback, which the operator's
+/// allow-list (`COUNTERSIGN_OUTBOUND_ALLOW`) must open.
+fn outbound() -> Outbound {
+    Outbound::new(
+        "127.0.0.0/8".parse().expect("a CIDR"),
+        Limits {
+            timeout: Duration::from_secs(10),
+            ..Limits::default()
+        },
+    )
+    .expect("an HTTP client")
+}
+
 fn webhook() -> Webhook {
-    Webhook::new(WEBHOOK_KEY, Duration::from_secs(10)).expect("an HTTP client")
+    Webhook::new(WEBHOOK_KEY, outbound())
 }
 
 #[tokio::test]
@@ -740,7 +754,7 @@ async fn a_python_receiver_written_from_the_docs_verifies_the_signature_and_drop
         .expect("verified again");
     assert_eq!(repeated.result["body"]["duplicate"], true);
 
-    let other_key = Webhook::new([7; 32], Duration::from_secs(10)).expect("an HTTP client");
+    let other_key = Webhook::new([7; 32], outbound());
     let refused = failure(other_key.execute(&invocation, &reports.progress).await);
     assert!(
         !refused.retryable && refused.message.contains("401"),

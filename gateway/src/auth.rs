@@ -11,6 +11,9 @@
 //! own callers ([`reserved_subject`]): only an API key makes a `key:` caller. A long-lived
 //! response (an event stream) re-checks its credential with a [`CredentialWatch`] and ends when
 //! a new request with it would be refused.
+//!
+//! The [`Caller`] extractor is also where every authenticated `/v1` request is counted against
+//! its tenant's and its principal's rate limits ([`crate::rate_limit`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -398,6 +401,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Authenticated and counted once per request: a second extraction reuses the first.
+        if let Some(caller) = parts.extensions.get::<Self>() {
+            return Ok(caller.clone());
+        }
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -410,6 +417,10 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::to_owned);
         tracing::Span::current().record("tenant", caller.tenant.as_str());
         tracing::Span::current().record("principal", caller.principal.id.as_str());
+        state
+            .rate_limiters
+            .check(&state.limits, &caller.tenant, &caller.principal.id)?;
+        parts.extensions.insert(caller.clone());
         Ok(caller)
     }
 }

@@ -175,7 +175,7 @@ impl OperationOutput for ApiError {
     ) -> Vec<(Option<OpenApiStatus>, OpenApiResponse)> {
         Self::operation_response(ctx, operation)
             .map(|response| {
-                [400, 401, 403, 404, 409, 422, 500]
+                [400, 401, 403, 404, 409, 422, 429, 500]
                     .into_iter()
                     .map(|status| (Some(OpenApiStatus::Code(status)), response.clone()))
                     .collect()

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod hub;
+pub mod rate_limit;
 pub mod routes;
 mod shape;
 mod stream;
@@ -31,6 +32,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{AuthConfig, Authenticator, Caller, Claims, mint_hs256};
 pub use hub::EventHub;
+pub use rate_limit::{RateLimit, RateLimiters};
 
 /// Limits the gateway enforces on every request.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +42,11 @@ pub struct Limits {
     /// How often a long-lived response (an event stream) re-checks its credential: it ends at
     /// the first check after the key is revoked or the token expires.
     pub credential_recheck: Duration,
+    /// Requests a tenant may make on `/v1`, all its principals together (none: unlimited).
+    pub tenant_rate: Option<RateLimit>,
+    /// Requests one principal (a token's subject or an API key) may make on `/v1` (none:
+    /// unlimited).
+    pub principal_rate: Option<RateLimit>,
 }
 
 impl Default for Limits {
@@ -48,6 +55,8 @@ impl Default for Limits {
             body_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(30),
             credential_recheck: Duration::from_secs(5),
+            tenant_rate: None,
+            principal_rate: None,
         }
     }
 }
@@ -60,6 +69,9 @@ pub struct AppState {
     pub auth: Authenticator,
     pub hub: EventHub,
     pub limits: Limits,
+    /// The limiters of [`Limits::tenant_rate`] and [`Limits::principal_rate`], shared by every
+    /// clone of this state (see [`rate_limit`]).
+    pub rate_limiters: RateLimiters,
     pub metrics: Option<PrometheusHandle>,
     pub metrics_token: Option<String>,
 }
@@ -73,6 +85,7 @@ impl AppState {
             auth: Authenticator::new(auth),
             hub: EventHub::new(),
             limits: Limits::default(),
+            rate_limiters: RateLimiters::default(),
             metrics: None,
             metrics_token: None,
         }

@@ -313,6 +313,40 @@ async fn the_requested_by_filter_refuses_what_the_user_history_refuses(kind: &st
     }
 }
 
+on_both_stores!(a_webhook_url_to_an_address_no_allow_list_opens_is_refused_when_saved);
+async fn a_webhook_url_to_an_address_no_allow_list_opens_is_refused_when_saved(kind: &str) {
+    let app = TestApp::spawn(kind).await;
+    let owner = token("olga", "acme", &["owner"]);
+    let before = app.get("/v1/settings", &owner).await.body;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://0.0.0.0:5432/",
+    ] {
+        let mut settings = before.clone();
+        settings["webhook_url"] = json!(url);
+        let put = app
+            .call(Method::PUT, "/v1/settings", Some(&owner), Some(settings))
+            .await;
+        assert_eq!(
+            put.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{url}: {}",
+            put.body
+        );
+        let text = put.body.to_string();
+        assert!(
+            text.contains("webhook_url") && text.contains("refused: "),
+            "{url}: {text}"
+        );
+    }
+    assert_eq!(
+        app.get("/v1/settings", &owner).await.body,
+        before,
+        "nothing saved"
+    );
+}
+
 on_both_stores!(settings_show_the_webhook_url_without_its_credentials);
 async fn settings_show_the_webhook_url_without_its_credentials(kind: &str) {
     let app = TestApp::spawn(kind).await;

@@ -28,6 +28,8 @@ pub struct RuntimeConfig {
     /// port, see [`crate::Runtime::local_addr`]). A worker listens only when given an address,
     /// and serves `/healthz`, `/readyz` and `/metrics` there, never `/v1`.
     pub listen: Option<SocketAddr>,
+    /// Body size, request timeout, and the `/v1` rate limits per tenant and per principal (off
+    /// by default; counted by each process on its own).
     pub limits: Limits,
     /// Bearer token a Prometheus scraper sends to read `/metrics` (unset: refused).
     pub metrics_token: Option<String>,
@@ -98,6 +100,8 @@ pub struct ExecutorSettings {
     pub lease: Duration,
     /// How often deadlines, due retries and expired leases are swept (at least 1 s).
     pub sweep_interval: Duration,
+    /// The private ranges outbound requests (webhooks) may reach; none by default.
+    pub outbound: countersign_executor::OutboundPolicy,
 }
 
 impl Default for ExecutorSettings {
@@ -111,6 +115,7 @@ impl Default for ExecutorSettings {
             webhook_key: None,
             lease: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(5),
+            outbound: countersign_executor::OutboundPolicy::default(),
         }
     }
 }
@@ -132,6 +137,7 @@ impl fmt::Debug for ExecutorSettings {
             )
             .field("lease", &self.lease)
             .field("sweep_interval", &self.sweep_interval)
+            .field("outbound", &self.outbound)
             .finish()
     }
 }

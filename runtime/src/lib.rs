@@ -151,7 +151,7 @@ impl Runtime {
             .transpose()
             .context("reading the listener's address")?;
         let progress = ProgressHub::default();
-        let registry = countersign_executor::registry(
+        let registry = countersign_executor::registry_with(
             config.executor.webhook_key,
             config
                 .executor
@@ -159,6 +159,7 @@ impl Runtime {
                 .as_ref()
                 .map(|smtp| (smtp.url.as_str(), smtp.from.as_str())),
             nats.clone(),
+            config.executor.outbound.clone(),
         )?;
         let executor = Executor::new(
             ledger.clone(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use countersign_app::App;
-use countersign_gateway::{AppState, AuthConfig, Claims, EventHub, Limits, app, mint_hs256};
+use countersign_gateway::{
+    AppState, AuthConfig, Claims, EventHub, Limits, RateLimit, RateLimiters, app, mint_hs256,
+};
 use countersign_ledger::testing::{TestStore, TestStream, eventually, settled_log, within};
 use countersign_projections::{ProjectionStore, Supervisor};
 use serde_json::Value;
@@ -110,8 +112,14 @@ impl TestApp {
         webhook_key: [u8; 32],
         nats: Option<(async_nats::Client, countersign_executor::StreamConfig)>,
     ) -> Self {
-        let registry =
-            countersign_executor::registry(Some(webhook_key), None, None).expect("registry");
+        // Receivers run on loopback: the tests' allow-list opens it, as an operator's would.
+        let registry = countersign_executor::registry_with(
+            Some(webhook_key),
+            None,
+            None,
+            "127.0.0.0/8".parse().expect("a CIDR"),
+        )
+        .expect("registry");
         let executor = countersign_executor::Executor::new(
             self.store.ledger.clone(),
             registry,
@@ -167,6 +175,35 @@ impl TestApp {
             .clone()
             .with_previewer(Arc::new(executor.clone()));
         self.executor = Some(executor);
+        self
+    }
+
+    /// The same app with rate limits per tenant and per principal (none: unlimited), on fresh
+    /// limiters.
+    #[must_use]
+    pub fn with_rate_limits(
+        mut self,
+        tenant: Option<RateLimit>,
+        principal: Option<RateLimit>,
+    ) -> Self {
+        self.state.limits.tenant_rate = tenant;
+        self.state.limits.principal_rate = principal;
+        self.state.rate_limiters = RateLimiters::default();
+        self
+    }
+
+    /// The same app rendering `/metrics` from this test binary's Prometheus recorder (installed
+    /// once per process).
+    #[must_use]
+    pub fn with_metrics(mut self) -> Self {
+        static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+            std::sync::OnceLock::new();
+        let handle = RECORDER.get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the only recorder of this test binary")
+        });
+        self.state.metrics = Some(handle.clone());
         self
     }
 
