@@ -108,7 +108,7 @@ impl RateLimitArgs {
 pub struct ExecutorArgs {
     /// NATS with JetStream (2.9+): one URL, or a cluster's seeds separated by commas. Without it,
     /// the executor tails the store directly.
-    #[arg(long, env = "NATS_URL")]
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     /// The JetStream stream events are relayed to.
     #[arg(

@@ -208,7 +208,18 @@ impl Email {
     /// `smtp://host:port` (plain, for a local relay), `smtp://host?tls=required` or `smtps://host`.
     pub fn new(smtp_url: &str, from: &str) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(smtp_url)
-            .with_context(|| format!("SMTP_URL {smtp_url}"))?
+            .with_context(|| {
+                // Named without its userinfo, which may hold the password.
+                let shown = url::Url::parse(smtp_url).map_or_else(
+                    |_| "<redacted>".to_owned(),
+                    |mut url| {
+                        let _ = url.set_username("");
+                        let _ = url.set_password(None);
+                        url.to_string()
+                    },
+                );
+                format!("SMTP_URL {shown}")
+            })?
             .timeout(Some(Duration::from_secs(20)))
             .build();
         let from = from

@@ -537,6 +537,9 @@ pub(crate) fn redact_urls(urls: &str) -> String {
             Ok(mut parsed) => {
                 if parsed.password().is_some() {
                     let _ = parsed.set_password(Some("***"));
+                } else if !parsed.username().is_empty() {
+                    // A lone userinfo is a token (`nats://<token>@host`).
+                    let _ = parsed.set_username("***");
                 }
                 parsed.to_string()
             }
@@ -597,5 +600,6 @@ mod tests {
             "nats://a:4222,nats://u:***@b:4222"
         );
         assert!(!redact_urls("smtp://u:secret@mail").contains("secret"));
+        assert_eq!(redact_urls("nats://t0ken@b:4222"), "nats://***@b:4222");
     }
 }
