@@ -70,7 +70,7 @@ fn json_error(path: String, error: &serde_json::Error) -> ApiError {
 /// are also scanned for what a parsed value hides (duplicate keys, `\u0000`, numbers that
 /// would be rounded; see [`countersign_domain::document::scan`]). Where serde and the schema of
 /// `T` (the OpenAPI document's) read JSON differently, the schema decides (see
-/// [`crate::shape`]): an integer written with a zero fraction (`2.0`) is read as the integer, and
+/// `shape.rs`): an integer written with a zero fraction (`2.0`) is read as the integer, and
 /// an array where an object goes is refused.
 pub fn parse_json<T: DeserializeOwned + JsonSchema + 'static>(bytes: &[u8]) -> Result<T, ApiError> {
     let parsed = parse_strictly::<T>(bytes);
