@@ -250,14 +250,23 @@ pub async fn cancel(
     written(&run(app, actor, id, command).await?)
 }
 
-/// Asks an approved action to run (its requester, an admin or an owner).
+/// The tenant's mode as the ledger holds it now.
+pub async fn current_mode(ledger: &Ledger, tenant: &TenantId) -> Result<TenantMode, AppError> {
+    let (settings, _) = ledger.load::<TenantSettings>(tenant).await?;
+    Ok(settings.settings.mode)
+}
+
+/// Asks an approved action to run (its requester, an admin or an owner), or one skipped because
+/// the tenant was in safe mode to run again now that it is not (refused while it still is).
 pub async fn request_execution(
     app: &App,
     actor: &Actor,
     id: ActionId,
 ) -> Result<Written<ActionDetail>, AppError> {
+    let mode = current_mode(&app.ledger, &actor.tenant).await?;
     let command = ActionCommand::RequestExecution(RequestExecution {
         context: actor.context(),
+        mode,
     });
     written(&run(app, actor, id, command).await?)
 }
@@ -291,12 +300,21 @@ pub async fn preview_execution(
 ) -> Result<ExecutionPreview, AppError> {
     let (current, _) = current(app, actor, id).await?;
     current.may_be_directed_by(&actor.principal, "execute")?;
-    let reason = match (current.status, current.mode) {
-        (ActionStatus::Approved, TenantMode::Safe) => {
+    let mode = current_mode(&app.ledger, &actor.tenant).await?;
+    let resumable = current.status == ActionStatus::Skipped && current.execution.resumable;
+    let reason = match (current.status, current.mode, mode) {
+        (ActionStatus::Approved, TenantMode::Safe, _) => {
             Some("the tenant was in safe mode at submission: it will be skipped".to_owned())
         }
-        (ActionStatus::Approved, _) => None,
-        (status, _) => Some(format!("the action is {status}, not approved")),
+        (ActionStatus::Approved, _, TenantMode::Safe) => {
+            Some("the tenant is in safe mode: it will be skipped".to_owned())
+        }
+        (ActionStatus::Approved, ..) => None,
+        (ActionStatus::Skipped, _, TenantMode::Safe) if resumable => Some(
+            "skipped for safe mode: it can run again once the tenant leaves safe mode".to_owned(),
+        ),
+        (ActionStatus::Skipped, ..) if resumable => None,
+        (status, ..) => Some(format!("the action is {status}, not approved")),
     };
     let (capability_preview, capability_error) = match &app.previewer {
         Some(previewer) => match previewer

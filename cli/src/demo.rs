@@ -215,8 +215,12 @@ impl Loader<'_> {
     }
 
     async fn request_execution(&self, id: ActionId, by: &Principal) -> anyhow::Result<()> {
+        let mode = countersign_app::actions::current_mode(self.ledger, &self.tenant)
+            .await
+            .context("the demo tenant's mode")?;
         let command = ActionCommand::RequestExecution(RequestExecution {
             context: self.context(by, self.now),
+            mode,
         });
         self.run(id, command).await
     }

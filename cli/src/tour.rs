@@ -121,6 +121,7 @@ impl Demo {
             ActionCommand::StartExecution(StartExecution {
                 context: self.context(&executor, minutes),
                 lease_seconds: 60,
+                mode: TenantMode::RequireApproval,
             }),
         )?;
         self.record(
@@ -188,6 +189,7 @@ impl Demo {
             }
             ActionEvent::ExecutionFailed(e) => format!("failed: {}", e.error),
             ActionEvent::ExecutionSkipped(e) => format!("skipped ({:?})", e.reason),
+            ActionEvent::ExecutionResumed(e) => format!("resumed (tenant mode {:?})", e.mode),
             ActionEvent::RollbackRequested(e) => format!("rolled back by {}", e.rollback_action_id),
         };
         writeln!(
@@ -244,7 +246,10 @@ pub fn run(json: bool) -> anyhow::Result<()> {
     let requester = demo.context(&ops_bot, 21);
     demo.record(
         &mut payout,
-        ActionCommand::RequestExecution(RequestExecution { context: requester }),
+        ActionCommand::RequestExecution(RequestExecution {
+            context: requester,
+            mode: TenantMode::RequireApproval,
+        }),
     )?;
     demo.execute(&mut payout, 22, json!({ "paused": true }))?;
 

@@ -69,6 +69,7 @@ mod tests {
             "ExecutionFailed",
             "ExecutionSkipped",
             "RollbackRequested",
+            "ExecutionResumed",
         ] {
             assert!(text.contains(event_type), "{event_type} missing");
         }

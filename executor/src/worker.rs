@@ -11,7 +11,7 @@ use countersign_domain::action::{
     Action, ActionCommand, ActionError, ActionEvent, ActionStatus, AttemptOutcome, CommandContext,
     ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, StartExecution,
 };
-use countersign_domain::tenant::TenantSettings;
+use countersign_domain::tenant::{Settings, TenantSettings};
 use countersign_domain::{ActionId, Principal, UserId};
 use countersign_ledger::{Committed, Ledger, LedgerError, Metadata};
 use tracing::{Instrument, info, info_span, warn};
@@ -180,12 +180,26 @@ impl Executor {
                 return Ok(Processed::RetryAt(due));
             }
         }
+        // The tenant's settings now: their mode goes into the claim (safe mode always wins,
+        // whatever the mode at submission), and the attempt runs with them.
+        let settings = match self.ledger.load::<TenantSettings>(&state.tenant).await {
+            Ok((settings, _)) => settings.settings,
+            Err(err) => {
+                let err = anyhow::Error::from(err);
+                warn!(
+                    error = format!("{err:#}"),
+                    "could not load the tenant's settings; the attempt will be retried"
+                );
+                return Ok(Processed::Nothing);
+            }
+        };
         let lease_seconds = u32::try_from(self.config.lease.as_secs())
             .unwrap_or(u32::MAX)
             .max(1);
         let claim = ActionCommand::StartExecution(StartExecution {
             context: self.context(state),
             lease_seconds,
+            mode: settings.mode,
         });
         let claimed = match self.command(id, state, claim).await {
             Ok(committed) => committed,
@@ -214,7 +228,7 @@ impl Executor {
         let Some(claimed) = claimed.aggregate.state() else {
             return Ok(Processed::Nothing);
         };
-        Ok(self.run(id, claimed, attempt).await)
+        Ok(self.run(id, claimed, attempt, settings).await)
     }
 
     async fn run(
@@ -222,19 +236,9 @@ impl Executor {
         id: &ActionId,
         state: &countersign_domain::action::ActionState,
         attempt: u32,
+        settings: Settings,
     ) -> Processed {
         let started = Instant::now();
-        let settings = match self.ledger.load::<TenantSettings>(&state.tenant).await {
-            Ok((settings, _)) => settings.settings,
-            Err(err) => {
-                let err = anyhow::Error::from(err);
-                warn!(
-                    error = format!("{err:#}"),
-                    "could not load the tenant's settings; the attempt will be retried"
-                );
-                return Processed::Nothing;
-            }
-        };
         let settings = match self
             .with_stored_credentials(state.tenant.as_str(), settings)
             .await
@@ -310,8 +314,8 @@ impl Executor {
     async fn with_stored_credentials(
         &self,
         tenant: &str,
-        mut settings: countersign_domain::tenant::Settings,
-    ) -> anyhow::Result<countersign_domain::tenant::Settings> {
+        mut settings: Settings,
+    ) -> anyhow::Result<Settings> {
         if let Some(url) = settings
             .webhook_url
             .as_ref()
@@ -352,7 +356,7 @@ impl Executor {
 fn invocation(
     state: &countersign_domain::action::ActionState,
     attempt: u32,
-    settings: countersign_domain::tenant::Settings,
+    settings: Settings,
 ) -> Invocation {
     Invocation {
         tenant: state.tenant.clone(),

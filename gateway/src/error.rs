@@ -197,6 +197,7 @@ impl From<ActionError> for ApiError {
             | ActionError::InvalidState { .. }
             | ActionError::DeadlineNotReached { .. }
             | ActionError::ExecutionNotRequested
+            | ActionError::SafeModeOn
             | ActionError::AlreadyExecuting { .. }
             | ActionError::AlreadyExecuted
             | ActionError::StaleAttempt { .. }

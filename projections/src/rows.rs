@@ -172,7 +172,8 @@ pub mod metric {
     /// Decisions by outcome (`approved`, `rejected`, `expired`, `cancelled`), decisions taken by
     /// the deadline (`timed_out`), escalated actions (`escalated`), and submissions (`submitted`).
     pub const OUTCOME: &str = "outcome";
-    /// Finished executions (`succeeded`, `failed`, `skipped`).
+    /// Actions whose execution is finished (`succeeded`, `failed`, `skipped`); an action skipped
+    /// for safe mode and resumed leaves `skipped`.
     pub const EXECUTION: &str = "execution";
     /// Decision latency histogram: bucket index → count (see [`super::latency_bucket`]).
     pub const LATENCY: &str = "latency";
@@ -242,19 +243,23 @@ pub fn stats_delta(
     if before.is_none_or(|state| state.escalations == 0) && after.escalations > 0 {
         delta.push((metric::OUTCOME, "escalated".to_owned(), 1));
     }
-    let finished = |state: &ActionState| {
-        matches!(
-            state.status,
-            ActionStatus::Executed | ActionStatus::Failed | ActionStatus::Skipped
-        )
+    // How the action's execution finished, if it has. A skip for safe mode can be resumed (back
+    // to approved), so this counts the actions that are finished now: a difference of two
+    // states, whatever events lie between them.
+    let finished = |state: &ActionState| match state.status {
+        ActionStatus::Executed => Some("succeeded"),
+        ActionStatus::Failed => Some("failed"),
+        ActionStatus::Skipped => Some("skipped"),
+        _ => None,
     };
-    if before.is_none_or(|state| !finished(state)) && finished(after) {
-        let outcome = match after.status {
-            ActionStatus::Executed => "succeeded",
-            ActionStatus::Failed => "failed",
-            _ => "skipped",
-        };
-        delta.push((metric::EXECUTION, outcome.to_owned(), 1));
+    let (was, is) = (before.and_then(finished), finished(after));
+    if was != is {
+        if let Some(was) = was {
+            delta.push((metric::EXECUTION, was.to_owned(), -1));
+        }
+        if let Some(is) = is {
+            delta.push((metric::EXECUTION, is.to_owned(), 1));
+        }
     }
     if votes_cast > 0 {
         delta.push((metric::VOTES, "cast".to_owned(), votes_cast));
@@ -280,5 +285,97 @@ mod tests {
                 "{seconds} → {upper}"
             );
         }
+    }
+
+    /// An action skipped for safe mode, resumed and executed: the counters over every batching
+    /// of its events add up to the same totals (it ends counted once, as succeeded).
+    #[test]
+    fn stats_of_a_skip_and_resume_do_not_depend_on_batch_boundaries() {
+        use countersign_domain::TenantMode;
+        use countersign_domain::action::{
+            Action, ActionCommand, RecordExecutionSuccess, RequestExecution, StartExecution,
+        };
+        use countersign_domain::quorum::Vote;
+        use countersign_ledger::testing::actions::{self, principal};
+        use std::collections::BTreeMap;
+
+        let tenant = actions::tenant("acme");
+        let now = chrono::Utc::now();
+        let at = |by: &countersign_domain::Principal, seconds| {
+            actions::context(&tenant, by, now + chrono::Duration::seconds(seconds))
+        };
+        let (rita, ana) = (
+            principal("rita", &["requester"]),
+            principal("ana", &["approver"]),
+        );
+        let executor = principal("executor:one", &[]);
+        let start = |seconds, mode| {
+            ActionCommand::StartExecution(StartExecution {
+                context: at(&executor, seconds),
+                lease_seconds: 60,
+                mode,
+            })
+        };
+        let commands = [
+            actions::submit(
+                at(&rita, 0),
+                actions::new_id(),
+                actions::submission("billing", "refund", "Refund", serde_json::json!({})),
+                &actions::any_of(1),
+                TenantMode::RequireApproval,
+            ),
+            actions::vote(at(&ana, 1), Vote::Approve, None),
+            actions::request_execution(at(&rita, 2)),
+            start(3, TenantMode::Safe),
+            ActionCommand::RequestExecution(RequestExecution {
+                context: at(&rita, 4),
+                mode: TenantMode::RequireApproval,
+            }),
+            start(5, TenantMode::RequireApproval),
+            ActionCommand::RecordExecutionSuccess(RecordExecutionSuccess {
+                context: at(&executor, 6),
+                attempt: 1,
+                result: serde_json::json!({}),
+                undo_payload: None,
+                duration_ms: 1,
+            }),
+        ];
+        let mut action = Action::default();
+        let mut states = vec![None];
+        for command in commands {
+            for event in action.decide(command).expect("decided") {
+                action.apply(event);
+                states.push(action.state().cloned());
+            }
+        }
+        let totals = |cuts: &[usize]| {
+            let mut totals: BTreeMap<(&str, String), i64> = BTreeMap::new();
+            for pair in cuts.windows(2) {
+                let after = states[pair[1]].as_ref().expect("submitted");
+                for (metric, key, change) in stats_delta(states[pair[0]].as_ref(), after, 0) {
+                    *totals.entry((metric, key)).or_default() += change;
+                }
+            }
+            totals.retain(|_, total| *total != 0);
+            totals
+        };
+        let last = states.len() - 1;
+        let every_event: Vec<usize> = (0..=last).collect();
+        let whole = totals(&[0, last]);
+        assert_eq!(totals(&every_event), whole);
+        let skipped = states
+            .iter()
+            .position(|state| {
+                state
+                    .as_ref()
+                    .is_some_and(|s| s.status == ActionStatus::Skipped)
+            })
+            .expect("skipped on the way");
+        assert_eq!(totals(&[0, skipped, last]), whole);
+        assert_eq!(
+            whole.get(&(metric::EXECUTION, "succeeded".to_owned())),
+            Some(&1)
+        );
+        assert_eq!(whole.get(&(metric::EXECUTION, "skipped".to_owned())), None);
     }
 }

@@ -24,7 +24,7 @@ use countersign_domain::action::{
     EventContext, ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, Rejection,
     RequestExecution, RequestRollback, StartExecution, SubmitAction,
 };
-use countersign_domain::{Principal, Role};
+use countersign_domain::{Principal, Role, TenantMode};
 use countersign_ledger::{Ledger, LogCursor, LoggedEvent};
 use serde::Serialize;
 use serde_json::Value;
@@ -95,6 +95,22 @@ fn context(event: &EventContext, roles: BTreeSet<Role>) -> CommandContext {
     }
 }
 
+/// A mode standing in for "not safe" where the decision only needed that (an attempt started,
+/// an execution requested of an approved action): those events do not record the mode.
+const NOT_SAFE: TenantMode = TenantMode::RequireApproval;
+
+/// The mode an executor's claim carried, as the claim's run records it: safe when the run ends
+/// in a skip that records it, else not safe.
+fn claim_mode(events: &[&ActionEvent]) -> TenantMode {
+    events
+        .iter()
+        .find_map(|event| match event {
+            ActionEvent::ExecutionSkipped(skipped) => Some(skipped.mode.unwrap_or(NOT_SAFE)),
+            _ => None,
+        })
+        .unwrap_or(NOT_SAFE)
+}
+
 fn lease_seconds(started: Option<&ActionEvent>) -> u32 {
     match started {
         Some(ActionEvent::ExecutionStarted(started)) => {
@@ -157,12 +173,28 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
         ActionEvent::ExecutionRequested(requested) => {
             vec![ActionCommand::RequestExecution(RequestExecution {
                 context: context(&requested.context, none()),
+                mode: NOT_SAFE,
+            })]
+        }
+        ActionEvent::ExecutionResumed(resumed) => {
+            // Who may ask is not recorded: the requester with their roles, anyone else as an
+            // admin (the only others the domain lets ask).
+            let roles = match action.state() {
+                Some(state) if state.requester.id == resumed.context.actor => {
+                    state.requester.roles.clone()
+                }
+                _ => BTreeSet::from([Role::admin()]),
+            };
+            vec![ActionCommand::RequestExecution(RequestExecution {
+                context: context(&resumed.context, roles),
+                mode: resumed.mode,
             })]
         }
         ActionEvent::ExecutionStarted(started) => {
             vec![ActionCommand::StartExecution(StartExecution {
                 context: context(&started.context, none()),
                 lease_seconds: lease_seconds(Some(first)),
+                mode: NOT_SAFE,
             })]
         }
         ActionEvent::RollbackRequested(requested) => {
@@ -172,9 +204,11 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
             })]
         }
         ActionEvent::ExecutionSkipped(skipped) => {
+            // Recorded without a mode: skipped for the mode at submission, whatever the mode then.
             vec![ActionCommand::StartExecution(StartExecution {
                 context: context(&skipped.context, none()),
                 lease_seconds: 1,
+                mode: skipped.mode.unwrap_or(NOT_SAFE),
             })]
         }
         ActionEvent::ExecutionSucceeded(succeeded) => {
@@ -200,6 +234,7 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
             ActionCommand::StartExecution(StartExecution {
                 context: context(&failed.context, none()),
                 lease_seconds: lease_seconds(events.get(1).copied()),
+                mode: claim_mode(&events[1..events.len().min(2)]),
             }),
         ],
         ActionEvent::StageApproved(_)
@@ -387,8 +422,7 @@ fn is_final(action: &Action) -> bool {
                 | ActionStatus::Rejected
                 | ActionStatus::Expired
                 | ActionStatus::Cancelled
-                | ActionStatus::Skipped
-        )
+        ) || (state.status == ActionStatus::Skipped && !state.execution.resumable)
     })
 }
 

@@ -626,6 +626,85 @@ async fn decisions(store: &TestStore) {
     assert_eq!(only_globex.actions, 4);
 }
 
+on_both_stores!(
+    the_decision_replay_reproduces_safe_mode_skips_and_resumes,
+    safe_mode_decisions
+);
+/// Skips for the tenant's mode at a claim (also after a lease ran out) and explicit resumes
+/// record every input their decision used: the replay reproduces them.
+async fn safe_mode_decisions(store: &TestStore) {
+    use chrono::{Duration, Utc};
+    use countersign_domain::TenantMode;
+    use countersign_domain::action::{ActionCommand, RequestExecution, StartExecution};
+    use countersign_ledger::testing::actions::{self, principal};
+
+    let id = support::approved_action(&store.ledger, "acme", 0).await;
+    let action_id = countersign_domain::ActionId::parse(&id).expect("an action id");
+    let tenant = actions::tenant("acme");
+    let now = Utc::now();
+    let rita = principal("rita", &["requester"]);
+    let ada = principal("ada", &["admin"]);
+    let executor = principal("executor:one", &[]);
+    let request = |by, seconds, mode| {
+        ActionCommand::RequestExecution(RequestExecution {
+            context: actions::context(&tenant, by, now + Duration::seconds(seconds)),
+            mode,
+        })
+    };
+    let start = |seconds, mode| {
+        ActionCommand::StartExecution(StartExecution {
+            context: actions::context(&tenant, &executor, now + Duration::seconds(seconds)),
+            lease_seconds: 5,
+            mode,
+        })
+    };
+    let steps = [
+        (
+            request(&rita, 1, TenantMode::RequireApproval),
+            vec!["ExecutionRequested"],
+        ),
+        (start(2, TenantMode::Safe), vec!["ExecutionSkipped"]),
+        (request(&ada, 3, TenantMode::Auto), vec!["ExecutionResumed"]),
+        (
+            start(4, TenantMode::RequireApproval),
+            vec!["ExecutionStarted"],
+        ),
+        // The lease ran out and the tenant is in safe mode: the next attempt does not start.
+        (
+            start(60, TenantMode::Safe),
+            vec!["ExecutionFailed", "ExecutionSkipped"],
+        ),
+        (
+            request(&rita, 61, TenantMode::RequireApproval),
+            vec!["ExecutionResumed"],
+        ),
+        (
+            start(62, TenantMode::RequireApproval),
+            vec!["ExecutionStarted"],
+        ),
+    ];
+    for (command, expected) in steps {
+        let committed = actions::execute(&store.ledger, action_id, command)
+            .await
+            .expect("command commits");
+        let types: Vec<&str> = committed
+            .events
+            .iter()
+            .map(|event| event.event.event_type())
+            .collect();
+        assert_eq!(types, expected);
+    }
+    readable(&store.ledger, 4 + 8).await;
+    let report = check_decisions(&store.ledger, None, |_, _| {})
+        .await
+        .expect("decisions");
+    assert!(report.is_ok(), "{:?}", report.mismatches);
+    assert_eq!(report.actions, 1);
+    // The reclaim's failure and skip replay as two commands (a recorded failure, then a claim),
+    // as a reclaim's failure and next start do.
+    assert_eq!(report.commands, 2 + 8);
+}
+
 // ------------------------------------------------------------------ publishing
 
 on_both_stores!(

@@ -156,11 +156,14 @@ pub struct ExpireAction {
     pub context: CommandContext,
 }
 
-/// Ask for an approved action to run (not needed when its policy auto-executes).
+/// Ask for an approved action to run (not needed when its policy auto-executes), or for an
+/// action skipped because the tenant was in safe mode to run again once it no longer is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestExecution {
     pub context: CommandContext,
+    /// The tenant's mode now: an action skipped for safe mode resumes only outside safe mode.
+    pub mode: TenantMode,
 }
 
 /// An executor claims the next attempt, for `lease_seconds`.
@@ -169,6 +172,8 @@ pub struct RequestExecution {
 pub struct StartExecution {
     pub context: CommandContext,
     pub lease_seconds: u32,
+    /// The tenant's mode now: in safe mode no attempt starts, whatever the mode at submission.
+    pub mode: TenantMode,
 }
 
 /// The capability finished the attempt.

@@ -46,6 +46,10 @@ pub enum ActionError {
     /// Another executor holds the attempt's lease. Handling: 409; the redelivery will see the outcome.
     #[error("attempt {attempt} is already executing")]
     AlreadyExecuting { attempt: u32 },
+    /// The action was skipped for safe mode and the tenant is still in safe mode. Handling:
+    /// 409; ask again once the tenant leaves safe mode.
+    #[error("the tenant is in safe mode: the action can run again only once it leaves safe mode")]
+    SafeModeOn,
     /// The action ran successfully already. Handling: 409; never run it again.
     #[error("the action has already been executed")]
     AlreadyExecuted,
@@ -76,6 +80,7 @@ impl ActionError {
             Self::DeadlineNotReached { .. } => "deadline_not_reached",
             Self::ExecutionNotRequested => "execution_not_requested",
             Self::AlreadyExecuting { .. } => "already_executing",
+            Self::SafeModeOn => "safe_mode_on",
             Self::AlreadyExecuted => "already_executed",
             Self::StaleAttempt { .. } => "stale_attempt",
             Self::AlreadyRolledBack { .. } => "already_rolled_back",

@@ -47,6 +47,7 @@ pub enum ActionEvent {
     ExecutionFailed(ExecutionFailed),
     ExecutionSkipped(ExecutionSkipped),
     RollbackRequested(RollbackRequested),
+    ExecutionResumed(ExecutionResumed),
 }
 
 /// The current version of every event type. Bump one when its shape changes, and add an upcaster.
@@ -65,12 +66,14 @@ macro_rules! event_types {
 
 impl ActionEvent {
     /// The event types after which an action may await execution: approved, execution requested,
-    /// an attempt failed (and may be retried), an attempt started (whose lease may run out).
-    pub const MAY_NEED_EXECUTION: [&'static str; 4] = event_types!(
+    /// an attempt failed (and may be retried), an attempt started (whose lease may run out), an
+    /// action skipped for safe mode asked to run again.
+    pub const MAY_NEED_EXECUTION: [&'static str; 5] = event_types!(
         ActionApproved,
         ExecutionRequested,
         ExecutionFailed,
         ExecutionStarted,
+        ExecutionResumed,
     );
 
     /// Whether the action may await execution after this event.
@@ -101,6 +104,7 @@ impl ActionEvent {
             Self::ExecutionFailed(_) => "ExecutionFailed",
             Self::ExecutionSkipped(_) => "ExecutionSkipped",
             Self::RollbackRequested(_) => "RollbackRequested",
+            Self::ExecutionResumed(_) => "ExecutionResumed",
         }
     }
 
@@ -120,6 +124,7 @@ impl ActionEvent {
             Self::ExecutionFailed(e) => &e.context,
             Self::ExecutionSkipped(e) => &e.context,
             Self::RollbackRequested(e) => &e.context,
+            Self::ExecutionResumed(e) => &e.context,
         }
     }
 }
@@ -310,16 +315,32 @@ pub struct ExecutionFailed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
-    /// The tenant was in safe mode when the action was submitted.
+    /// The tenant was in safe mode: when the action was submitted (`mode` absent; it never
+    /// runs), or when an executor was about to start it (`mode` is `safe`; it may be asked to
+    /// run again once the tenant leaves safe mode). Safe mode always wins.
     SafeMode,
 }
 
-/// The action was approved but will not run.
+/// The action was approved but did not run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExecutionSkipped {
     #[serde(flatten)]
     pub context: EventContext,
     pub reason: SkipReason,
+    /// The tenant's mode when the executor claimed the action, recorded when that mode (not the
+    /// mode at submission) is why it was skipped. Absent from every event recorded before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TenantMode>,
+}
+
+/// An action skipped because its tenant was in safe mode was asked to run again after the
+/// tenant left safe mode (the one who asked is `actor`): it is approved and requested again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutionResumed {
+    #[serde(flatten)]
+    pub context: EventContext,
+    /// The tenant's mode when it was asked (never `safe`).
+    pub mode: TenantMode,
 }
 
 /// An action that rolls this one back was submitted.

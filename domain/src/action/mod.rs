@@ -8,8 +8,9 @@
 //!   ┌─────────┐ ───────────────────────► ┌──────────┐ ─────────────► ┌───────────┐ ─────► executed
 //!   │ pending │        ┌──────────┐      │ approved │ ◄───────────── │ executing │ ─────► failed
 //!   └─────────┘ ─────► │escalated │ ───► └──────────┘  retryable     └───────────┘  (last attempt)
-//!     │  │  │ deadline └──────────┘          │ safe mode
-//!     │  │  └──────► expired / rejected      └──────────► skipped
+//!     │  │  │ deadline └──────────┘        │   ▲ resumed (out of safe mode)
+//!     │  │  │                         safe mode ▼   │
+//!     │  │  └──────► expired / rejected      skipped
 //!     │  └─────────► rejected (ratio, veto, unreachable)
 //!     └────────────► cancelled
 //! ```
@@ -59,7 +60,8 @@ pub enum ActionStatus {
     Rejected,
     Expired,
     Cancelled,
-    /// Approved in safe mode: it will never run.
+    /// Not run because the tenant was in safe mode: at submission (it never runs), or when an
+    /// executor was about to start it (it runs again only when asked once safe mode is off).
     Skipped,
 }
 
@@ -150,6 +152,13 @@ pub struct ExecutionState {
     pub history: Vec<AttemptRecord>,
     /// When the action was skipped in safe mode.
     pub skipped_at: Option<Timestamp>,
+    /// Why it was skipped, while it is.
+    #[serde(default)]
+    pub skip_reason: Option<SkipReason>,
+    /// Whether the skip came from the tenant's mode when the executor claimed it (not from the
+    /// mode at submission): such an action may be asked to run again outside safe mode.
+    #[serde(default)]
+    pub resumable: bool,
 }
 
 /// How the vote-collecting part of an action's life ended.
@@ -554,6 +563,15 @@ impl ActionState {
             ActionEvent::ExecutionSkipped(skipped) => {
                 self.status = ActionStatus::Skipped;
                 self.execution.skipped_at = Some(skipped.context.at);
+                self.execution.skip_reason = Some(skipped.reason);
+                self.execution.resumable = skipped.mode.is_some();
+            }
+            ActionEvent::ExecutionResumed(_) => {
+                self.status = ActionStatus::Approved;
+                self.execution.requested = true;
+                self.execution.skipped_at = None;
+                self.execution.skip_reason = None;
+                self.execution.resumable = false;
             }
         }
     }
@@ -744,6 +762,18 @@ impl Decider {
         command: RequestExecution,
     ) -> Result<(), ActionError> {
         state.may_be_directed_by(&command.context.by, "execute")?;
+        if state.status == ActionStatus::Skipped && state.execution.resumable {
+            // Skipped because the tenant was in safe mode when it was about to run: it runs
+            // again only when asked explicitly, and only once safe mode is off.
+            if command.mode == TenantMode::Safe {
+                return Err(ActionError::SafeModeOn);
+            }
+            self.emit(ActionEvent::ExecutionResumed(ExecutionResumed {
+                context: state.event_context(&command.context),
+                mode: command.mode,
+            }));
+            return Ok(());
+        }
         if state.status != ActionStatus::Approved {
             return Err(Self::execution_conflict(state, "execute"));
         }
@@ -764,10 +794,13 @@ impl Decider {
                 if !state.execution.requested {
                     return Err(ActionError::ExecutionNotRequested);
                 }
-                if state.mode == TenantMode::Safe {
+                // Safe mode always wins: at submission (recorded in the action) or now (in the
+                // command, recorded in the event).
+                if state.mode == TenantMode::Safe || command.mode == TenantMode::Safe {
                     self.emit(ActionEvent::ExecutionSkipped(ExecutionSkipped {
                         context,
                         reason: SkipReason::SafeMode,
+                        mode: (state.mode != TenantMode::Safe).then_some(command.mode),
                     }));
                     return Ok(());
                 }
@@ -789,6 +822,15 @@ impl Decider {
                     will_retry,
                 }));
                 if !will_retry {
+                    return Ok(());
+                }
+                if command.mode == TenantMode::Safe {
+                    // The next attempt has not started: safe mode stops it.
+                    self.emit(ActionEvent::ExecutionSkipped(ExecutionSkipped {
+                        context,
+                        reason: SkipReason::SafeMode,
+                        mode: Some(command.mode),
+                    }));
                     return Ok(());
                 }
                 running.attempt + 1

@@ -122,8 +122,10 @@ enum Step {
     Vote(usize, Vote),
     Expire,
     Cancel(usize),
-    Request(usize),
-    Start,
+    /// A voter asks it to run; `true` while the tenant is in safe mode now.
+    Request(usize, bool),
+    /// An executor claims it; `true` while the tenant is in safe mode now.
+    Start(bool),
     Succeed(u32),
     Fail(u32, bool),
 }
@@ -133,8 +135,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (0..VOTERS.len(), vote()).prop_map(|(v, vote)| Step::Vote(v, vote)),
         1 => Just(Step::Expire),
         1 => (0..VOTERS.len()).prop_map(Step::Cancel),
-        1 => (0..VOTERS.len()).prop_map(Step::Request),
-        2 => Just(Step::Start),
+        1 => (0..VOTERS.len(), any::<bool>()).prop_map(|(v, safe)| Step::Request(v, safe)),
+        2 => prop_oneof![3 => Just(false), 1 => Just(true)].prop_map(Step::Start),
         1 => (0u32..=1).prop_map(Step::Succeed),
         1 => (0u32..=1, any::<bool>()).prop_map(|(back, retryable)| Step::Fail(back, retryable)),
     ]
@@ -157,12 +159,14 @@ fn run(story: &mut Story, step: &Step, seconds: i64) {
             context: context(&voter(*v), seconds),
             reason: None,
         }),
-        Step::Request(v) => ActionCommand::RequestExecution(RequestExecution {
+        Step::Request(v, safe) => ActionCommand::RequestExecution(RequestExecution {
             context: context(&voter(*v), seconds),
+            mode: mode_now(*safe),
         }),
-        Step::Start => ActionCommand::StartExecution(StartExecution {
+        Step::Start(safe) => ActionCommand::StartExecution(StartExecution {
             context: context(&principal("executor:one", &[]), seconds),
             lease_seconds: 30,
+            mode: mode_now(*safe),
         }),
         Step::Succeed(back) => ActionCommand::RecordExecutionSuccess(RecordExecutionSuccess {
             context: context(&principal("executor:one", &[]), seconds),
@@ -186,6 +190,22 @@ fn run(story: &mut Story, step: &Step, seconds: i64) {
             before,
             "a refused command recorded events"
         );
+    }
+    if matches!(step, Step::Start(true)) {
+        assert!(
+            !story.events[before..]
+                .iter()
+                .any(|event| matches!(event, ActionEvent::ExecutionStarted(_))),
+            "an attempt started while the tenant was in safe mode"
+        );
+    }
+}
+
+fn mode_now(safe: bool) -> TenantMode {
+    if safe {
+        TenantMode::Safe
+    } else {
+        TenantMode::RequireApproval
     }
 }
 

@@ -134,15 +134,36 @@ impl Story {
         by: &Principal,
         seconds: i64,
     ) -> Result<Vec<&'static str>, ActionError> {
+        self.request_in(by, seconds, TenantMode::RequireApproval)
+    }
+
+    /// Asks the action to run while the tenant is in `mode`.
+    pub fn request_in(
+        &mut self,
+        by: &Principal,
+        seconds: i64,
+        mode: TenantMode,
+    ) -> Result<Vec<&'static str>, ActionError> {
         self.run(ActionCommand::RequestExecution(RequestExecution {
             context: context(by, seconds),
+            mode,
         }))
     }
 
     pub fn start(&mut self, seconds: i64) -> Result<Vec<&'static str>, ActionError> {
+        self.start_in(seconds, TenantMode::RequireApproval)
+    }
+
+    /// An executor claims the action while the tenant is in `mode`.
+    pub fn start_in(
+        &mut self,
+        seconds: i64,
+        mode: TenantMode,
+    ) -> Result<Vec<&'static str>, ActionError> {
         self.run(ActionCommand::StartExecution(StartExecution {
             context: context(&principal("executor:one", &[]), seconds),
             lease_seconds: 60,
+            mode,
         }))
     }
 
@@ -395,6 +416,124 @@ fn auto_mode_without_auto_approve_and_require_approval_mode_wait_for_votes() {
         TenantMode::Safe,
     );
     assert_eq!(safe_with_flag.status(), ActionStatus::Pending);
+}
+
+/// Safe mode always wins: an action approved while the tenant required approval is skipped when
+/// the tenant is in safe mode as the executor claims it, and the event records that mode.
+#[test]
+fn safe_mode_now_skips_an_action_submitted_outside_safe_mode() {
+    let mut story = approved(any(1));
+    story.request(&requester(), 2).expect("request");
+    assert_eq!(
+        story.start_in(3, TenantMode::Safe),
+        Ok(vec!["ExecutionSkipped"])
+    );
+    assert!(matches!(
+        story.last(),
+        ActionEvent::ExecutionSkipped(s)
+            if s.reason == SkipReason::SafeMode && s.mode == Some(TenantMode::Safe)
+    ));
+    assert_eq!(story.status(), ActionStatus::Skipped);
+    let state = story.state();
+    assert_eq!(state.execution.skip_reason, Some(SkipReason::SafeMode));
+    assert!(state.execution.resumable);
+    assert_eq!(state.execution.attempts, 0);
+    // No executor may start it, whatever the mode, until someone asks it to run again.
+    assert_eq!(
+        story.start_in(4, TenantMode::Auto).map_err(|e| e.code()),
+        Err("invalid_state")
+    );
+}
+
+/// The same precedence for an attempt not yet started after an executor's lease ran out.
+#[test]
+fn safe_mode_now_stops_the_retry_after_a_lease_runs_out() {
+    let mut story = approved(json!({
+        "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }],
+        "max_attempts": 3,
+    }));
+    story.request(&requester(), 2).expect("request");
+    assert_eq!(story.start(3), Ok(vec!["ExecutionStarted"]));
+    assert_eq!(
+        story.start_in(3 + 61, TenantMode::Safe),
+        Ok(vec!["ExecutionFailed", "ExecutionSkipped"])
+    );
+    assert_eq!(story.status(), ActionStatus::Skipped);
+    assert_eq!(story.state().execution.attempts, 1);
+}
+
+/// Resumable only by an explicit request, refused while the tenant is still in safe mode; once
+/// it is not, the request brings the action back to approved and requested, and it runs.
+#[test]
+fn an_action_skipped_for_safe_mode_resumes_only_when_asked_outside_safe_mode() {
+    let mut story = approved(any(1));
+    story.request(&requester(), 2).expect("request");
+    story.start_in(3, TenantMode::Safe).expect("skip");
+    assert_eq!(
+        story.request_in(&requester(), 4, TenantMode::Safe),
+        Err(ActionError::SafeModeOn)
+    );
+    assert_eq!(
+        story
+            .request_in(&approver("ana"), 5, TenantMode::RequireApproval)
+            .map_err(|e| e.code()),
+        Err("not_permitted")
+    );
+    assert_eq!(story.status(), ActionStatus::Skipped);
+    assert_eq!(
+        story.request_in(&principal("ada", &["admin"]), 6, TenantMode::Auto),
+        Ok(vec!["ExecutionResumed"])
+    );
+    assert!(matches!(
+        story.last(),
+        ActionEvent::ExecutionResumed(r) if r.mode == TenantMode::Auto && r.context.actor.as_str() == "ada"
+    ));
+    let state = story.state();
+    assert_eq!(state.status, ActionStatus::Approved);
+    assert!(state.awaits_execution());
+    assert_eq!(state.execution.skip_reason, None);
+    assert!(story.last().may_need_execution());
+    // Asking again changes nothing; the executor starts the first attempt.
+    assert_eq!(story.request(&requester(), 7), Ok(vec![]));
+    assert_eq!(story.start(8), Ok(vec!["ExecutionStarted"]));
+    assert_eq!(story.succeed(1, 9), Ok(vec!["ExecutionSucceeded"]));
+}
+
+/// An action submitted in safe mode keeps the old behaviour: skipped with no mode recorded,
+/// never resumable.
+#[test]
+fn an_action_submitted_in_safe_mode_is_never_resumed() {
+    let mut story = Story::submitted_in(
+        json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }], "auto_execute": true }),
+        TenantMode::Safe,
+    );
+    story.vote(&approver("ana"), Approve, 1).expect("vote");
+    assert_eq!(
+        story.start_in(2, TenantMode::Auto),
+        Ok(vec!["ExecutionSkipped"])
+    );
+    assert!(matches!(story.last(), ActionEvent::ExecutionSkipped(s) if s.mode.is_none()));
+    assert!(!story.state().execution.resumable);
+    assert_eq!(
+        story
+            .request_in(&requester(), 3, TenantMode::RequireApproval)
+            .map_err(|e| e.code()),
+        Err("invalid_state")
+    );
+}
+
+/// Events recorded before the mode was recorded still decode, as the old behaviour.
+#[test]
+fn an_old_skipped_event_without_a_mode_still_decodes() {
+    let old = json!({ "ExecutionSkipped": {
+        "tenant": "acme",
+        "action_id": "00000000-0000-0000-0000-000000000001",
+        "actor": "executor:one",
+        "at": "2026-01-01T00:00:00Z",
+        "reason": "safe_mode",
+    }});
+    let event: ActionEvent = serde_json::from_value(old).expect("old event decodes");
+    assert!(matches!(event, ActionEvent::ExecutionSkipped(s) if s.mode.is_none()));
 }
 
 #[test]
@@ -958,6 +1097,8 @@ fn every_event_type_that_may_need_execution_is_one_the_domain_records() {
     story.request(&requester(), 2).expect("request");
     story.start(3).expect("start");
     story.fail(1, true, 4).expect("fail");
+    story.start_in(5, TenantMode::Safe).expect("skip");
+    story.request(&requester(), 6).expect("resume");
     let recorded: std::collections::BTreeSet<&str> =
         story.events.iter().map(ActionEvent::event_type).collect();
     for event_type in ActionEvent::MAY_NEED_EXECUTION {

@@ -92,15 +92,21 @@ pub fn cancel(context: CommandContext) -> ActionCommand {
     })
 }
 
+/// A request to run, while the tenant requires approval (not in safe mode).
 pub fn request_execution(context: CommandContext) -> ActionCommand {
-    ActionCommand::RequestExecution(RequestExecution { context })
+    ActionCommand::RequestExecution(RequestExecution {
+        context,
+        mode: TenantMode::RequireApproval,
+    })
 }
 
-/// An executor's claim of the next attempt.
+/// An executor's claim of the next attempt, while the tenant requires approval (not in safe
+/// mode).
 pub fn start_execution(context: CommandContext, lease_seconds: u32) -> ActionCommand {
     ActionCommand::StartExecution(StartExecution {
         context,
         lease_seconds,
+        mode: TenantMode::RequireApproval,
     })
 }
 
