@@ -7,6 +7,8 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -195,35 +197,11 @@ struct Answer {
 }
 
 fn http(address: &str, method: &str, path: &str, bearer: &str, body: Option<&Value>) -> Answer {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let body = body.map(ToString::to_string).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {bearer}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let consistency_token = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("x-consistency-token")
-            .then(|| value.trim().to_owned())
-    });
+    let answer = support::request(address, method, path, Some(bearer), &[], body);
     Answer {
-        status,
-        consistency_token,
-        body: serde_json::from_str(body).unwrap_or(Value::Null),
+        status: answer.status,
+        consistency_token: answer.header("x-consistency-token"),
+        body: answer.json(),
     }
 }
 

@@ -4,9 +4,10 @@
     reason = "a test fails loudly where its setup breaks"
 )]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -267,28 +268,8 @@ fn http_get(address: &str, path: &str) -> (u16, String) {
 }
 
 fn http_get_as(address: &str, path: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    let authorization = bearer
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
+    let answer = support::request(address, "GET", path, bearer, &[], None);
+    (answer.status, answer.body)
 }
 
 /// `countersign serve` in a child process, killed if the test fails before it stops it (an
@@ -749,28 +730,8 @@ fn http_send(
     headers: &[(&str, &str)],
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    let body = body.map(ToString::to_string).unwrap_or_default();
-    let extra: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {bearer}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or_default())
+    let answer = support::request(address, method, path, Some(bearer), headers, body);
+    (answer.status, answer.json())
 }
 
 #[test]
