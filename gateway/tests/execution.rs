@@ -7,49 +7,17 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
 use countersign_executor::builtin::{SIGNATURE_HEADER, Webhook};
 use countersign_ledger::testing::{eventually, readable_log, within};
 use futures::StreamExt;
 use serde_json::json;
-use support::{TestApp, token};
+use support::{TestApp, receiver, token};
 
 const WEBHOOK_KEY: [u8; 32] = [42; 32];
-
-#[derive(Debug, Clone)]
-struct Delivery {
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-/// A real HTTP receiver on a free loopback port.
-async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
-    let deliveries = Arc::new(Mutex::new(Vec::new()));
-    let recorded = deliveries.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let recorded = recorded.clone();
-            async move {
-                recorded
-                    .lock()
-                    .expect("lock")
-                    .push(Delivery { headers, body });
-                axum::Json(json!({ "accepted": true }))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}/hook"), deliveries)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {

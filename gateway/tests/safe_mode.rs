@@ -9,39 +9,15 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use countersign_ledger::on_both_stores;
 use countersign_ledger::testing::{eventually, within};
 use serde_json::{Value, json};
-use support::{TestApp, token};
+use support::{TestApp, receiver, token};
 
 const WEBHOOK_KEY: [u8; 32] = [7; 32];
-
-/// A real HTTP receiver on a free loopback port that counts what it receives.
-async fn counting_receiver() -> (String, Arc<AtomicUsize>) {
-    let received = Arc::new(AtomicUsize::new(0));
-    let counter = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                axum::Json(json!({ "accepted": true }))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}/hook"), received)
-}
 
 async fn set_mode(app: &TestApp, owner: &str, mode: &str) {
     let mut settings = app.get("/v1/settings", owner).await.body;
@@ -80,7 +56,7 @@ fn count(events: &[Value], event_type: &str) -> usize {
 on_both_stores!(safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly);
 async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind: &str) {
     let app = TestApp::with_executor(kind, WEBHOOK_KEY).await;
-    let (url, received) = counting_receiver().await;
+    let (url, received) = receiver().await;
     let owner = token("olga", "acme", &["owner"]);
     let requester = token("rita", "acme", &["requester"]);
     let mut settings = app.get("/v1/settings", &owner).await.body;
@@ -130,7 +106,7 @@ async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind:
     assert_eq!(skipped["content"]["reason"], "safe_mode", "{skipped}");
     assert_eq!(skipped["content"]["mode"], "safe", "{skipped}");
     assert_eq!(count(&events, "ExecutionStarted"), 0);
-    assert_eq!(received.load(Ordering::SeqCst), 0, "nothing ran");
+    assert_eq!(received.lock().expect("lock").len(), 0, "nothing ran");
 
     let preview = app
         .post(
@@ -155,7 +131,7 @@ async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind:
     tokio::time::sleep(Duration::from_millis(300)).await;
     let detail = app.get(&format!("/v1/actions/{id}"), &requester).await;
     assert_eq!(detail.body["status"], "skipped");
-    assert_eq!(received.load(Ordering::SeqCst), 0);
+    assert_eq!(received.lock().expect("lock").len(), 0);
 
     // ... an explicit request does, exactly once, and the audit trail says who asked.
     let resumed = app
@@ -173,7 +149,7 @@ async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind:
     assert_eq!(count(&events, "ExecutionStarted"), 1);
     assert_eq!(count(&events, "ExecutionSucceeded"), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(received.load(Ordering::SeqCst), 1, "ran exactly once");
+    assert_eq!(received.lock().expect("lock").len(), 1, "ran exactly once");
 
     // Executed: asking again is refused as before.
     let again = app

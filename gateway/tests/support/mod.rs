@@ -2,10 +2,10 @@
 //! through the router with `oneshot`.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::{Body, to_bytes};
+use axum::body::{Body, Bytes, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use countersign_app::App;
 use countersign_gateway::{
@@ -13,7 +13,7 @@ use countersign_gateway::{
 };
 use countersign_ledger::testing::{TestStore, TestStream, eventually, settled_log, within};
 use countersign_projections::{ProjectionStore, Supervisor};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
@@ -324,4 +324,36 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP receiver on a free loopback port (`<url>/hook`); it answers 200 and keeps each
+/// delivery's headers and body.
+pub async fn receiver() -> (String, Arc<Mutex<Vec<Delivery>>>) {
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let recorded = deliveries.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let recorded = recorded.clone();
+            async move {
+                recorded
+                    .lock()
+                    .expect("lock")
+                    .push(Delivery { headers, body });
+                axum::Json(json!({ "accepted": true }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/hook"), deliveries)
 }
