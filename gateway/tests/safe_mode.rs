@@ -126,9 +126,30 @@ async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind:
     let detail = app.get(&format!("/v1/actions/{id}"), &requester).await;
     assert_eq!(detail.body["status"], "skipped");
 
-    // Leaving safe mode does not run it by itself ...
+    // Leaving safe mode does not run it by itself: once the executor has run an action
+    // requested after the switch (so it has seen the switch and swept since), the skipped one is
+    // still skipped and nothing was delivered ...
     set_mode(&app, &owner, "require_approval").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = app
+        .post(
+            "/v1/actions",
+            &requester,
+            json!({ "module": "noop", "capability": "echo", "summary": "After the switch",
+                    "payload": { "n": 1 } }),
+        )
+        .await;
+    let later = later.body["id"].as_str().expect("id").to_owned();
+    app.post(&format!("/v1/actions/{later}/approve"), &owner, json!({}))
+        .await;
+    let ran = app
+        .post(
+            &format!("/v1/actions/{later}/execute"),
+            &requester,
+            json!({}),
+        )
+        .await;
+    assert_eq!(ran.status, StatusCode::ACCEPTED, "{}", ran.body);
+    app.wait_for_status(&later, &requester, "executed").await;
     let detail = app.get(&format!("/v1/actions/{id}"), &requester).await;
     assert_eq!(detail.body["status"], "skipped");
     assert_eq!(received.lock().expect("lock").len(), 0);
@@ -148,7 +169,7 @@ async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind:
     assert_eq!(resumed["content"]["mode"], "require_approval");
     assert_eq!(count(&events, "ExecutionStarted"), 1);
     assert_eq!(count(&events, "ExecutionSucceeded"), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One attempt, recorded as succeeded once the receiver had answered: one delivery.
     assert_eq!(received.lock().expect("lock").len(), 1, "ran exactly once");
 
     // Executed: asking again is refused as before.
