@@ -571,14 +571,17 @@ mod tests {
                 Ok(())
             }
         });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while starts.load(Ordering::SeqCst) < 2 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never started again"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        countersign_ledger::testing::eventually(
+            countersign_ledger::testing::within(Duration::from_secs(20)),
+            async || {
+                if starts.load(Ordering::SeqCst) >= 2 {
+                    Ok(())
+                } else {
+                    Err("never started again")
+                }
+            },
+        )
+        .await;
         let _ = stop.send(true);
         let ended = tokio::time::timeout(Duration::from_secs(10), tasks.next())
             .await
