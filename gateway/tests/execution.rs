@@ -25,14 +25,7 @@ async fn submit_approve_execute_through_a_signed_webhook_and_stream_it() {
     let (url, deliveries) = receiver().await;
     let owner = token("olga", "acme", &["owner"]);
     let requester = token("rita", "acme", &["requester"]);
-    let mut settings = app.get("/v1/settings", &owner).await.body;
-    settings["webhook_url"] = json!(url);
-    assert_eq!(
-        app.call(Method::PUT, "/v1/settings", Some(&owner), Some(settings))
-            .await
-            .status,
-        StatusCode::OK
-    );
+    app.set_setting(&owner, "webhook_url", json!(url)).await;
 
     let submitted = app
         .post("/v1/actions", &requester, json!({
@@ -211,17 +204,9 @@ async fn webhook_credentials_reach_the_receiver_and_never_the_log() {
     let owner = token("olga", "acme", &["owner"]);
     let auditor = token("audrey", "acme", &["auditor"]);
     let requester = token("rita", "acme", &["requester"]);
-    let mut settings = app.get("/v1/settings", &owner).await.body;
-    settings["webhook_url"] = json!(with_credentials);
     let updated = app
-        .call(
-            Method::PUT,
-            "/v1/settings",
-            Some(&owner),
-            Some(settings.clone()),
-        )
+        .set_setting(&owner, "webhook_url", json!(with_credentials))
         .await;
-    assert_eq!(updated.status, StatusCode::OK, "{}", updated.body);
     let shown = url.replacen("http://", "http://***@", 1);
     assert_eq!(updated.body["webhook_url"], shown);
     // Sending back what was shown keeps the credentials (nothing changes).

@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use countersign_ledger::on_both_stores;
 use countersign_ledger::testing::{eventually, within};
 use serde_json::{Value, json};
@@ -20,12 +20,7 @@ use support::{TestApp, receiver, token};
 const WEBHOOK_KEY: [u8; 32] = [7; 32];
 
 async fn set_mode(app: &TestApp, owner: &str, mode: &str) {
-    let mut settings = app.get("/v1/settings", owner).await.body;
-    settings["mode"] = json!(mode);
-    let changed = app
-        .call(Method::PUT, "/v1/settings", Some(owner), Some(settings))
-        .await;
-    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    let changed = app.set_setting(owner, "mode", json!(mode)).await;
     assert_eq!(changed.body["mode"], mode);
 }
 
@@ -59,13 +54,8 @@ async fn safe_mode_stops_an_approved_action_until_it_is_resumed_explicitly(kind:
     let (url, received) = receiver().await;
     let owner = token("olga", "acme", &["owner"]);
     let requester = token("rita", "acme", &["requester"]);
-    let mut settings = app.get("/v1/settings", &owner).await.body;
-    assert_eq!(settings["mode"], "require_approval");
-    settings["webhook_url"] = json!(url);
-    let saved = app
-        .call(Method::PUT, "/v1/settings", Some(&owner), Some(settings))
-        .await;
-    assert_eq!(saved.status, StatusCode::OK, "{}", saved.body);
+    let saved = app.set_setting(&owner, "webhook_url", json!(url)).await;
+    assert_eq!(saved.body["mode"], "require_approval");
 
     // Submitted and approved while the tenant requires approval.
     let submitted = app

@@ -298,6 +298,18 @@ impl TestApp {
         self.call(Method::GET, path, Some(token), None).await
     }
 
+    /// Reads the tenant's settings as `owner`, sets one field, writes them back and checks the
+    /// write was accepted; answers the written settings.
+    pub async fn set_setting(&self, owner: &str, field: &str, value: Value) -> Answer {
+        let mut settings = self.get("/v1/settings", owner).await.body;
+        settings[field] = value;
+        let changed = self
+            .call(Method::PUT, "/v1/settings", Some(owner), Some(settings))
+            .await;
+        assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+        changed
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
