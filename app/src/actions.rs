@@ -14,7 +14,7 @@ use countersign_domain::tenant::{PolicySet, TenantSettings};
 use countersign_domain::{
     ActionId, Comment, IdempotencyKey, Source, Summary, TenantId, TenantMode, UserId,
 };
-use countersign_ledger::{Committed, Ledger, LedgerError, LogCursor};
+use countersign_ledger::{Committed, Ledger, LedgerError, LogCursor, LoggedEvent};
 use countersign_projections::{ActionDetail, AuditEntry, InboxFilter, InboxPage, Projection};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ fn written(committed: &Committed<Action>) -> Result<Written<ActionDetail>, AppEr
 /// The action as the ledger holds it now, with the log position of its last event, when it
 /// exists in the actor's tenant: another tenant's action answers exactly like a missing one.
 async fn current(app: &App, actor: &Actor, id: ActionId) -> Result<(ActionState, i64), AppError> {
-    let (action, position, _) = fold(app, id).await?;
+    let (action, position) = fold(app, id, |_, _| Ok(())).await?;
     action
         .into_state()
         .filter(|state| state.tenant == actor.tenant)
@@ -83,20 +83,23 @@ async fn current(app: &App, actor: &Actor, id: ActionId) -> Result<(ActionState,
         .ok_or_else(AppError::action_not_found)
 }
 
-/// Folds an action's stream from the log: the aggregate, its last event's position, and the
-/// decoded events (for the audit trail).
-async fn fold(app: &App, id: ActionId) -> Result<(Action, i64, Vec<AuditEntry>), AppError> {
-    let logged = app.ledger.stream_of::<Action>(&id).await?;
+/// Folds an action's stream from the log into the aggregate and its last event's position,
+/// showing `each` every event as stored and decoded (the audit trail builds its entries there;
+/// the detail needs none).
+async fn fold(
+    app: &App,
+    id: ActionId,
+    mut each: impl FnMut(&LoggedEvent, &ActionEvent) -> anyhow::Result<()>,
+) -> Result<(Action, i64), AppError> {
     let mut action = Action::default();
     let mut position = -1;
-    let mut audit = Vec::with_capacity(logged.len());
-    for logged in &logged {
+    for logged in &app.ledger.stream_of::<Action>(&id).await? {
         let event: ActionEvent = logged.decode::<Action>()?;
-        audit.push(AuditEntry::from_logged(logged, &event)?);
+        each(logged, &event)?;
         action.apply(event);
         position = logged.cursor.position;
     }
-    Ok((action, position, audit))
+    Ok((action, position))
 }
 
 /// The tenant's mode and the policy that governs `submission` by the actor.
@@ -397,7 +400,12 @@ pub async fn audit(app: &App, actor: &Actor, id: ActionId) -> Result<AuditTrail,
         &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
         "reading audit trails",
     )?;
-    let (action, _, events) = fold(app, id).await?;
+    let mut events = Vec::new();
+    let (action, _) = fold(app, id, |logged, event| {
+        events.push(AuditEntry::from_logged(logged, event)?);
+        Ok(())
+    })
+    .await?;
     if action
         .state()
         .is_none_or(|state| state.tenant != actor.tenant)
