@@ -1,7 +1,7 @@
 # One gate, run the same way everywhere: `make ci` is what CI and developers run.
 CARGO ?= cargo
 
-.PHONY: run demo tour test lint fmt schemas ci services flake-hunt bench fuzz-api
+.PHONY: run demo tour test lint fmt schemas ci services flake-hunt bench fuzz-api deny deny-advisories chaos
 
 ## The service on its embedded default (SQLite under ./data; set DATABASE_URL for PostgreSQL).
 run:
@@ -44,9 +44,31 @@ bench: services
 	$(CARGO) build --release -q -p countersign -p countersign-bench
 	target/release/countersign-bench all
 
-ci: lint test
+ci: lint deny test
 
 ## schemathesis --checks all against the served /openapi.json as an owner, a requester and an
 ## auditor, each for a bounded time (FUZZ_SECONDS, default 300; FUZZ_EXAMPLES, default 25).
 fuzz-api:
 	scripts/fuzz-api.sh
+
+## cargo-deny against deny.toml, offline: licenses, bans (one TLS stack, one SQLite) and sources.
+## `cargo fetch` first: cargo-deny reads the metadata of every platform's crates, which a build
+## for this host never downloads (a fresh clone's CI failed on wasm-bindgen's manifest).
+## cargo-deny is installed into target/tools on first use (from crates.io).
+DENY = target/tools/bin/cargo-deny
+$(DENY):
+	$(CARGO) install --quiet --root target/tools cargo-deny --locked
+
+deny: $(DENY)
+	$(CARGO) fetch --locked -q
+	$(DENY) --offline check --hide-inclusion-graph licenses bans sources
+
+## The RustSec advisories: needs the advisory database's git host, which the project's machines
+## cannot reach; run it where the network allows (docs/operations.md, "Supply chain").
+deny-advisories: $(DENY)
+	$(DENY) check advisories
+
+## The service under load while its parts fail, on PostgreSQL and NATS servers of its own
+## (10 to 20 minutes on the two-core host, loopback only); prints the table docs/chaos.md shows.
+chaos:
+	scripts/chaos.sh

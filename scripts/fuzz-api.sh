@@ -5,24 +5,56 @@
 # (default 300, spent in full) and FUZZ_EXAMPLES per operation and pass (default 25);
 # FUZZ_USERS picks fewer of the three. Fails when any run finds anything:
 # a 5xx, a response that does not match the document, an undocumented status, a schema-valid
-# request refused or a schema-invalid one accepted. The few rules the document cannot state are
-# allowed in schemathesis.toml, each with its reason. Loopback only.
+# request refused or a schema-invalid one accepted, or a refused request (4xx) that changed the
+# log (`refusal_changes_nothing`, scripts/fuzz_hooks.py, which schemathesis.toml loads). The few
+# rules the document cannot state are allowed in schemathesis.toml, each with its reason.
+# Loopback only.
+#
+# FUZZ_SEED makes a run repeatable (hypothesis's seed, deterministic generation); COUNTERSIGN_BIN
+# names an already built binary (the gate's test, cli/tests/fuzz_gate.rs, runs this script with
+# both, as the owner only, for about a minute and a half).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-300}
 examples=${FUZZ_EXAMPLES:-25}
 venv=target/fuzz-venv
+# Created once, under a lock: concurrent callers wait for one environment instead of racing.
 if [ ! -x "$venv/bin/st" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet 'schemathesis>=4,<5'
+  mkdir -p target
+  exec 9>"$venv.lock"
+  flock 9
+  if [ ! -x "$venv/bin/st" ]; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4,<5'
+  fi
+  exec 9>&-
 fi
-cargo build -q -p countersign
+# FUZZ_EXCLUDE_CHECKS leaves checks out (comma-separated schemathesis check names);
+# FUZZ_EXCLUDE_OPERATIONS leaves operations out ("METHOD /path" names separated by ';').
+excluded=()
+if [ -n "${FUZZ_EXCLUDE_CHECKS:-}" ]; then
+  excluded=(--exclude-checks "$FUZZ_EXCLUDE_CHECKS")
+fi
+IFS=';' read -r -a operations <<<"${FUZZ_EXCLUDE_OPERATIONS:-}"
+for operation in "${operations[@]}"; do
+  [ -n "$operation" ] && excluded+=(--exclude-name "$operation")
+done
+seeded=()
+if [ -n "${FUZZ_SEED:-}" ]; then
+  seeded=(--seed "$FUZZ_SEED" --generation-deterministic)
+fi
+bin=${COUNTERSIGN_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build -q -p countersign
+  bin=./target/debug/countersign
+fi
 data=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$data"' EXIT
-./target/debug/countersign demo --data-dir "$data" --log-format text >"$data/demo.txt" 2>/dev/null
+env -u DATABASE_URL "$bin" demo --data-dir "$data" --log-format text >"$data/demo.txt" 2>/dev/null
 port=$((20000 + RANDOM % 20000))
-./target/debug/countersign serve --data-dir "$data" --listen "127.0.0.1:$port" --log-format text 2>"$data/serve.log" &
+env -u DATABASE_URL "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --log-format text 2>"$data/serve.log" &
 server=$!
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
@@ -43,13 +75,15 @@ for user in $users; do
   # `--max-time` spends the budget on the phases in turn and ends the run with its report;
   # `timeout` is the backstop should it not stop. One worker: with two threads, hypothesis's
   # `ast.parse` on Python 3.11 fails now and then ("AST constructor recursion depth mismatch").
-  timeout "$((seconds + 60))" "$venv/bin/st" --config-file schemathesis.toml run \
+  # The hooks' check reads the log's head as this user (scripts/fuzz_hooks.py).
+  COUNTERSIGN_FUZZ_URL="http://127.0.0.1:$port" COUNTERSIGN_FUZZ_TOKEN="$token" \
+    timeout "$((seconds + 60))" "$venv/bin/st" --config-file schemathesis.toml run \
     "http://127.0.0.1:$port/openapi.json" \
     --header "Authorization: Bearer $token" \
     --checks all \
     --max-examples "$examples" \
     --max-time "$seconds" \
-    --workers 1 || code=$?
+    --workers 1 "${seeded[@]}" "${excluded[@]}" || code=$?
   if [ "$code" -eq 124 ]; then
     echo "fuzz-api: the run as $user did not stop within ${seconds}s" >&2
   fi

@@ -4,7 +4,9 @@
 # - PostgreSQL on 127.0.0.1:5432, user postgres with trust authentication on loopback (the tests
 #   connect to postgres://postgres@127.0.0.1:5432/postgres and create a database each);
 # - NATS with JetStream on 127.0.0.1:4222 (store in /var/lib/nats-server);
-# - the Python virtual environment with the packages the tests run (scripts/py_blake3.sh).
+# - the Python virtual environment with the packages the tests run (scripts/py_blake3.sh);
+# - Chromium and its WebDriver (/usr/bin/chromedriver) for the console's browser tests, from
+#   Debian's `chromium` and `chromium-driver` packages (a browser is never downloaded).
 #
 # What is missing is installed from Debian's packages (one `apt-get update`, then
 # `apt-get install`), what is stopped is started, and trust authentication is added to
@@ -79,6 +81,10 @@ if [ ! -x /usr/sbin/nats-server ]; then
 fi
 if ! python_ready; then
   missing+=(python3 python3-venv)
+fi
+# The console's browser tests drive Debian's Chromium through /usr/bin/chromedriver.
+if [ ! -x /usr/bin/chromedriver ]; then
+  missing+=(chromium chromium-driver)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing ${missing[*]} from Debian's packages"

@@ -2,8 +2,9 @@
 //! views of one action (detail, audit trail, the state a stream starts from).
 
 use countersign_domain::action::{
-    Action, ActionCommand, ActionError, ActionEvent, ActionState, ActionStatus, CancelAction,
-    CastVote, RequestExecution, RequestRollback, SubmitAction,
+    Action, ActionCommand, ActionError, ActionEvent, ActionState, ActionStatus, BreakGlassApprove,
+    CancelAction, CastBoundVote, CastDelegatedVote, CastVote, RequestExecution, RequestRollback,
+    ReviewBreakGlass, ReviewVerdict, SubmitAction,
 };
 use countersign_domain::canonical::ExecutionKey;
 use countersign_domain::policy::{PolicySnapshot, resolve};
@@ -48,7 +49,7 @@ pub enum Submitted {
     channel = actor.channel.as_str(),
     correlation_id = command.context().correlation_id.as_ref().map(|id| id.as_str()),
 ))]
-async fn run(
+pub(crate) async fn run(
     app: &App,
     actor: &Actor,
     id: ActionId,
@@ -61,7 +62,7 @@ async fn run(
     result
 }
 
-fn written(committed: &Committed<Action>) -> Result<Written<ActionDetail>, AppError> {
+pub(crate) fn written(committed: &Committed<Action>) -> Result<Written<ActionDetail>, AppError> {
     let state = committed
         .aggregate
         .state()
@@ -198,10 +199,59 @@ pub async fn vote(
     vote: Vote,
     comment: Option<Comment>,
 ) -> Result<Written<ActionDetail>, AppError> {
-    let command = ActionCommand::CastVote(CastVote {
+    vote_bound(app, actor, id, vote, comment, None).await
+}
+
+/// Votes on the action's current stage, bound to the execution key the voter saw when one is
+/// given: refused with `payload_changed` when it is not the action's, recorded in the vote
+/// otherwise (see docs/governance.md).
+pub async fn vote_bound(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    vote: Vote,
+    comment: Option<Comment>,
+    execution_key: Option<ExecutionKey>,
+) -> Result<Written<ActionDetail>, AppError> {
+    let cast = CastVote {
         context: actor.context(),
         vote,
         comment,
+    };
+    let command = match execution_key {
+        Some(execution_key) => ActionCommand::CastBoundVote(CastBoundVote {
+            vote: cast,
+            execution_key,
+            signature: None,
+        }),
+        None => ActionCommand::CastVote(cast),
+    };
+    written(&run(app, actor, id, command).await?)
+}
+
+/// Votes in `delegator`'s place through a delegation window active now (see
+/// [`crate::delegations`]): the ballot is the delegator's, counted with the roles they lent,
+/// recorded as cast by the actor. The domain refuses a vote on either one's own request and a
+/// second ballot of the actor's in the stage.
+pub async fn vote_for(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    delegator: &UserId,
+    vote: Vote,
+    comment: Option<Comment>,
+    execution_key: Option<ExecutionKey>,
+) -> Result<Written<ActionDetail>, AppError> {
+    let context = actor.context();
+    let delegation = crate::delegations::active(app, actor, delegator, context.at).await?;
+    let command = ActionCommand::CastDelegatedVote(CastDelegatedVote {
+        vote: CastVote {
+            context,
+            vote,
+            comment,
+        },
+        on_behalf_of: delegation.delegator,
+        execution_key,
     });
     written(&run(app, actor, id, command).await?)
 }
@@ -249,6 +299,43 @@ pub async fn cancel(
     let command = ActionCommand::CancelAction(CancelAction {
         context: actor.context(),
         reason,
+    });
+    written(&run(app, actor, id, command).await?)
+}
+
+/// Approves a pending action alone in an emergency (a member holding the `break_glass` role,
+/// never on their own request), with a justification; its review is due the tenant's
+/// `break_glass_review_seconds` later (a day unless set), then it escalates.
+pub async fn break_glass(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    justification: Comment,
+) -> Result<Written<ActionDetail>, AppError> {
+    let (settings, _) = app.ledger.load::<TenantSettings>(&actor.tenant).await?;
+    let context = actor.context();
+    let review_due = context.at + settings.settings.break_glass_review_seconds.duration();
+    let command = ActionCommand::BreakGlassApprove(BreakGlassApprove {
+        context,
+        justification,
+        review_due,
+    });
+    written(&run(app, actor, id, command).await?)
+}
+
+/// Records the review after the fact of a break-glass approval (a member eligible in one of the
+/// action's stages, neither the breaker nor the requester; once).
+pub async fn review_break_glass(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+    verdict: ReviewVerdict,
+    comment: Option<Comment>,
+) -> Result<Written<ActionDetail>, AppError> {
+    let command = ActionCommand::ReviewBreakGlass(ReviewBreakGlass {
+        context: actor.context(),
+        verdict,
+        comment,
     });
     written(&run(app, actor, id, command).await?)
 }
@@ -400,6 +487,20 @@ pub async fn audit(app: &App, actor: &Actor, id: ActionId) -> Result<AuditTrail,
         &[roles::OWNER, roles::ADMIN, roles::AUDITOR],
         "reading audit trails",
     )?;
+    let (_, events) = with_trail(app, actor, id).await?;
+    Ok(AuditTrail {
+        action_id: id,
+        events,
+    })
+}
+
+/// The action and its audit entries from one read of its stream; another tenant's action is a
+/// missing one. The caller checks who may read trails.
+async fn with_trail(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+) -> Result<(Action, Vec<AuditEntry>), AppError> {
     let mut events = Vec::new();
     let (action, _) = fold(app, id, |logged, event| {
         events.push(AuditEntry::from_logged(logged, event)?);
@@ -412,10 +513,23 @@ pub async fn audit(app: &App, actor: &Actor, id: ActionId) -> Result<AuditTrail,
     {
         return Err(AppError::action_not_found());
     }
-    Ok(AuditTrail {
-        action_id: id,
-        events,
-    })
+    Ok((action, events))
+}
+
+/// An action as [`watch`] gives it, with its audit trail (as [`audit`] gives it) when the actor
+/// may read audit trails (owner, admin, auditor), from one read of its stream: what a page
+/// showing both reads.
+pub async fn watch_with_audit(
+    app: &App,
+    actor: &Actor,
+    id: ActionId,
+) -> Result<(Action, Option<Vec<AuditEntry>>), AppError> {
+    if !actor.has_any(&[roles::OWNER, roles::ADMIN, roles::AUDITOR]) {
+        let (action, _) = watch(app, actor, id).await?;
+        return Ok((action, None));
+    }
+    let (action, events) = with_trail(app, actor, id).await?;
+    Ok((action, Some(events)))
 }
 
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -435,6 +549,33 @@ pub async fn inbox(
         actor.may_read_history_of(user)?;
     }
     app.wait_for(Projection::Actions, consistent_with).await?;
+    // The actor's own `eligible` view also holds what members who delegated to them may vote on.
+    if filter
+        .eligible
+        .as_ref()
+        .is_some_and(|me| me.id == actor.principal.id)
+    {
+        let at = actor.tenant_context().at;
+        let (set, _) = app
+            .ledger()
+            .load::<countersign_domain::delegation::DelegationSet>(&actor.tenant)
+            .await
+            .map_err(|error| AppError::internal("loading the tenant's delegations", error))?;
+        let delegators: Vec<_> = set
+            .delegations
+            .values()
+            .filter(|delegation| {
+                delegation.delegate == actor.principal.id && delegation.is_active_at(at)
+            })
+            .map(|delegation| delegation.delegator.clone())
+            .collect();
+        if !delegators.is_empty() {
+            return Ok(app
+                .projections
+                .inbox_with_delegations(&actor.tenant, filter, &delegators)
+                .await?);
+        }
+    }
     Ok(app.projections.inbox(&actor.tenant, filter).await?)
 }
 

@@ -14,6 +14,10 @@ pub mod roles {
     pub const APPROVER: &str = "approver";
     pub const REQUESTER: &str = "requester";
     pub const AUDITOR: &str = "auditor";
+    /// Publishes domain events to the intake (`POST /v1/events`).
+    pub const PUBLISHER: &str = "publisher";
+    /// May approve a pending action alone in an emergency (`POST /v1/actions/{id}/break-glass`).
+    pub const BREAK_GLASS: &str = countersign_domain::action::BREAK_GLASS_ROLE;
 }
 
 /// The front door a request came through.
@@ -25,6 +29,10 @@ pub enum Channel {
     Cli,
     /// The browser console.
     Console,
+    /// A one-click approval link from a notification email.
+    Email,
+    /// A Slack interaction (a button on a notification message).
+    Slack,
     /// The service itself (deadlines, the executor, workflows).
     System,
 }
@@ -35,6 +43,8 @@ impl Channel {
             Self::Api => "api",
             Self::Cli => "cli",
             Self::Console => "console",
+            Self::Email => "email",
+            Self::Slack => "slack",
             Self::System => "system",
         }
     }

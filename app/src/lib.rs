@@ -16,14 +16,21 @@
 
 pub mod actions;
 mod actor;
+pub mod backtest;
+pub mod batch;
+pub mod delegations;
 mod error;
 pub mod evidence;
 pub mod keys;
+pub mod members;
+pub mod notify;
 pub mod policies;
 mod ports;
 pub mod reads;
 pub mod settings;
+pub mod signed_votes;
 mod tenant;
+pub mod workflows;
 
 use std::sync::Arc;
 

@@ -20,6 +20,23 @@ pub async fn stats(
     Ok(app.projections.stats(&actor.tenant).await?)
 }
 
+/// The tenant's decision latency (p50, p95) per UTC day over the last `days` days (the same
+/// roles as [`stats`]).
+pub async fn decision_trend(
+    app: &App,
+    actor: &Actor,
+    days: u32,
+) -> Result<countersign_projections::trends::DecisionTrend, AppError> {
+    actor.require(
+        &[roles::OWNER, roles::ADMIN, roles::AUDITOR, roles::APPROVER],
+        "reading stats",
+    )?;
+    Ok(app
+        .projections
+        .decision_trend(&actor.tenant, chrono::Utc::now(), days)
+        .await?)
+}
+
 /// Actions `user` requested, newest first (the user, owner, admin, auditor).
 pub async fn actions_of(
     app: &App,

@@ -22,7 +22,7 @@ use crate::projections::{people, percentile, seed};
 use crate::report::{Figure, Section, machine, progress};
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
-const SECRET: &str = "bench-secret-for-countersign-load-0123456789";
+pub(crate) const SECRET: &str = "bench-secret-for-countersign-load-0123456789";
 
 // ---------------------------------------------------------------- bare cqrs-es baseline
 
@@ -112,13 +112,13 @@ async fn bare_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f6
 
 // ---------------------------------------------------------------- the service
 
-struct Service {
+pub(crate) struct Service {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Service {
-    fn start(url: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(url: &str) -> anyhow::Result<Self> {
         let binary = std::env::current_exe()?.with_file_name("countersign");
         if !binary.exists() {
             bail!(
@@ -167,7 +167,7 @@ impl Drop for Service {
     }
 }
 
-fn token(user: &str, tenant: &str, roles: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn token(user: &str, tenant: &str, roles: &[&str]) -> anyhow::Result<String> {
     let now = chrono::Utc::now().timestamp();
     let claims =
         json!({ "sub": user, "tenant": tenant, "roles": roles, "exp": now + 3600, "iat": now });
@@ -178,7 +178,7 @@ fn token(user: &str, tenant: &str, roles: &[&str]) -> anyhow::Result<String> {
     )?)
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(128)
         .timeout(Duration::from_secs(30))
@@ -250,7 +250,7 @@ async fn submit_load(
 }
 
 /// Pending actions that will take many votes without deciding.
-async fn open_actions(
+pub(crate) async fn open_actions(
     service: &Service,
     count: usize,
     voters_needed: u32,
@@ -426,7 +426,7 @@ async fn inbox_latency(
 }
 
 /// Waits until the service's sealer has sealed the whole log; returns how long that took.
-async fn wait_for_sealer(
+pub(crate) async fn wait_for_sealer(
     ledger: &countersign_ledger::Ledger,
     url: &str,
 ) -> anyhow::Result<Duration> {
@@ -485,7 +485,11 @@ async fn verify_everything(url: &str) -> anyhow::Result<f64> {
 }
 
 /// Adds `count` pending actions (one event each) for `tenants`, many rows per INSERT.
-async fn seed_pending(url: &str, count: usize, tenants: &[String]) -> anyhow::Result<usize> {
+pub(crate) async fn seed_pending(
+    url: &str,
+    count: usize,
+    tenants: &[String],
+) -> anyhow::Result<usize> {
     use countersign_domain::action::Action;
     let mut connection = PgConnection::connect(url).await?;
     let requester = countersign_domain::Principal::new(

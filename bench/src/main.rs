@@ -1,12 +1,17 @@
 //! `countersign-bench`: measures countersign beside a baseline taken in the same run on the same
 //! database, and writes the figures into `docs/performance.md`. Loopback only, bounded in time.
 
+mod backtest;
+mod chaos;
+mod console;
 mod executor;
 mod ledger;
 mod load;
+mod notify;
 mod projections;
 mod report;
 mod verification;
+mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,8 +54,21 @@ enum Bench {
     /// The service over HTTP: submits beside bare cqrs-es, votes at 500/s, 100 concurrent votes,
     /// inbox queries with 100k pending among 1M events, rebuilds over 1M events.
     Load,
+    /// The web console: inbox page at 100k pending, a drawer with 200 votes, 200 live sessions.
+    Console,
+    /// Notifications: in-app fan-out lag at 1,000 events/s, email throughput to an SMTP sink.
+    Notify,
+    /// Workflows: event to run latency at 1,000 events/s, duplicates, intake over JetStream.
+    Workflows,
+    /// Policy backtesting over 1M events beside reading the log.
+    Backtest,
     /// Every bench above, in order.
     All,
+    /// The service under load while its parts fail (`make chaos`; `--short`: one round).
+    Chaos {
+        #[arg(long)]
+        short: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,12 +98,24 @@ fn main() -> ExitCode {
             Bench::Verification => vec![verification::run(&settings).await?],
             Bench::Executor => vec![executor::run(&settings).await?],
             Bench::Load => vec![load::run(&settings).await?],
+            Bench::Console => vec![console::run(&settings).await?],
+            Bench::Notify => vec![notify::run(&settings).await?],
+            Bench::Workflows => vec![workflows::run(&settings).await?],
+            Bench::Backtest => vec![backtest::run(&settings).await?],
+            Bench::Chaos { short } => {
+                chaos::command(short).await?;
+                Vec::new()
+            }
             Bench::All => vec![
                 ledger::run(&settings).await?,
                 projections::run(&settings).await?,
                 verification::run(&settings).await?,
                 executor::run(&settings).await?,
                 load::run(&settings).await?,
+                console::run(&settings).await?,
+                notify::run(&settings).await?,
+                workflows::run(&settings).await?,
+                backtest::run(&settings).await?,
             ],
         };
         for section in &sections {

@@ -121,6 +121,15 @@ pub fn ensure_dev_keys(data_dir: &Path) -> anyhow::Result<DevKeys> {
 }
 
 impl AuthArgs {
+    /// Whether any key material is configured by flag or environment (a JWT secret, a JWKS
+    /// file, the API key or webhook secret): then the service never runs in development mode.
+    pub fn has_key_material(&self) -> bool {
+        self.jwt_hs256_secret.is_some()
+            || self.jwks_file.is_some()
+            || self.api_key_secret.is_some()
+            || self.webhook_secret.is_some()
+    }
+
     fn dev_keys(&self, store: &StoreArgs) -> anyhow::Result<Option<DevKeys>> {
         if !self.dev_keys {
             return Ok(None);
@@ -144,7 +153,7 @@ impl AuthArgs {
     pub fn config(&self, store: &StoreArgs) -> anyhow::Result<AuthConfig> {
         let dev = self.dev_keys(store)?;
         if dev.is_some() {
-            tracing::warn!(path = %dev_keys_path(&store.data_dir).display(), "using development keys written by `countersign demo`; configure real keys in production");
+            tracing::warn!(path = %dev_keys_path(&store.data_dir).display(), "using the development keys (written by `countersign demo` or development mode); configure real keys in production");
         }
         let hs256_secret = self
             .jwt_hs256_secret

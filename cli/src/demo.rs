@@ -15,6 +15,9 @@ use chrono::{DateTime, Duration, Utc};
 use countersign_domain::action::{
     Action, ActionCommand, ActionError, CastVote, CommandContext, RequestExecution, SubmitAction,
 };
+use countersign_domain::members::{
+    Email, MemberCommand, MemberDirectory, MemberDraft, MemberError,
+};
 use countersign_domain::policy::Policy;
 use countersign_domain::quorum::Vote;
 use countersign_domain::submission::Submission;
@@ -148,6 +151,39 @@ impl Loader<'_> {
         Ok(installed)
     }
 
+    /// The owner adds every demo person to the member directory with an email address (at
+    /// `example.com`), so the notifier has someone to tell: approvers hear of what waits for
+    /// them, requesters of decisions (docs/notifications.md).
+    async fn install_members(&self, people: &People) -> anyhow::Result<()> {
+        let metadata = Metadata::new(self.tenant.clone(), people.owner.id.clone());
+        for person in people.all() {
+            let draft = MemberDraft {
+                display_name: Some(display_name(person.id.as_str())),
+                email: Some(Email::parse(format!("{}@example.com", person.id))?),
+                slack_user_id: None,
+                roles: person.roles.clone(),
+                preferences: None,
+            };
+            let command = MemberCommand::AddMember {
+                context: self.tenant_context(&people.owner),
+                user_id: person.id.clone(),
+                draft,
+            };
+            match self
+                .ledger
+                .execute::<MemberDirectory>(&self.tenant, command, &metadata)
+                .await
+            {
+                Ok(_) | Err(LedgerError::Rejected(MemberError::MemberExists(_))) => {}
+                Err(err) => {
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("adding demo member {}", person.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn run(&self, id: ActionId, command: ActionCommand) -> anyhow::Result<()> {
         let by = command.context().by.id.clone();
         let name = command.name();
@@ -237,6 +273,15 @@ impl Loader<'_> {
 }
 
 /// Loads the demo tenant; returns how many actions were new.
+/// "olivia" → "Olivia".
+fn display_name(id: &str) -> String {
+    let mut letters = id.chars();
+    letters
+        .next()
+        .map(|first| first.to_uppercase().chain(letters).collect())
+        .unwrap_or_default()
+}
+
 pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let executor = Executor::new(
         ledger.clone(),
@@ -251,6 +296,8 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
         now,
     };
     loader.install(&people.owner).await?;
+    loader.install_members(people).await?;
+    crate::events::install_demo_workflows(ledger, &loader.tenant, &people.owner).await?;
     let mut new = 0;
 
     // Pending, high risk.
@@ -410,6 +457,44 @@ pub async fn load(ledger: &Ledger, people: &People, now: DateTime<Utc>) -> anyho
     Ok(new)
 }
 
+/// Loads the demo tenant unless it exists already (its settings have been written): the
+/// first-run path of `serve` in development mode, which must not replay the demo's votes and
+/// executions on every start. Answers how many actions it loaded (none when it was there).
+pub async fn load_once(ledger: &Ledger, now: DateTime<Utc>) -> anyhow::Result<Option<usize>> {
+    let tenant = TenantId::parse(DEMO_TENANT)?;
+    let (_, version) = ledger
+        .load::<TenantSettings>(&tenant)
+        .await
+        .context("reading the demo tenant's settings")?;
+    if version > 0 {
+        return Ok(None);
+    }
+    let people = People::new()?;
+    load(ledger, &people, now).await.map(Some)
+}
+
+/// The demo users with their tenant and roles, `gus` of the second tenant `globex` last.
+pub fn users() -> anyhow::Result<Vec<(&'static str, String, Vec<String>)>> {
+    let people = People::new()?;
+    let mut users: Vec<(&str, String, Vec<String>)> = people
+        .all()
+        .into_iter()
+        .map(|person| {
+            (
+                DEMO_TENANT,
+                person.id.to_string(),
+                person
+                    .roles
+                    .iter()
+                    .map(|role| role.as_str().to_owned())
+                    .collect(),
+            )
+        })
+        .collect();
+    users.push(("globex", "gus".to_owned(), vec!["owner".to_owned()]));
+    Ok(users)
+}
+
 pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
     let ledger = store.open_migrated().await?;
     let people = People::new()?;
@@ -439,19 +524,9 @@ pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
         out,
         "Tokens, valid 30 days (export one as TOKEN and send `Authorization: Bearer $TOKEN`):"
     )?;
-    let mut users: Vec<(&str, String, Vec<&str>)> = people
-        .all()
-        .into_iter()
-        .map(|person| {
-            (
-                DEMO_TENANT,
-                person.id.to_string(),
-                person.roles.iter().map(Role::as_str).collect(),
-            )
-        })
-        .collect();
-    users.push(("globex", "gus".to_owned(), vec!["owner"]));
+    let users = users()?;
     for (tenant, user, roles) in users {
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
         let token = crate::auth::token(secret, &user, tenant, &roles, 30 * 86_400)?;
         writeln!(
             out,

@@ -1,8 +1,12 @@
 //! `countersign`: one binary for the approval ledger's service, workers and tools.
 
+mod actions;
 mod auth;
+mod backtest;
 mod demo;
 mod doctor;
+mod events;
+mod members;
 mod projections;
 mod schemas;
 mod serve;
@@ -11,6 +15,7 @@ mod store;
 mod telemetry;
 mod tour;
 mod verify;
+mod vote_keys;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,12 +29,12 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "countersign", version, about, long_about = None)]
 struct Cli {
-    /// Log format on standard error.
+    /// Log format on standard error (auto: text on a terminal, else JSON).
     #[arg(
         long,
         env = "COUNTERSIGN_LOG_FORMAT",
         value_enum,
-        default_value = "json",
+        default_value = "auto",
         global = true
     )]
     log_format: LogFormat,
@@ -48,6 +53,9 @@ enum Command {
     /// Create, list or revoke a tenant's API keys.
     #[command(subcommand)]
     ApiKeys(auth::ApiKeysCommand),
+    /// Add, list, update or remove a tenant's members (who is notified, and how).
+    #[command(subcommand)]
+    Members(members::MembersCommand),
     /// Inspect or rebuild the read models.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
@@ -97,6 +105,16 @@ enum Command {
     /// Manage the keys that sign ledger heads.
     #[command(subcommand)]
     Keys(verify::KeysCommand),
+    /// Publish domain events to the workflow intake (`events publish`).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Work with approval policies on the store: `backtest` a draft over a tenant's history.
+    #[command(subcommand)]
+    Policies(backtest::PoliciesCommand),
+    /// Work with actions on the store: `execute` every approved action matching a filter
+    /// (batch execution, with `--dry-run`).
+    #[command(subcommand)]
+    Actions(actions::ActionsCommand),
 }
 
 fn main() -> ExitCode {
@@ -116,12 +134,16 @@ fn main() -> ExitCode {
         Command::Projections(command) => block_on(projections::run(command)),
         Command::Token(args) => auth::token_command(&args),
         Command::ApiKeys(command) => block_on(auth::api_keys_command(command)),
+        Command::Members(command) => block_on(members::run(command)),
         Command::Replay(args) => block_on(projections::replay_command(&args)),
         Command::Verify(args) => block_on(verify::run_verify(&args)),
         Command::Seal(command) => block_on(verify::seal(&command)),
         Command::Audit(command) => block_on(verify::run_audit(command)),
         Command::Keys(command) => verify::run_keys(command),
+        Command::Policies(command) => block_on(backtest::run(command)),
+        Command::Actions(command) => block_on(actions::run(command)),
         Command::Doctor(store) => block_on(doctor::run(&store)),
+        Command::Events(command) => block_on(events::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,8 @@ pub fn run(out: &Path, check: bool) -> anyhow::Result<()> {
         named::<countersign_projections::TenantStats>("view-tenant-stats.json"),
         named::<countersign_projections::VoteRecord>("view-vote-record.json"),
         named::<countersign_gateway::error::Problem>("problem.json"),
+        named::<countersign_domain::delegation::DelegationCommand>("delegation-command.json"),
+        named::<countersign_domain::delegation::DelegationEvent>("delegation-event.json"),
     ]);
     for (file, schema) in schemas {
         documents.push((file, render(&schema)?));

@@ -2,10 +2,12 @@
 //! [`countersign_runtime::RuntimeConfig`]; the runtime does the rest (see its crate documentation
 //! for what each `--role` runs).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use countersign_executor::StreamConfig;
@@ -43,6 +45,10 @@ pub struct ServeArgs {
     /// Bearer token a Prometheus scraper sends to read /metrics (unset: /metrics is refused).
     #[arg(long, env = "COUNTERSIGN_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// The service's public address (`https://approvals.example.com`): links in notifications
+    /// and one-click approval links in emails are built on it (unset: no approval links).
+    #[arg(long, env = "COUNTERSIGN_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Largest request body accepted.
     #[arg(long, env = "COUNTERSIGN_BODY_LIMIT_BYTES", default_value_t = 256 * 1024)]
     pub body_limit_bytes: usize,
@@ -150,11 +156,100 @@ pub struct ExecutorArgs {
 }
 
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let development = args.development_mode();
+    if development {
+        // Before the configuration is read, so that it picks them up like `demo`'s.
+        crate::auth::ensure_dev_keys(&args.store.data_dir)?;
+    }
     let runtime = Runtime::build(args.runtime_config()?).await?;
+    if development {
+        start_development(&runtime, args).await?;
+    }
     runtime.run_until_stopped(shutdown_signal()).await
 }
 
+/// How long the sign-in links printed in development mode stay valid.
+const DEVELOPMENT_LINK_SECONDS: i64 = 7 * 86_400;
+
+/// Development mode's first steps, before anything is served: the demo tenant loaded once, then
+/// the warning and one sign-in link per demo user on standard output.
+async fn start_development(runtime: &Runtime, args: &ServeArgs) -> anyhow::Result<()> {
+    let loaded = crate::demo::load_once(runtime.app().ledger(), chrono::Utc::now())
+        .await
+        .context("loading the demo tenant")?;
+    let keys = crate::auth::ensure_dev_keys(&args.store.data_dir)?;
+    let address = runtime
+        .local_addr()
+        .context("development mode serves HTTP: no listener")?;
+    tracing::warn!(
+        %address,
+        keys = %args.store.data_dir.join("dev-keys.json").display(),
+        "DEVELOPMENT MODE: embedded store on loopback with development keys and the demo tenant; configure key material for anything else"
+    );
+    let mut banner = String::new();
+    let rule = "=".repeat(78);
+    let _ = writeln!(banner, "{rule}");
+    let _ = writeln!(banner, "  DEVELOPMENT MODE — not for production");
+    let _ = writeln!(
+        banner,
+        "  No DATABASE_URL and no key material are configured, and {address} is loopback,"
+    );
+    let _ = writeln!(
+        banner,
+        "  so countersign runs on the embedded store ({}) with development keys",
+        crate::store::describe(&args.store.config())
+    );
+    let _ = writeln!(
+        banner,
+        "  ({}) and the demo tenant ({}).",
+        args.store.data_dir.join("dev-keys.json").display(),
+        match loaded {
+            Some(new) => format!("loaded now: {new} actions"),
+            None => "already loaded, not loaded again".to_owned(),
+        }
+    );
+    let _ = writeln!(
+        banner,
+        "  Configure COUNTERSIGN_JWT_HS256_SECRET or a JWKS file for real use (docs/deployment.md)."
+    );
+    let _ = writeln!(
+        banner,
+        "  Sign in to the console as a demo user (links valid 7 days):"
+    );
+    for (tenant, user, roles) in crate::demo::users()? {
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        let token = crate::auth::token(
+            keys.jwt_hs256_secret.as_bytes(),
+            &user,
+            tenant,
+            &roles,
+            DEVELOPMENT_LINK_SECONDS,
+        )?;
+        let _ = writeln!(
+            banner,
+            "    {user:<7} {tenant:<7} {:<21} http://{address}/sign-in?token={token}",
+            roles.join(",")
+        );
+    }
+    let _ = writeln!(banner, "{rule}");
+    std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes())
+        .context("printing the sign-in links")?;
+    Ok(())
+}
+
 impl ServeArgs {
+    /// Development mode: the whole service (role all) on the embedded store, listening on
+    /// loopback, with no key material configured (and the development keys allowed). Anything
+    /// else stays fail closed.
+    pub fn development_mode(&self) -> bool {
+        self.role.serves_api()
+            && self.role.runs_workers()
+            && self.store.database_url.is_none()
+            && !self.auth.has_key_material()
+            && self.auth.dev_keys
+            && self.listen.unwrap_or(DEFAULT_LISTEN).ip().is_loopback()
+    }
+
     /// The runtime's settings from the flags and environment.
     fn runtime_config(&self) -> anyhow::Result<RuntimeConfig> {
         let role = self.role;
@@ -198,6 +293,7 @@ impl ServeArgs {
                 outbound: self.executor.outbound_allow.clone(),
                 ..ExecutorSettings::default()
             },
+            public_url: self.public_url.clone(),
             ..RuntimeConfig::new(role, store)
         })
     }

@@ -191,6 +191,14 @@ impl Demo {
             ActionEvent::ExecutionSkipped(e) => format!("skipped ({:?})", e.reason),
             ActionEvent::ExecutionResumed(e) => format!("resumed (tenant mode {:?})", e.mode),
             ActionEvent::RollbackRequested(e) => format!("rolled back by {}", e.rollback_action_id),
+            ActionEvent::StageSkipped(e) => {
+                format!("stage {} skipped ({:?})", e.stage + 1, e.reason)
+            }
+            ActionEvent::BreakGlassApproved(e) => format!("break-glass: {}", e.justification),
+            ActionEvent::BreakGlassReviewed(e) => format!("break-glass reviewed ({:?})", e.verdict),
+            ActionEvent::BreakGlassReviewOverdue(e) => {
+                format!("break-glass review overdue since {}", e.review_due)
+            }
         };
         writeln!(
             self.out,

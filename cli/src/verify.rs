@@ -140,6 +140,9 @@ pub enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A member's key for signing votes: `generate` one, `sign` a vote with it.
+    #[command(subcommand)]
+    Vote(crate::vote_keys::VoteKeysCommand),
 }
 
 fn progress_bar(total: u64, label: &str) -> ProgressBar {
@@ -435,6 +438,22 @@ pub async fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
                 report.head.signed_at,
                 report.head.key_id
             )?;
+            let votes = &report.signed_votes;
+            if votes.checked > 0 {
+                writeln!(
+                    std::io::stdout(),
+                    "OK: {} signed vote(s) verify with their voters' registered keys{}",
+                    votes.checked,
+                    if votes.registered_outside > 0 {
+                        format!(
+                            " ({} key registration(s) precede the bundle: export from 0 to check them too)",
+                            votes.registered_outside
+                        )
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
             Ok(())
         }
     }
@@ -454,5 +473,6 @@ pub fn run_keys(command: KeysCommand) -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        KeysCommand::Vote(command) => crate::vote_keys::run(command),
     }
 }

@@ -585,12 +585,15 @@ fn executor_identity(worker: &mut Process) -> String {
     })
 }
 
-/// What an active worker logs once it holds every tailer lock.
-const ACTIVE: [&str; 4] = [
+/// What an active worker logs once it holds every tailer lock (one message per lock).
+const ACTIVE: [&str; 7] = [
     "projection runner started",
     "projection runner started",
     "sealer started",
     "relay started",
+    "notifier tailing the log",
+    "notification dispatcher running",
+    "workflow engine started",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -623,8 +626,8 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
     let api2 = Api::start(&deployment, "api 2");
     assert_eq!(
         advisory_locks(pool).await,
-        4,
-        "two projection runners, the sealer and the relay, each held once"
+        i64::try_from(ACTIVE.len()).expect("a few locks"),
+        "two projection runners, the sealer, the relay, the notifier, the dispatcher and the workflow engine, each held once"
     );
     for message in ACTIVE {
         assert_eq!(worker2.said(message), 0, "the standby waits: {message}");
@@ -727,7 +730,7 @@ async fn api_and_worker_roles_scale_out_and_a_standby_worker_takes_over() {
     wait_until_executed(&[&api1, &api2], &ids);
     assert_eq!(
         advisory_locks(pool).await,
-        4,
+        i64::try_from(ACTIVE.len()).expect("a few locks"),
         "the standby holds each lock once"
     );
 

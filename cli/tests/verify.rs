@@ -14,9 +14,9 @@ use countersign_ledger::StoreConfig;
 use countersign_ledger::testing::{ChildGuard, TestStore, eventually_blocking, within};
 use sqlx::{Connection, Executor};
 
-/// Events `countersign demo` records: 3 policies and the settings the owner installs, then 20
-/// of its 7 actions.
-const DEMO_EVENTS: u64 = 24;
+/// Events `countersign demo` records: 3 policies and the settings the owner installs, the 3
+/// example workflows with their 3 policies (docs/workflows.md), then 20 of its 7 actions.
+const DEMO_EVENTS: u64 = 36;
 
 fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_countersign"))

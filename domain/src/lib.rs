@@ -11,19 +11,56 @@
 //! - [`canonical`] gives the canonical JSON and the execution key.
 //! - [`tenant`] holds a tenant's policies, settings and API keys as aggregates.
 
+/// Implements `cqrs_es::Aggregate` for an aggregate that decides with
+/// `fn decide(&self, Command) -> Result<Vec<Event>, Error>` and folds with `fn apply(&mut self, Event)`:
+/// every tenant-scoped aggregate (policies, settings, API keys, members, delegations, workflows).
+/// The type name is what the store keeps: never rename it.
+macro_rules! decided_aggregate {
+    ($aggregate:ty, $type:literal, $command:ty, $event:ty, $error:ty) => {
+        impl cqrs_es::Aggregate for $aggregate {
+            /// Stored aggregate type: never rename.
+            const TYPE: &'static str = $type;
+            type Command = $command;
+            type Event = $event;
+            type Error = $error;
+            type Services = ();
+
+            async fn handle(
+                &mut self,
+                command: Self::Command,
+                _services: &Self::Services,
+                sink: &cqrs_es::event_sink::EventSink<Self>,
+            ) -> Result<(), Self::Error> {
+                for event in self.decide(command)? {
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+
+            fn apply(&mut self, event: Self::Event) {
+                Self::apply(self, event);
+            }
+        }
+    };
+}
+
 pub mod action;
 pub mod address;
 pub mod canonical;
 pub mod criteria;
+pub mod delegation;
 pub mod document;
 mod ids;
+pub mod members;
 pub mod policy;
 pub mod quorum;
 pub mod risk;
 pub mod schema;
+pub mod signing;
 pub mod submission;
 pub mod tenant;
 mod text;
+pub mod workflow;
 
 pub use ids::{
     ActionId, ActionType, CapabilityName, Connector, CorrelationId, IdempotencyKey, ModuleSlug,

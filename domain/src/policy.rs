@@ -131,6 +131,58 @@ pub struct Stage {
     pub required_ratio: Ratio,
     #[serde(default, skip_serializing_if = "Veto::is_empty")]
     pub veto: Veto,
+    /// The stage may be skipped — recorded as `StageSkipped`, never silently passed — when
+    /// `skip_when` holds as it opens, or when nobody may vote in it (every listed voter is the
+    /// requester, who may not approve their own action). Never the first stage.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optional: bool,
+    /// A rule judged on the previous stage's ballots as this optional stage opens: when it
+    /// holds, the stage is skipped (`{"type": "role", "role": "owner", "min_approvals": 1}`:
+    /// "no reviewer needed once an owner approved").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_when: Option<Rule>,
+    /// This stage's deadline, from the moment it opens (default: the policy's `timeout_seconds`).
+    /// Once any stage sets a deadline, an escalation role or `on_timeout`, every stage gets a
+    /// deadline of its own from the moment it opens, and escalations count per stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<TimeoutSeconds>,
+    /// Holders of this role become eligible in this stage when its deadline passes (default: the
+    /// policy's `escalation_role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_role: Option<Role>,
+    /// What happens when this stage's deadline passes and no escalation remains (default: the
+    /// policy's `on_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Reads the stages and checks what one stage cannot check alone: the first stage is never
+/// optional, and `skip_when` belongs to an optional stage.
+fn checked_stages<'de, D>(deserializer: D) -> Result<NonEmpty<Stage>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let stages = NonEmpty::<Stage>::deserialize(deserializer)?;
+    check_stages(stages.as_slice()).map_err(serde::de::Error::custom)?;
+    Ok(stages)
+}
+
+fn check_stages(stages: &[Stage]) -> Result<(), String> {
+    for (index, stage) in stages.iter().enumerate() {
+        if index == 0 && stage.optional {
+            return Err("stages[0].optional: the first stage cannot be optional".into());
+        }
+        if stage.skip_when.is_some() && !stage.optional {
+            return Err(format!(
+                "stages[{index}].skip_when: only an optional stage can be skipped"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unanimous() -> Ratio {
@@ -195,6 +247,7 @@ impl From<TimeoutSeconds> for u32 {
 #[serde(deny_unknown_fields)]
 pub struct Requirements {
     /// Approval stages, in order.
+    #[serde(deserialize_with = "checked_stages")]
     pub stages: NonEmpty<Stage>,
     /// Seconds from submission (or from the previous deadline, after an escalation) until the
     /// deadline.
@@ -246,6 +299,11 @@ impl Requirements {
                 }),
                 required_ratio: Ratio::ONE,
                 veto: Veto::default(),
+                optional: false,
+                skip_when: None,
+                timeout_seconds: None,
+                escalation_role: None,
+                on_timeout: None,
             }),
             timeout_seconds: TimeoutSeconds::DAY,
             escalation_role: None,
@@ -256,6 +314,43 @@ impl Requirements {
             allow_self_approval: false,
             max_attempts: three(),
         }
+    }
+
+    /// Whether stages have deadlines of their own: once any stage sets `timeout_seconds`,
+    /// `escalation_role` or `on_timeout`, each stage's deadline runs from the moment it opens
+    /// and escalations count per stage. Otherwise (every policy written before stages could)
+    /// one deadline runs from submission across all stages.
+    pub fn per_stage_deadlines(&self) -> bool {
+        self.stages.iter().any(|stage| {
+            stage.timeout_seconds.is_some()
+                || stage.escalation_role.is_some()
+                || stage.on_timeout.is_some()
+        })
+    }
+
+    /// The deadline of stage `index`: its own, else the policy's.
+    pub fn stage_timeout(&self, index: u32) -> TimeoutSeconds {
+        self.stage(index)
+            .and_then(|stage| stage.timeout_seconds)
+            .unwrap_or(self.timeout_seconds)
+    }
+
+    /// The escalation role of stage `index`: its own, else the policy's.
+    pub fn stage_escalation_role(&self, index: u32) -> Option<&Role> {
+        self.stage(index)
+            .and_then(|stage| stage.escalation_role.as_ref())
+            .or(self.escalation_role.as_ref())
+    }
+
+    /// What stage `index` does at its deadline: its own, else the policy's.
+    pub fn stage_on_timeout(&self, index: u32) -> OnTimeout {
+        self.stage(index)
+            .and_then(|stage| stage.on_timeout)
+            .unwrap_or(self.on_timeout)
+    }
+
+    pub fn stage(&self, index: u32) -> Option<&Stage> {
+        self.stages.as_slice().get(index as usize)
     }
 
     /// Parses requirements from JSON; errors name the path under `requirements`.

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::canonical::ExecutionKey;
 use crate::policy::{Rule, Stage};
 use crate::{Comment, Role, Timestamp, UserId};
 
@@ -39,6 +40,15 @@ pub struct Ballot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<Comment>,
     pub cast_at: Timestamp,
+    /// The execution key the vote was bound to, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_key: Option<ExecutionKey>,
+    /// The delegate who cast this ballot in the voter's place, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cast_by: Option<UserId>,
+    /// The voter's Ed25519 signature of the vote, when they signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::VoteSignature>,
 }
 
 /// Votes counted in a stage.
@@ -186,6 +196,20 @@ impl StageContext<'_> {
         Some(electorate)
     }
 
+    /// Whether nobody at all may vote in the stage: every possible voter is listed, and none of
+    /// them may vote (the requester without self-approval). An optional stage is then skipped.
+    pub fn nobody_may_vote(&self) -> bool {
+        self.finite_electorate()
+            .is_some_and(|electorate| electorate.is_empty())
+    }
+
+    /// Whether `rule` (one of the stage's, or another judged on its ballots, such as the next
+    /// stage's `skip_when`) holds on these ballots.
+    pub fn rule_holds(&self, rule: &Rule, ballots: &BTreeMap<UserId, Ballot>) -> bool {
+        let counts = self.rule_counts(rule, ballots);
+        counts.counted >= counts.needed
+    }
+
     fn rule_counts(&self, rule: &Rule, ballots: &BTreeMap<UserId, Ballot>) -> RuleCounts {
         let counted = ballots
             .iter()
@@ -299,6 +323,9 @@ impl StageContext<'_> {
                     roles: BTreeSet::new(),
                     comment: None,
                     cast_at: Timestamp::MIN_UTC,
+                    execution_key: None,
+                    cast_by: None,
+                    signature: None,
                 });
             }
             if !self.is_approved(&best_case) {
@@ -346,6 +373,9 @@ mod tests {
                             .collect(),
                         comment: None,
                         cast_at: Timestamp::MIN_UTC,
+                        execution_key: None,
+                        cast_by: None,
+                        signature: None,
                     },
                 )
             })

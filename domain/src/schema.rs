@@ -33,6 +33,13 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         named::<Settings>("settings.json"),
         named::<ApiKeyCommand>("api-key-command.json"),
         named::<ApiKeyEvent>("api-key-event.json"),
+        named::<crate::members::MemberCommand>("member-command.json"),
+        named::<crate::members::MemberEvent>("member-event.json"),
+        named::<crate::workflow::WorkflowCommand>("workflow-command.json"),
+        named::<crate::workflow::WorkflowEvent>("workflow-event.json"),
+        named::<crate::workflow::IntakeEventEvent>("intake-event.json"),
+        named::<crate::workflow::RunEvent>("workflow-run-event.json"),
+        named::<crate::workflow::CloudEvent>("cloud-event.json"),
     ]
 }
 

@@ -473,6 +473,62 @@ pub struct Settings {
     /// Where `webhook.post` actions deliver their payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<WebhookUrl>,
+    /// How long after a break-glass approval its review is due (then it escalates). Settings
+    /// recorded before it existed mean the default, a day.
+    #[serde(default, skip_serializing_if = "ReviewWindow::is_default")]
+    pub break_glass_review_seconds: ReviewWindow,
+}
+
+/// How long a break-glass review may wait, in seconds: one second to thirty days (default a day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "u32", into = "u32")]
+#[schemars(extend("minimum" = 1, "maximum" = 2_592_000, "default" = 86_400))]
+pub struct ReviewWindow(u32);
+
+impl ReviewWindow {
+    pub const MAX: u32 = 2_592_000;
+    pub const DAY: Self = Self(86_400);
+
+    pub fn parse(seconds: u32) -> Result<Self, ParseError> {
+        if seconds == 0 || seconds > Self::MAX {
+            return Err(ParseError::new(
+                "break_glass_review_seconds",
+                "must be between 1 and 2592000 seconds (30 days)",
+            ));
+        }
+        Ok(Self(seconds))
+    }
+
+    pub fn duration(self) -> chrono::Duration {
+        chrono::Duration::seconds(i64::from(self.0))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::DAY
+    }
+}
+
+impl Default for ReviewWindow {
+    fn default() -> Self {
+        Self::DAY
+    }
+}
+
+impl TryFrom<u32> for ReviewWindow {
+    type Error = ParseError;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<ReviewWindow> for u32 {
+    fn from(value: ReviewWindow) -> Self {
+        value.0
+    }
 }
 
 impl Settings {
@@ -504,6 +560,7 @@ impl Default for Settings {
             mode: TenantMode::RequireApproval,
             default_requirements: Requirements::builtin_default(),
             webhook_url: None,
+            break_glass_review_seconds: ReviewWindow::DAY,
         }
     }
 }
@@ -726,43 +783,21 @@ impl ApiKeys {
     }
 }
 
-macro_rules! tenant_aggregate {
-    ($aggregate:ty, $type:literal, $command:ty, $event:ty) => {
-        impl cqrs_es::Aggregate for $aggregate {
-            /// Stored aggregate type: never rename.
-            const TYPE: &'static str = $type;
-            type Command = $command;
-            type Event = $event;
-            type Error = TenantError;
-            type Services = ();
-
-            async fn handle(
-                &mut self,
-                command: Self::Command,
-                _services: &Self::Services,
-                sink: &cqrs_es::event_sink::EventSink<Self>,
-            ) -> Result<(), Self::Error> {
-                for event in self.decide(command)? {
-                    sink.write(event, self).await;
-                }
-                Ok(())
-            }
-
-            fn apply(&mut self, event: Self::Event) {
-                Self::apply(self, event);
-            }
-        }
-    };
-}
-
-tenant_aggregate!(PolicySet, "policy_set", PolicyCommand, PolicyEvent);
-tenant_aggregate!(
+decided_aggregate!(
+    PolicySet,
+    "policy_set",
+    PolicyCommand,
+    PolicyEvent,
+    TenantError
+);
+decided_aggregate!(
     TenantSettings,
     "tenant_settings",
     SettingsCommand,
-    SettingsEvent
+    SettingsEvent,
+    TenantError
 );
-tenant_aggregate!(ApiKeys, "api_keys", ApiKeyCommand, ApiKeyEvent);
+decided_aggregate!(ApiKeys, "api_keys", ApiKeyCommand, ApiKeyEvent, TenantError);
 
 /// Parses a policy draft from JSON, naming the offending path (criteria paths included).
 pub fn parse_draft(document: &Value) -> Result<PolicyDraft, ParseError> {
@@ -1096,6 +1131,7 @@ mod tests {
             mode: TenantMode::Safe,
             default_requirements: Requirements::builtin_default(),
             webhook_url: None,
+            break_glass_review_seconds: ReviewWindow::DAY,
         };
         assert!(WebhookUrl::parse("ftp://x").is_err() && WebhookUrl::parse("https://").is_err());
         assert!(WebhookUrl::parse("https://hooks.example.com/countersign").is_ok());

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use countersign_domain::action::{
-    Action, ActionCommand, ActionError, ActionEvent, ActionStatus, AttemptOutcome, CommandContext,
-    ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, StartExecution,
+    Action, ActionCommand, ActionError, ActionEvent, ActionStatus, AttemptOutcome, BreakGlass,
+    CommandContext, EscalateBreakGlassReview, ExpireAction, RecordExecutionFailure,
+    RecordExecutionSuccess, StartExecution,
 };
 use countersign_domain::tenant::{Settings, TenantSettings};
 use countersign_domain::{ActionId, Principal, UserId};
@@ -31,6 +32,8 @@ pub enum Processed {
     RetryAt(chrono::DateTime<chrono::Utc>),
     /// The deadline passed: escalated, expired or rejected.
     Expired,
+    /// A break-glass approval's review was not recorded in time: escalated (once).
+    ReviewOverdue,
 }
 
 /// Tuning of the executor.
@@ -136,7 +139,38 @@ impl Executor {
         self.process_state(id, state).instrument(span).await
     }
 
+    /// Escalates an overdue break-glass review first (the ledger refuses a second escalation,
+    /// so concurrent sweeps and restarts record it once), then does whatever else is due.
     async fn process_state(
+        &self,
+        id: &ActionId,
+        state: &countersign_domain::action::ActionState,
+    ) -> anyhow::Result<Processed> {
+        let overdue = state
+            .break_glass
+            .as_ref()
+            .and_then(BreakGlass::escalation_due)
+            .is_some_and(|due| due <= chrono::Utc::now());
+        if !overdue {
+            return self.process_work(id, state).await;
+        }
+        let escalate = ActionCommand::EscalateBreakGlassReview(EscalateBreakGlassReview {
+            context: self.context(state),
+        });
+        let committed = match self.command(id, state, escalate).await {
+            Ok(committed) if !committed.events.is_empty() => committed,
+            Ok(_) | Err(LedgerError::Rejected(_)) => return self.process_work(id, state).await,
+            Err(err) => return Err(err.into()),
+        };
+        info!("break-glass review overdue: escalated");
+        let after = committed.aggregate.state().unwrap_or(state);
+        Ok(match self.process_work(id, after).await? {
+            Processed::Nothing => Processed::ReviewOverdue,
+            outcome => outcome,
+        })
+    }
+
+    async fn process_work(
         &self,
         id: &ActionId,
         state: &countersign_domain::action::ActionState,

@@ -14,9 +14,17 @@
 //!
 //! The [`Caller`] extractor is also where every authenticated `/v1` request is counted against
 //! its tenant's and its principal's rate limits ([`crate::rate_limit`]).
+//!
+//! A JWT may also carry the user's `name` and `email` ([`TokenClaims`]): when they differ from
+//! what this process last recorded for that tenant and subject, they update the user's own
+//! directory entry ([`countersign_app::members::record_claims`]). What was recorded is
+//! remembered in a small bounded cache ([`ClaimsSeen`]), so an unchanged token writes nothing.
+//! An email claim that is not an address is ignored (logged at debug) and never refuses the
+//! request; neither does a failed write (logged, retried with the next request).
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aide::OperationInput;
@@ -25,6 +33,8 @@ use aide::openapi::Operation;
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use countersign_app::{Actor, Channel};
+use countersign_domain::members::Email;
 use countersign_domain::tenant::ApiKeys;
 use countersign_domain::{Principal, Role, TenantId, UserId};
 use jsonwebtoken::jwk::JwkSet;
@@ -100,8 +110,77 @@ pub struct Claims {
     pub aud: Option<String>,
 }
 
-/// Mints an HS256 development token.
-pub fn mint_hs256(secret: &[u8], claims: &Claims) -> jsonwebtoken::errors::Result<String> {
+/// A JWT's claims with the optional profile claims that keep the user's directory entry
+/// current: `name` (their display name) and `email`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenClaims {
+    #[serde(flatten)]
+    pub claims: Claims,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// What a token says about its user, as recorded in their directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Profile {
+    name: Option<String>,
+    email: Option<String>,
+}
+
+impl Profile {
+    /// The profile claims worth recording: an email claim that is not an address is dropped.
+    fn from_claims(name: Option<String>, email: Option<String>, subject: &str) -> Option<Self> {
+        let email = email.filter(|email| match Email::parse(email.as_str()) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::debug!(
+                    subject,
+                    reason = %error.message,
+                    "the token's `email` claim is not an address; ignored"
+                );
+                false
+            }
+        });
+        let name = name.filter(|name| !name.trim().is_empty());
+        (name.is_some() || email.is_some()).then_some(Self { name, email })
+    }
+
+    fn digest(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// The profile claims this process has recorded, per tenant and subject (a digest of them), so
+/// an unchanged token writes nothing. Bounded: when [`ClaimsSeen::CAPACITY`] users are known it
+/// starts over, which costs each user one more write that records nothing new.
+#[derive(Debug, Default)]
+pub struct ClaimsSeen {
+    recorded: Mutex<HashMap<(TenantId, UserId), u64>>,
+}
+
+impl ClaimsSeen {
+    pub const CAPACITY: usize = 10_000;
+
+    fn is_recorded(&self, key: &(TenantId, UserId), digest: u64) -> bool {
+        let recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        recorded.get(key) == Some(&digest)
+    }
+
+    fn remember(&self, key: (TenantId, UserId), digest: u64) {
+        let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        if recorded.len() >= Self::CAPACITY && !recorded.contains_key(&key) {
+            recorded.clear();
+        }
+        recorded.insert(key, digest);
+    }
+}
+
+/// Mints an HS256 development token from [`Claims`] or [`TokenClaims`].
+pub fn mint_hs256(secret: &[u8], claims: &impl Serialize) -> jsonwebtoken::errors::Result<String> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -159,12 +238,14 @@ fn not_yet_valid(claim: &str) -> ApiError {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     config: Arc<AuthConfig>,
+    claims_seen: Arc<ClaimsSeen>,
 }
 
 impl Authenticator {
     pub fn new(config: AuthConfig) -> Self {
         Self {
             config: Arc::new(config),
+            claims_seen: Arc::default(),
         }
     }
 
@@ -188,7 +269,7 @@ impl Authenticator {
         validation
     }
 
-    fn verify_jwt(&self, token: &str) -> Result<Caller, ApiError> {
+    fn verify_jwt(&self, token: &str) -> Result<(Caller, Option<Profile>), ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token is not a JWT this service accepts"))?;
         let key = match header.alg {
@@ -219,25 +300,30 @@ impl Authenticator {
                 )));
             }
         };
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
+        let data = jsonwebtoken::decode::<TokenClaims>(token, &key, &self.validation(header.alg))
             .map_err(|err| {
-                use jsonwebtoken::errors::ErrorKind;
-                match err.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        ApiError::unauthorized("token_expired", "the token has expired")
-                    }
-                    ErrorKind::ImmatureSignature => not_yet_valid("nbf"),
-                    ErrorKind::InvalidClaimFormat(claim) => invalid(format!(
-                        "the token's `{claim}` claim is not a number of seconds"
-                    )),
-                    ErrorKind::InvalidSignature => invalid("the token's signature does not verify"),
-                    ErrorKind::MissingRequiredClaim(claim) => {
-                        invalid(format!("the token has no `{claim}` claim"))
-                    }
-                    _ => invalid(format!("the token is not valid: {err}")),
+            use jsonwebtoken::errors::ErrorKind;
+            match err.kind() {
+                ErrorKind::ExpiredSignature => {
+                    ApiError::unauthorized("token_expired", "the token has expired")
                 }
-            })?;
-        let claims = data.claims;
+                ErrorKind::ImmatureSignature => not_yet_valid("nbf"),
+                ErrorKind::InvalidClaimFormat(claim) => invalid(format!(
+                    "the token's `{claim}` claim is not a number of seconds"
+                )),
+                ErrorKind::InvalidSignature => invalid("the token's signature does not verify"),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    invalid(format!("the token has no `{claim}` claim"))
+                }
+                _ => invalid(format!("the token is not valid: {err}")),
+            }
+        })?;
+        let TokenClaims {
+            claims,
+            name,
+            email,
+        } = data.claims;
+        let profile = Profile::from_claims(name, email, &claims.sub);
         let leeway = i64::try_from(LEEWAY_SECONDS).unwrap_or(i64::MAX);
         if claims
             .iat
@@ -260,12 +346,46 @@ impl Authenticator {
             .map(Role::parse)
             .collect::<Result<BTreeSet<_>, _>>()
             .map_err(|e| invalid(format!("claim `roles`: {}", e.message)))?;
-        Ok(Caller {
-            tenant,
-            principal: Principal { id, roles },
-            credential: Credential::Jwt,
-            request_id: None,
-        })
+        Ok((
+            Caller {
+                tenant,
+                principal: Principal { id, roles },
+                credential: Credential::Jwt,
+                request_id: None,
+            },
+            profile,
+        ))
+    }
+
+    /// Records `profile` in the caller's own directory entry unless this process already did.
+    /// Never refuses the request: a failed write is logged and tried again with the next one.
+    async fn record_profile(&self, state: &AppState, caller: &Caller, profile: Profile) {
+        let key = (caller.tenant.clone(), caller.principal.id.clone());
+        let digest = profile.digest();
+        if self.claims_seen.is_recorded(&key, digest) {
+            return;
+        }
+        let actor = Actor::new(
+            caller.tenant.clone(),
+            caller.principal.clone(),
+            Channel::Api,
+        );
+        match countersign_app::members::record_claims(
+            &state.app,
+            &actor,
+            profile.name.as_deref(),
+            profile.email.as_deref(),
+        )
+        .await
+        {
+            Ok(()) => self.claims_seen.remember(key, digest),
+            Err(error) => tracing::warn!(
+                tenant = %caller.tenant,
+                principal = %caller.principal.id,
+                code = error.code(),
+                "the token's name and email claims were not recorded"
+            ),
+        }
     }
 
     async fn verify_api_key(&self, state: &AppState, token: &str) -> Result<Caller, ApiError> {
@@ -316,11 +436,13 @@ impl Authenticator {
         })
     }
 
-    pub async fn authenticate(
+    /// The caller `authorization` proves, and the profile (`name`, `email`) its token carries;
+    /// records nothing.
+    async fn verify(
         &self,
         state: &AppState,
         authorization: Option<&str>,
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<(Caller, Option<Profile>), ApiError> {
         if !self.config.is_configured() {
             return Err(ApiError::unauthorized(
                 "authentication_unconfigured",
@@ -341,10 +463,24 @@ impl Authenticator {
             })?
             .trim();
         if token.starts_with("csk.") {
-            self.verify_api_key(state, token).await
+            Ok((self.verify_api_key(state, token).await?, None))
         } else {
             self.verify_jwt(token)
         }
+    }
+
+    /// The caller `authorization` proves; a token's `name` and `email` claims are recorded in
+    /// their directory entry (once per change, see [`Self::record_profile`]).
+    pub async fn authenticate(
+        &self,
+        state: &AppState,
+        authorization: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        let (caller, profile) = self.verify(state, authorization).await?;
+        if let Some(profile) = profile {
+            self.record_profile(state, &caller, profile).await;
+        }
+        Ok(caller)
     }
 }
 
@@ -371,6 +507,16 @@ impl CredentialWatch {
         }
     }
 
+    /// Watches `credential` (a JWT or an API key, as sent after `Bearer `) held elsewhere than
+    /// the `Authorization` header, such as the console's session cookie.
+    pub fn for_credential(state: &AppState, credential: &str) -> Self {
+        Self {
+            state: state.clone(),
+            authorization: Some(format!("Bearer {credential}")),
+            every: state.limits.credential_recheck,
+        }
+    }
+
     /// Resolves with the refusal a new request with this credential would get (`api_key_revoked`,
     /// `token_expired`, …), at the first re-check after it stops authenticating. A check that
     /// cannot be made (the store is unreachable) refuses too: fail closed.
@@ -380,10 +526,11 @@ impl CredentialWatch {
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             checks.tick().await;
+            // A re-check only verifies: the request that opened the stream recorded the claims.
             if let Err(refusal) = self
                 .state
                 .auth
-                .authenticate(&self.state, self.authorization.as_deref())
+                .verify(&self.state, self.authorization.as_deref())
                 .await
             {
                 return refusal;
@@ -409,7 +556,7 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
-        let mut caller = state.auth.authenticate(state, header).await?;
+        let (mut caller, profile) = state.auth.verify(state, header).await?;
         caller.request_id = parts
             .headers
             .get("x-request-id")
@@ -420,6 +567,10 @@ impl FromRequestParts<AppState> for Caller {
         state
             .rate_limiters
             .check(&state.limits, &caller.tenant, &caller.principal.id)?;
+        // Only a request within its limits writes the token's claims to the directory.
+        if let Some(profile) = profile {
+            state.auth.record_profile(state, &caller, profile).await;
+        }
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }

@@ -104,6 +104,24 @@ impl ApiError {
     }
 
     /// Logs the error with its context and answers without details.
+    /// A failure of the store or another dependency: 503 `store_unavailable` with `Retry-After`
+    /// when the store could not be reached (down, restarting, paused, out of connections) — the
+    /// client may retry, nothing was recorded — else 500 `internal`. Both are logged whole.
+    pub fn failure(error: &anyhow::Error) -> Self {
+        if countersign_ledger::store_unreachable(error) {
+            tracing::warn!(error = format!("{error:#}"), "the store is unreachable");
+            return Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store cannot be reached right now; nothing was recorded, retry",
+                )
+            };
+        }
+        Self::internal(format!("{error:#}"))
+    }
+
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(error = %error, "internal error");
         Self::new(
@@ -192,7 +210,9 @@ impl From<ActionError> for ApiError {
             ActionError::NotEligible { .. }
             | ActionError::SelfApprovalForbidden
             | ActionError::NotPermitted { .. } => StatusCode::FORBIDDEN,
-            ActionError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ActionError::IdempotencyKeyReused
+            | ActionError::BadSignature(_)
+            | ActionError::SignatureOutOfWindow(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ActionError::AlreadySubmitted { .. }
             | ActionError::InvalidState { .. }
             | ActionError::DeadlineNotReached { .. }
@@ -202,7 +222,9 @@ impl From<ActionError> for ApiError {
             | ActionError::AlreadyExecuted
             | ActionError::StaleAttempt { .. }
             | ActionError::AlreadyRolledBack { .. }
-            | ActionError::NothingToRollBack => StatusCode::CONFLICT,
+            | ActionError::NothingToRollBack
+            | ActionError::PayloadChanged { .. }
+            | ActionError::AlreadyVotedInStage { .. } => StatusCode::CONFLICT,
         };
         Self::new(status, error.code(), error.to_string())
     }
@@ -241,9 +263,7 @@ where
                     ),
                 )
             },
-            LedgerError::Store(source) => {
-                Self::internal(format!("the event store failed: {source:#}"))
-            }
+            LedgerError::Store(source) => Self::failure(&source.context("the event store failed")),
             LedgerError::Unreadable(detail) => {
                 tracing::warn!(%detail, "a command's event would not read back; refused");
                 Self::new(
@@ -271,7 +291,7 @@ impl From<QueryError> for ApiError {
                     format!("the {projection} read model is still being built"),
                 )
             },
-            QueryError::Store(error) => Self::internal(format!("{error:#}")),
+            QueryError::Store(error) => Self::failure(&error),
         }
     }
 }
@@ -311,15 +331,13 @@ impl From<AppError> for ApiError {
             )
             .with_field("consistent_with"),
             AppError::Query(error) => error.into(),
-            internal @ AppError::Internal { .. } => {
-                Self::internal(format!("{:#}", anyhow::Error::from(internal)))
-            }
+            internal @ AppError::Internal { .. } => Self::failure(&anyhow::Error::from(internal)),
         }
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
-        Self::internal(format!("{error:#}"))
+        Self::failure(&error)
     }
 }

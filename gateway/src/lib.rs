@@ -11,7 +11,7 @@ mod hub;
 pub mod rate_limit;
 pub mod routes;
 mod shape;
-mod stream;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,8 +96,17 @@ fn api_routes() -> ApiRouter<AppState> {
     ApiRouter::new()
         .merge(routes::actions::router())
         .merge(routes::policies::router())
+        .merge(routes::members::router())
+        .merge(routes::signing_keys::router())
+        .merge(routes::notifications::router())
+        .merge(routes::slack::router())
+        .merge(routes::backtest::router())
+        .merge(routes::delegations::router())
         .merge(routes::tenant::router())
         .merge(routes::ledger::router())
+        .merge(routes::workflows::router())
+        .merge(routes::events::router())
+        .merge(routes::stream::router())
 }
 
 fn describe(api: &mut OpenApi) {
@@ -163,6 +172,8 @@ pub fn app(state: AppState) -> Router {
         .merge(v1)
         .merge(routes::docs::router())
         .merge(routes::health::router())
+        .merge(routes::notifications::links())
+        .merge(routes::slack::callbacks())
         .layer(Extension(Arc::new(api)))
         .layer(axum::extract::DefaultBodyLimit::max(limits.body_bytes))
         .layer(axum::middleware::from_fn(record_metrics))

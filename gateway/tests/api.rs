@@ -730,6 +730,8 @@ async fn stats_and_user_history(kind: &str) {
         "escalation_rate": 1.0 / 6.0,
         "execution_success_rate": 0.5,
         "votes_cast": 3,
+        "break_glass": 0,
+        "break_glass_overdue": 0,
         "vote_participation": 0.5,
     });
     let deadline = within(Duration::from_secs(30)).every(Duration::from_millis(50));

@@ -7,17 +7,23 @@
 
 mod support;
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use countersign_ledger::testing::{eventually, within};
 use serde_json::{Value, json};
-use support::{TestApp, token};
+use support::{TestApp, token, token_with};
 
 const ROLES: [&str; 5] = ["owner", "admin", "approver", "requester", "auditor"];
 
+/// One expiry for the whole run: a role's token is the same string whenever it is minted, so
+/// a check can tell which role a token stands for by comparing strings (a token minted per
+/// call would differ whenever the clock's second turned between two calls).
+static EXPIRES: LazyLock<i64> = LazyLock::new(|| chrono::Utc::now().timestamp() + 3600);
+
 fn as_role(role: &str) -> String {
-    token(&format!("{role}-user"), "acme", &[role])
+    token_with(&format!("{role}-user"), "acme", &[role], *EXPIRES)
 }
 
 fn refund() -> Value {

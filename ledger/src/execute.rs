@@ -117,10 +117,10 @@ impl<E: std::error::Error> LedgerError<E> {
             AggregateError::UserError(err) => Self::Rejected(err),
             AggregateError::AggregateConflict => Self::Conflict { attempts: 1 },
             AggregateError::DatabaseConnectionError(err) | AggregateError::UnexpectedError(err) => {
-                Self::Store(anyhow::Error::from_boxed(err))
+                Self::Store(crate::reach::from_box(err))
             }
             AggregateError::DeserializationError(err) => {
-                Self::Store(anyhow::Error::from_boxed(err).context("encoding or decoding an event"))
+                Self::Store(crate::reach::from_box(err).context("encoding or decoding an event"))
             }
         }
     }

@@ -143,12 +143,16 @@ impl LoggedEvent {
     pub fn decode_known(&self) -> anyhow::Result<()> {
         use countersign_domain::action::Action;
         use countersign_domain::tenant::{ApiKeys, PolicySet, TenantSettings};
+        use countersign_domain::workflow::{IntakeEvent, WorkflowRun, WorkflowSet};
         use cqrs_es::Aggregate;
         match self.aggregate_type.as_str() {
             Action::TYPE => self.decode::<Action>().map(drop),
             PolicySet::TYPE => self.decode::<PolicySet>().map(drop),
             TenantSettings::TYPE => self.decode::<TenantSettings>().map(drop),
             ApiKeys::TYPE => self.decode::<ApiKeys>().map(drop),
+            WorkflowSet::TYPE => self.decode::<WorkflowSet>().map(drop),
+            IntakeEvent::TYPE => self.decode::<IntakeEvent>().map(drop),
+            WorkflowRun::TYPE => self.decode::<WorkflowRun>().map(drop),
             _ => Ok(()),
         }
     }

@@ -24,6 +24,7 @@ mod execute;
 pub mod health;
 mod lock;
 pub mod log;
+mod reach;
 mod secrets;
 mod store;
 #[cfg(feature = "testing")]
@@ -44,6 +45,7 @@ use sqlx::{PgPool, SqlitePool};
 pub use execute::{Committed, LedgerError, RecordedEvent, RetryPolicy};
 pub use lock::TailerLock;
 pub use log::{LogCursor, LogReads, LogWaker, LoggedEvent};
+pub use reach::store_unreachable;
 #[cfg(feature = "testing")]
 pub use store::CommitProbe;
 use store::{LedgerStore as _, Store};
@@ -109,6 +111,40 @@ impl LedgerAggregate for countersign_domain::tenant::TenantSettings {
     const CACHED: bool = true;
 }
 impl LedgerAggregate for countersign_domain::tenant::ApiKeys {
+    type Id = TenantId;
+    const CACHED: bool = true;
+}
+impl LedgerAggregate for countersign_domain::delegation::DelegationSet {
+    type Id = TenantId;
+    const CACHED: bool = true;
+}
+/// Workflows (issue 17): a tenant's definitions, like its policies; one stream per received event
+/// (its first append is the dedup: a repeat conflicts, is decided again and refused); one stream
+/// per run.
+impl LedgerAggregate for countersign_domain::workflow::WorkflowSet {
+    type Id = TenantId;
+    const CACHED: bool = true;
+}
+impl LedgerAggregate for countersign_domain::workflow::IntakeEvent {
+    type Id = countersign_domain::workflow::IntakeKey;
+
+    fn creates(_command: &Self::Command) -> bool {
+        true
+    }
+}
+impl LedgerAggregate for countersign_domain::workflow::WorkflowRun {
+    type Id = countersign_domain::workflow::RunId;
+
+    /// A run's id is derived from its event and workflow: a second start is the rare case
+    /// (a replay), refused on the second try from the stored stream.
+    fn creates(command: &Self::Command) -> bool {
+        matches!(
+            command,
+            countersign_domain::workflow::RunCommand::StartRun { .. }
+        )
+    }
+}
+impl LedgerAggregate for countersign_domain::members::MemberDirectory {
     type Id = TenantId;
     const CACHED: bool = true;
 }

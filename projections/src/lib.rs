@@ -20,10 +20,11 @@ pub mod replay;
 pub mod rows;
 mod runner;
 mod store;
+pub mod trends;
 
 pub use query::{
-    ActionDetail, AuditEntry, InboxFilter, InboxItem, InboxPage, InboxSort, QueryError,
-    TenantStats, VoteRecord,
+    ActionDetail, AuditEntry, BreakGlassMark, BreakGlassReviewState, InboxFilter, InboxItem,
+    InboxPage, InboxSort, QueryError, StageRules, TenantStats, VoteRecord,
 };
 pub use runner::{Outcome, Runner, Supervisor, rebuild};
 pub use store::{Generation, GenerationState, ProjectionStore};
@@ -52,8 +53,12 @@ impl Projection {
     /// then builds a new generation beside the live one and switches to it when caught up.
     pub fn version(self) -> i64 {
         match self {
-            Self::Actions => 1,
-            Self::Audit => 1,
+            // 2: a delegate who cast a ballot is `voted` in the stage; a delegated vote is the
+            // delegator's. 3: `review_due` (break-glass reviews to escalate) and `vote_summary`
+            // (the inbox's current-stage progress). 4: `break_glass` (the inbox's mark).
+            // 5: `stage_rules` (the stage count and current rules the console's inbox words).
+            Self::Actions => 5,
+            Self::Audit => 2,
         }
     }
 
@@ -105,10 +110,15 @@ impl Projection {
                         submitted_at BIGINT NOT NULL,
                         expires_at BIGINT NOT NULL,
                         decided_at BIGINT,
+                        review_due BIGINT,
+                        vote_summary TEXT,
+                        break_glass TEXT,
+                        stage_rules TEXT,
                         position BIGINT NOT NULL,
                         state TEXT NOT NULL
                     )"
                 ),
+                format!("CREATE INDEX p_actions_g{g}_review_due ON p_actions_g{g} (review_due)"),
                 format!(
                     "CREATE INDEX p_actions_g{g}_created ON p_actions_g{g} (tenant, status, submitted_at, action_id)"
                 ),

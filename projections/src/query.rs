@@ -3,14 +3,16 @@
 //! `countersign_reader` with `countersign.tenant` set, so row-level security holds even where a
 //! filter were forgotten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use countersign_domain::action::{Action, ActionState, ActionStatus, Decision, ExecutionState};
+use countersign_domain::action::{
+    Action, ActionState, ActionStatus, Decision, ExecutionState, StageSkip,
+};
 use countersign_domain::canonical::ExecutionKey;
-use countersign_domain::policy::PolicySnapshot;
+use countersign_domain::policy::{PolicySnapshot, Rule};
 use countersign_domain::quorum::{Ballot, StageProgress};
 use countersign_domain::risk::{RiskAssessment, RiskLevel};
 use countersign_domain::submission::Submission;
@@ -119,6 +121,98 @@ pub struct InboxItem {
     pub submitted_at: Timestamp,
     pub expires_at: Timestamp,
     pub decided_at: Option<Timestamp>,
+    /// The member in whose place the reader may vote on it through a delegation window active
+    /// now, when the reader may not vote on it as themselves (only in the `eligible=me` view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// The current stage's votes: approvals, rejections and abstentions, and each rule's
+    /// counted/needed (in the order of the stage's `rules`).
+    pub vote_summary: Option<StageProgress>,
+    /// Present when the action was approved alone in an emergency (break-glass): who, when, and
+    /// where its review after the fact stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassMark>,
+    /// How many stages its policy has and the current stage's rules, for words like "stage 1 of
+    /// 2 · finance_ops 1/2" (the console's; not part of the API's item).
+    #[serde(skip)]
+    pub stage_rules: Option<StageRules>,
+}
+
+/// How many stages an action's policy has, and the rules of its current stage (in the order
+/// of `vote_summary.rules`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRules {
+    pub stages: u32,
+    pub rules: Vec<Rule>,
+}
+
+impl StageRules {
+    pub fn of(state: &ActionState) -> Self {
+        let stages = state.policy.requirements.stages.as_slice();
+        Self {
+            stages: u32::try_from(stages.len()).unwrap_or(u32::MAX),
+            rules: stages
+                .get(state.stage as usize)
+                .map(|stage| stage.rules.as_slice().to_vec())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A break-glass approval as the inbox marks it (the detail's `break_glass` has all of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlassMark {
+    /// Who approved alone.
+    pub by: String,
+    pub at: Timestamp,
+    /// When its review after the fact is due.
+    pub review_due: Timestamp,
+    pub review: BreakGlassReviewState,
+}
+
+/// Where a break-glass approval's review stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakGlassReviewState {
+    /// Not reviewed yet, and not yet due.
+    Pending,
+    /// Not reviewed in time: escalated, still to review.
+    Overdue,
+    /// Reviewed: the approval was right.
+    Upheld,
+    /// Reviewed: the approval was wrong.
+    Disputed,
+}
+
+impl BreakGlassReviewState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Overdue => "overdue",
+            Self::Upheld => "upheld",
+            Self::Disputed => "disputed",
+        }
+    }
+}
+
+impl BreakGlassMark {
+    pub fn of(glass: &countersign_domain::action::BreakGlass) -> Self {
+        use countersign_domain::action::ReviewVerdict;
+        let review = match (&glass.review, &glass.overdue) {
+            (Some(review), _) => match review.verdict {
+                ReviewVerdict::Upheld => BreakGlassReviewState::Upheld,
+                ReviewVerdict::Disputed => BreakGlassReviewState::Disputed,
+            },
+            (None, Some(_)) => BreakGlassReviewState::Overdue,
+            (None, None) => BreakGlassReviewState::Pending,
+        };
+        Self {
+            by: glass.by.to_string(),
+            at: glass.at,
+            review_due: glass.review_due,
+            review,
+        }
+    }
 }
 
 impl InboxItem {
@@ -138,6 +232,10 @@ impl InboxItem {
             submitted_at: state.submitted_at,
             expires_at: state.expires_at,
             decided_at: state.decision.as_ref().map(|decision| decision.at),
+            on_behalf_of: None,
+            vote_summary: state.stage_progress().get(state.stage as usize).cloned(),
+            break_glass: state.break_glass.as_ref().map(BreakGlassMark::of),
+            stage_rules: Some(StageRules::of(state)),
         }
     }
 }
@@ -154,8 +252,12 @@ pub struct InboxPage {
 pub struct StageView {
     pub index: u32,
     pub name: Option<String>,
-    /// `approved`, `current` or `waiting`.
+    /// `approved`, `skipped`, `current`, `closed` (decided otherwise while it was current) or
+    /// `waiting`.
     pub state: String,
+    /// Why the stage was skipped, when it was (`state` is then `skipped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<StageSkip>,
     pub progress: Option<StageProgress>,
     pub votes: Vec<VoteView>,
 }
@@ -193,6 +295,9 @@ pub struct ActionDetail {
     pub rollback_of: Option<ActionId>,
     /// The action that rolls this one back.
     pub rolled_back_by: Option<ActionId>,
+    /// How it was approved alone in an emergency, and its review, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<countersign_domain::action::BreakGlass>,
     /// The global position of the last event reflected here.
     pub position: i64,
 }
@@ -208,7 +313,9 @@ impl ActionDetail {
             .enumerate()
             .map(|(index, stage)| {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
+                let skipped = state.skipped_stages.get(&index).cloned();
                 let stage_state = match index.cmp(&state.stage) {
+                    _ if skipped.is_some() => "skipped",
                     std::cmp::Ordering::Less => "approved",
                     std::cmp::Ordering::Equal
                         if state.status == ActionStatus::Pending
@@ -231,6 +338,7 @@ impl ActionDetail {
                     index,
                     name: stage.name.clone(),
                     state: stage_state.to_owned(),
+                    skipped,
                     progress: progress.get(index as usize).cloned(),
                     votes: state
                         .ballots
@@ -270,6 +378,7 @@ impl ActionDetail {
             correlation_id: state.correlation_id.as_ref().map(ToString::to_string),
             rollback_of: state.rollback_of,
             rolled_back_by: state.rolled_back_by,
+            break_glass: state.break_glass.clone(),
             position,
         }
     }
@@ -315,7 +424,11 @@ impl AuditEntry {
 pub struct VoteRecord {
     pub action_id: String,
     pub sequence: i64,
+    /// Whose ballot it is.
     pub voter: String,
+    /// The delegate who cast it in the voter's place, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cast_by: Option<String>,
     pub stage: u32,
     pub vote: String,
     pub comment: Option<String>,
@@ -349,6 +462,12 @@ pub struct TenantStats {
     /// Succeeded ÷ (succeeded + failed) executions.
     pub execution_success_rate: Option<f64>,
     pub votes_cast: i64,
+    /// Actions approved alone in an emergency (break-glass).
+    #[serde(default)]
+    pub break_glass: i64,
+    /// Break-glass approvals whose review was not recorded in time (escalated).
+    #[serde(default)]
+    pub break_glass_overdue: i64,
     /// Share of decided actions that received at least one vote.
     pub vote_participation: Option<f64>,
 }
@@ -434,7 +553,8 @@ fn bind_all<'q>(
     query
 }
 
-fn inbox_item(row: &AnyRow) -> Result<InboxItem, QueryError> {
+/// An inbox line; `delegated`: the query computed `on_behalf_of`.
+fn inbox_item(row: &AnyRow, delegated: bool) -> Result<InboxItem, QueryError> {
     let status: String = row.try_get("status")?;
     let level: String = row.try_get("risk_level")?;
     let parse_status = ActionStatus::ALL
@@ -457,11 +577,32 @@ fn inbox_item(row: &AnyRow) -> Result<InboxItem, QueryError> {
         submitted_at: instant(row.try_get("submitted_at")?),
         expires_at: instant(row.try_get("expires_at")?),
         decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(instant),
+        on_behalf_of: if delegated {
+            row.try_get("on_behalf_of")?
+        } else {
+            None
+        },
+        vote_summary: row
+            .try_get::<Option<String>, _>("vote_summary")?
+            .map(|summary| serde_json::from_str(&summary))
+            .transpose()
+            .context("the vote summary in the actions projection")?,
+        break_glass: row
+            .try_get::<Option<String>, _>("break_glass")?
+            .map(|mark| serde_json::from_str(&mark))
+            .transpose()
+            .context("the break-glass mark in the actions projection")?,
+        stage_rules: row
+            .try_get::<Option<String>, _>("stage_rules")?
+            .map(|rules| serde_json::from_str(&rules))
+            .transpose()
+            .context("the stage rules in the actions projection")?,
     })
 }
 
 const INBOX_COLUMNS: &str = "action_id, status, action_type, module, capability, summary, requested_by, \
-    risk_score, risk_level, stage, escalations, submitted_at, expires_at, decided_at";
+    risk_score, risk_level, stage, escalations, submitted_at, expires_at, decided_at, vote_summary, break_glass, \
+    stage_rules";
 
 impl ProjectionStore {
     /// Opens a read transaction scoped to `tenant`, and finds the live generation of `projection`.
@@ -495,7 +636,8 @@ impl ProjectionStore {
     }
 
     /// Actions a system component should look at (cross-tenant, not for callers): open ones whose
-    /// deadline has passed, and approved or executing ones (to run, retry or reclaim).
+    /// deadline has passed, approved or executing ones (to run, retry or reclaim), and
+    /// break-glass approvals whose review is overdue and not yet escalated.
     pub async fn actions_needing_attention(
         &self,
         now: Timestamp,
@@ -508,6 +650,7 @@ impl ProjectionStore {
         let rows = sqlx::query(&format!(
             "SELECT action_id FROM p_actions_g{g}
               WHERE (status IN ('pending', 'escalated') AND expires_at <= $1) OR status IN ('approved', 'executing')
+                 OR review_due <= $1
               ORDER BY expires_at, action_id LIMIT {}",
             limit.max(1)
         ))
@@ -540,6 +683,7 @@ impl ProjectionStore {
         &self,
         tenant: &TenantId,
         filter: &InboxFilter,
+        delegators: &[Principal],
     ) -> Result<InboxPage, QueryError> {
         let (mut tx, g) = self.reader(tenant, Projection::Actions).await?;
         let mut conditions = Conditions::default();
@@ -588,32 +732,72 @@ impl ProjectionStore {
                 Bind::Int(micros(before)),
             );
         }
+        let mut delegated_column = None;
         if let Some(me) = &filter.eligible {
+            // Who may vote on an action: `who`, as a user or through one of `roles`.
+            let eligible = |conditions: &mut Conditions, who: &UserId, roles: &[String]| {
+                let start = conditions.next();
+                let mut principal = format!("(e.kind = 'user' AND e.principal = ${start})");
+                conditions.params.push(Bind::Text(who.to_string()));
+                if !roles.is_empty() {
+                    principal = format!(
+                        "({principal} OR (e.kind = 'role' AND e.principal IN ({})))",
+                        placeholders(start + 1, roles.len())
+                    );
+                    conditions
+                        .params
+                        .extend(roles.iter().cloned().map(Bind::Text));
+                }
+                format!(
+                    "EXISTS (SELECT 1 FROM p_eligibility_g{g} e WHERE e.action_id = a.action_id AND {principal})"
+                )
+            };
+            // Whether `who` holds a ballot of the current stage or cast one in another's place.
+            // `v.tenant = $1` (the tenant is always the first parameter) lets the planner read
+            // these rows from the (tenant, kind, principal) index instead of hashing the whole
+            // table.
+            let voted = |conditions: &mut Conditions, who: &UserId| {
+                let n = conditions.next();
+                conditions.params.push(Bind::Text(who.to_string()));
+                format!(
+                    "EXISTS (SELECT 1 FROM p_eligibility_g{g} v WHERE v.tenant = $1 AND v.action_id = a.action_id AND v.kind = 'voted' AND v.principal = ${n})"
+                )
+            };
+            let not_requester = |conditions: &mut Conditions, who: &UserId| {
+                let n = conditions.next();
+                conditions.params.push(Bind::Text(who.to_string()));
+                format!("(a.requested_by <> ${n} OR a.allow_self_approval = 1)")
+            };
             let roles: Vec<String> = me.roles.iter().map(Role::to_string).collect();
-            let start = conditions.next();
-            let mut principal = format!("(e.kind = 'user' AND e.principal = ${start})");
-            conditions.params.push(Bind::Text(me.id.to_string()));
-            if !roles.is_empty() {
-                principal = format!(
-                    "({principal} OR (e.kind = 'role' AND e.principal IN ({})))",
-                    placeholders(start + 1, roles.len())
-                );
-                conditions.params.extend(roles.into_iter().map(Bind::Text));
+            let own = eligible(&mut conditions, &me.id, &roles);
+            let me_voted = voted(&mut conditions, &me.id);
+            let me_not_requester = not_requester(&mut conditions, &me.id);
+            conditions.sql.push(format!("NOT {me_voted}"));
+            conditions.sql.push(me_not_requester);
+            // In a delegator's place: the delegator may vote (with the roles they lent), has not,
+            // and did not request it.
+            let mut places = Vec::new();
+            for delegator in delegators.iter().filter(|d| d.id != me.id) {
+                let roles: Vec<String> = delegator.roles.iter().map(Role::to_string).collect();
+                let may = eligible(&mut conditions, &delegator.id, &roles);
+                let has_voted = voted(&mut conditions, &delegator.id);
+                let not_theirs = not_requester(&mut conditions, &delegator.id);
+                let n = conditions.next();
+                conditions.params.push(Bind::Text(delegator.id.to_string()));
+                places.push((format!("({may} AND NOT {has_voted} AND {not_theirs})"), n));
             }
-            conditions.sql.push(format!(
-                "EXISTS (SELECT 1 FROM p_eligibility_g{g} e WHERE e.action_id = a.action_id AND {principal})"
-            ));
-            conditions.push(
-                // `v.tenant = $1` (the tenant is always the first parameter) lets the planner read
-                // this voter's votes from the (tenant, kind, principal) index instead of hashing
-                // the whole table.
-                |n| format!("NOT EXISTS (SELECT 1 FROM p_eligibility_g{g} v WHERE v.tenant = $1 AND v.action_id = a.action_id AND v.kind = 'voted' AND v.principal = ${n})"),
-                Bind::Text(me.id.to_string()),
-            );
-            conditions.push(
-                |n| format!("(a.requested_by <> ${n} OR a.allow_self_approval = 1)"),
-                Bind::Text(me.id.to_string()),
-            );
+            let mut any = vec![own.clone()];
+            any.extend(places.iter().map(|(condition, _)| condition.clone()));
+            conditions.sql.push(format!("({})", any.join(" OR ")));
+            if !places.is_empty() {
+                let whens: String = places
+                    .iter()
+                    .map(|(condition, n)| format!(" WHEN {condition} THEN ${n}"))
+                    .collect();
+                delegated_column = Some(format!(
+                    "CASE WHEN {own} THEN NULL{whens} ELSE NULL END AS on_behalf_of"
+                ));
+            }
         }
         let column = filter.sort.column();
         let (order, comparison) = if filter.sort.descending() {
@@ -639,9 +823,16 @@ impl ProjectionStore {
         let mut statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
         statuses.sort_unstable();
         statuses.dedup();
+        let (inner_columns, outer_columns) = match &delegated_column {
+            Some(column) => (
+                format!("{INBOX_COLUMNS}, {column}"),
+                format!("{INBOX_COLUMNS}, on_behalf_of"),
+            ),
+            None => (INBOX_COLUMNS.to_owned(), INBOX_COLUMNS.to_owned()),
+        };
         let sql = if statuses.is_empty() {
             format!(
-                "SELECT {INBOX_COLUMNS} FROM p_actions_g{g} a WHERE {} {ordering}",
+                "SELECT {inner_columns} FROM p_actions_g{g} a WHERE {} {ordering}",
                 conditions.sql.join(" AND ")
             )
         } else {
@@ -654,7 +845,7 @@ impl ProjectionStore {
                 .enumerate()
                 .map(|(i, _)| {
                     format!(
-                        "SELECT * FROM (SELECT {INBOX_COLUMNS} FROM p_actions_g{g} a \
+                        "SELECT * FROM (SELECT {inner_columns} FROM p_actions_g{g} a \
                          WHERE {shared} AND a.status = ${} {ordering}) s{i}",
                         first + i
                     )
@@ -666,7 +857,7 @@ impl ProjectionStore {
                     .map(|status| Bind::Text((*status).to_owned())),
             );
             format!(
-                "SELECT {INBOX_COLUMNS} FROM ({}) u {ordering}",
+                "SELECT {outer_columns} FROM ({}) u {ordering}",
                 branches.join(" UNION ALL ")
             )
         };
@@ -674,7 +865,11 @@ impl ProjectionStore {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut items = rows.iter().map(inbox_item).collect::<Result<Vec<_>, _>>()?;
+        let delegated = delegated_column.is_some();
+        let mut items = rows
+            .iter()
+            .map(|row| inbox_item(row, delegated))
+            .collect::<Result<Vec<_>, _>>()?;
         let next_cursor = if items.len() > limit as usize {
             items.truncate(limit as usize);
             items.last().map(|last| {
@@ -689,6 +884,52 @@ impl ProjectionStore {
             None
         };
         Ok(InboxPage { items, next_cursor })
+    }
+
+    /// Which of `ids` `voter` may vote on now as themselves and has not in the current stage
+    /// (the `eligible` view's rule, without delegations), in one read.
+    async fn votable_among_once(
+        &self,
+        tenant: &TenantId,
+        voter: &Principal,
+        ids: &[String],
+    ) -> Result<BTreeSet<String>, QueryError> {
+        if ids.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let (mut tx, g) = self.reader(tenant, Projection::Actions).await?;
+        let roles: Vec<String> = voter.roles.iter().map(Role::to_string).collect();
+        // $1 the tenant, $2 the voter, then the ids, then the voter's roles.
+        let mut principal = "(e.kind = 'user' AND e.principal = $2)".to_owned();
+        if !roles.is_empty() {
+            principal = format!(
+                "({principal} OR (e.kind = 'role' AND e.principal IN ({})))",
+                placeholders(3 + ids.len(), roles.len())
+            );
+        }
+        let sql = format!(
+            "SELECT a.action_id FROM p_actions_g{g} a
+              WHERE a.tenant = $1 AND a.action_id IN ({})
+                AND a.status IN ('pending', 'escalated')
+                AND (a.requested_by <> $2 OR a.allow_self_approval = 1)
+                AND EXISTS (SELECT 1 FROM p_eligibility_g{g} e WHERE e.action_id = a.action_id AND {principal})
+                AND NOT EXISTS (SELECT 1 FROM p_eligibility_g{g} v WHERE v.tenant = $1 AND v.action_id = a.action_id AND v.kind = 'voted' AND v.principal = $2)",
+            placeholders(3, ids.len())
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(tenant.to_string())
+            .bind(voter.id.to_string());
+        for id in ids {
+            query = query.bind(id.clone());
+        }
+        for role in roles {
+            query = query.bind(role);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get::<String, _>(0)?))
+            .collect()
     }
 
     /// One action's state, when it exists in this tenant.
@@ -770,8 +1011,11 @@ impl ProjectionStore {
     ) -> Result<Vec<VoteRecord>, QueryError> {
         let (mut tx, g) = self.reader(tenant, Projection::Audit).await?;
         let rows = sqlx::query(&format!(
-            "SELECT action_id, sequence, voter, stage, vote, comment, roles, at FROM p_votes_g{g}
-              WHERE tenant = $1 AND voter = $2 ORDER BY at DESC, action_id DESC, sequence DESC LIMIT {}",
+            "SELECT v.action_id, v.sequence, v.voter, v.stage, v.vote, v.comment, v.roles, v.at, au.actor
+               FROM p_votes_g{g} v
+               LEFT JOIN p_audit_g{g} au ON au.action_id = v.action_id AND au.sequence = v.sequence
+              WHERE v.tenant = $1 AND v.voter = $2
+              ORDER BY v.at DESC, v.action_id DESC, v.sequence DESC LIMIT {}",
             limit.clamp(1, 500)
         ))
         .bind(tenant.as_str())
@@ -782,10 +1026,14 @@ impl ProjectionStore {
         rows.iter()
             .map(|row| {
                 let roles: String = row.try_get("roles")?;
+                let voter: String = row.try_get("voter")?;
+                // The event's actor: the delegate, when it is not the ballot's holder.
+                let actor: Option<String> = row.try_get("actor")?;
                 Ok(VoteRecord {
                     action_id: row.try_get("action_id")?,
                     sequence: row.try_get("sequence")?,
-                    voter: row.try_get("voter")?,
+                    cast_by: actor.filter(|actor| *actor != voter),
+                    voter,
                     stage: u32::try_from(row.try_get::<i64, _>("stage")?).unwrap_or_default(),
                     vote: row.try_get("vote")?,
                     comment: row.try_get("comment")?,
@@ -843,7 +1091,30 @@ impl ProjectionStore {
         tenant: &TenantId,
         filter: &InboxFilter,
     ) -> Result<InboxPage, QueryError> {
-        retried!(self.inbox_once(tenant, filter))
+        retried!(self.inbox_once(tenant, filter, &[]))
+    }
+
+    /// A page of the inbox where the `eligible` view also holds what `delegators` — the members
+    /// who lent their eligibility to the `eligible` principal through a window active now, with
+    /// the roles they lent — may vote on and have not, each marked with `on_behalf_of`.
+    pub async fn inbox_with_delegations(
+        &self,
+        tenant: &TenantId,
+        filter: &InboxFilter,
+        delegators: &[Principal],
+    ) -> Result<InboxPage, QueryError> {
+        retried!(self.inbox_once(tenant, filter, delegators))
+    }
+
+    /// Which of `ids` (actions of `tenant`) `voter` may vote on now as themselves and has not
+    /// in the current stage: the `eligible` view's rule, without delegations, in one read.
+    pub async fn votable_among(
+        &self,
+        tenant: &TenantId,
+        voter: &Principal,
+        ids: &[String],
+    ) -> Result<BTreeSet<String>, QueryError> {
+        retried!(self.votable_among_once(tenant, voter, ids))
     }
 
     /// One action's state and the position it reflects, when it exists in this tenant.
@@ -927,6 +1198,8 @@ pub fn stats_from_counters(counters: &BTreeMap<String, BTreeMap<String, i64>>) -
             count(metric::EXECUTION, "succeeded") + count(metric::EXECUTION, "failed"),
         ),
         votes_cast: count(metric::VOTES, "cast"),
+        break_glass: count(metric::OUTCOME, "break_glass"),
+        break_glass_overdue: count(metric::OUTCOME, "break_glass_overdue"),
         vote_participation: ratio(
             count(metric::VOTES, "decided_with_votes"),
             decided + count(metric::OUTCOME, "cancelled"),

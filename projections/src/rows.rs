@@ -25,6 +25,17 @@ pub struct ActionRow {
     pub submitted_at: i64,
     pub expires_at: i64,
     pub decided_at: Option<i64>,
+    /// When the deadline reactor has to escalate a break-glass approval's review (while it is
+    /// neither recorded nor escalated).
+    pub review_due: Option<i64>,
+    /// The current stage's progress (`StageProgress`: tally and each rule's counted/needed), as
+    /// JSON: the inbox's vote summary.
+    pub vote_summary: Option<String>,
+    /// The break-glass approval's mark (`BreakGlassMark`), as JSON, when it had one.
+    pub break_glass: Option<String>,
+    /// How many stages the policy has and the current stage's rules (`StageRules`), as JSON:
+    /// the console's words for the progress.
+    pub stage_rules: Option<String>,
     /// Global position of the last event folded in.
     pub position: i64,
     /// The folded `ActionState`, as JSON.
@@ -50,6 +61,22 @@ impl ActionRow {
             submitted_at: micros(state.submitted_at),
             expires_at: micros(state.expires_at),
             decided_at: state.decision.as_ref().map(|decision| micros(decision.at)),
+            review_due: state
+                .break_glass
+                .as_ref()
+                .and_then(countersign_domain::action::BreakGlass::escalation_due)
+                .map(micros),
+            vote_summary: state
+                .stage_progress()
+                .get(state.stage as usize)
+                .map(serde_json::to_string)
+                .transpose()?,
+            break_glass: state
+                .break_glass
+                .as_ref()
+                .map(|glass| serde_json::to_string(&crate::query::BreakGlassMark::of(glass)))
+                .transpose()?,
+            stage_rules: Some(serde_json::to_string(&crate::query::StageRules::of(state))?),
             position,
             state: serde_json::to_string(state)?,
         })
@@ -57,7 +84,8 @@ impl ActionRow {
 }
 
 /// Who may vote on an open action (`role`, `user`) and who already has in its current stage
-/// (`voted`).
+/// (`voted`: each ballot's holder, and the delegate who cast one in a holder's place — nobody
+/// holds or casts two ballots of a stage).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EligibilityRow {
     pub action_id: String,
@@ -83,6 +111,16 @@ pub fn eligibility(state: &ActionState) -> Vec<EligibilityRow> {
         .chain(
             state
                 .current_voters()
+                .chain(
+                    state
+                        .ballots
+                        .get(state.stage as usize)
+                        .into_iter()
+                        .flat_map(|ballots| ballots.values())
+                        .filter_map(|ballot| ballot.cast_by.as_ref()),
+                )
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .map(|voter| row("voted", voter.to_string())),
         )
         .collect()
@@ -124,7 +162,8 @@ pub fn audit_row(logged: &LoggedEvent, event: &ActionEvent) -> anyhow::Result<Au
     })
 }
 
-/// One vote, for the voter's history.
+/// One vote, for the history of the member whose ballot it is (the delegator's, when a delegate
+/// cast it in their place: the audit row of the same event names the delegate as its actor).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VoteRow {
     pub action_id: String,
@@ -147,7 +186,7 @@ pub fn vote_row(logged: &LoggedEvent, event: &ActionEvent) -> anyhow::Result<Opt
         action_id: logged.aggregate_id.clone(),
         sequence: logged.sequence,
         tenant: logged.tenant.clone(),
-        voter: cast.context.actor.to_string(),
+        voter: cast.ballot_of().to_string(),
         stage: i64::from(cast.stage),
         vote: match cast.vote {
             countersign_domain::quorum::Vote::Approve => "approve",
@@ -242,6 +281,18 @@ pub fn stats_delta(
     }
     if before.is_none_or(|state| state.escalations == 0) && after.escalations > 0 {
         delta.push((metric::OUTCOME, "escalated".to_owned(), 1));
+    }
+    if before.is_none_or(|state| state.break_glass.is_none()) && after.break_glass.is_some() {
+        delta.push((metric::OUTCOME, "break_glass".to_owned(), 1));
+    }
+    let overdue = |state: &ActionState| {
+        state
+            .break_glass
+            .as_ref()
+            .is_some_and(|glass| glass.overdue.is_some())
+    };
+    if !before.is_some_and(overdue) && overdue(after) {
+        delta.push((metric::OUTCOME, "break_glass_overdue".to_owned(), 1));
     }
     // How the action's execution finished, if it has. A skip for safe mode can be resumed (back
     // to approved), so this counts the actions that are finished now: a difference of two

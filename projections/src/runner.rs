@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::apply::apply_batch;
-use crate::store::{Generation, GenerationState, ProjectionStore};
+use crate::store::{BatchTransaction, Generation, GenerationState, ProjectionStore};
 use crate::{Projection, micros};
 
 /// What one step of a runner did.
@@ -21,6 +21,53 @@ pub enum Outcome {
     Idle,
     /// The generation was retired (another generation replaced it): stop.
     Retired,
+}
+
+/// Moves a generation's checkpoint from `from` to `to` in the batch's transaction, unless it was
+/// retired or another runner moved it: the rows affected (1, or 0 to roll back).
+struct CheckpointMove {
+    projection: Projection,
+    generation: i64,
+    from: LogCursor,
+    to: LogCursor,
+    events: i64,
+}
+
+impl CheckpointMove {
+    const SQL: &'static str = "UPDATE projections
+        SET checkpoint_txid = $1, checkpoint_position = $2, events = events + $3, updated_at = $4
+      WHERE name = $5 AND generation = $6 AND state <> 'retired'
+        AND checkpoint_txid = $7 AND checkpoint_position = $8";
+
+    async fn run(self, tx: &mut BatchTransaction) -> Result<u64, sqlx::Error> {
+        let now = micros(chrono::Utc::now());
+        Ok(match tx {
+            BatchTransaction::Postgres(tx) => sqlx::query(Self::SQL)
+                .bind(self.to.txid)
+                .bind(self.to.position)
+                .bind(self.events)
+                .bind(now)
+                .bind(self.projection.name())
+                .bind(self.generation)
+                .bind(self.from.txid)
+                .bind(self.from.position)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+            BatchTransaction::Portable(tx) => sqlx::query(Self::SQL)
+                .bind(self.to.txid)
+                .bind(self.to.position)
+                .bind(self.events)
+                .bind(now)
+                .bind(self.projection.name())
+                .bind(self.generation)
+                .bind(self.from.txid)
+                .bind(self.from.position)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        })
+    }
 }
 
 /// Tails the log into one generation of one projection.
@@ -115,7 +162,7 @@ impl Runner {
         };
         let cursor = last.cursor;
         let newest = last.recorded_at;
-        let mut tx = self.store.write_transaction().await?;
+        let mut tx = self.store.batch_transaction().await?;
         apply_batch(&mut tx, self.projection, self.generation, &events)
             .await
             .with_context(|| {
@@ -126,23 +173,16 @@ impl Runner {
                     self.generation
                 )
             })?;
-        let moved = sqlx::query(
-            "UPDATE projections
-                SET checkpoint_txid = $1, checkpoint_position = $2, events = events + $3, updated_at = $4
-              WHERE name = $5 AND generation = $6 AND state <> 'retired'
-                AND checkpoint_txid = $7 AND checkpoint_position = $8",
-        )
-        .bind(cursor.txid)
-        .bind(cursor.position)
-        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .bind(micros(chrono::Utc::now()))
-        .bind(self.projection.name())
-        .bind(self.generation)
-        .bind(checkpoint.txid)
-        .bind(checkpoint.position)
-        .execute(&mut *tx)
+        let moved = CheckpointMove {
+            projection: self.projection,
+            generation: self.generation,
+            from: checkpoint,
+            to: cursor,
+            events: i64::try_from(events.len()).unwrap_or(i64::MAX),
+        }
+        .run(&mut tx)
         .await?;
-        if moved.rows_affected() != 1 {
+        if moved != 1 {
             // Retired, or another runner moved the checkpoint: apply nothing.
             tx.rollback().await?;
             self.checkpoint = None;

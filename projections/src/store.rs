@@ -2,6 +2,7 @@
 
 use anyhow::{Context, bail};
 use countersign_ledger::{LogCursor, StoreConfig};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
 use crate::Projection;
@@ -53,6 +54,11 @@ pub struct Generation {
 pub struct ProjectionStore {
     pub(crate) pool: AnyPool,
     pub(crate) postgres: bool,
+    /// On PostgreSQL, a few native connections for the runners' batches: sqlx's `Any` driver
+    /// binds no arrays, and a batch is written with one `INSERT … SELECT FROM UNNEST(…)` per
+    /// table instead of a statement with thousands of placeholders (see [`crate::apply`]).
+    /// Connected lazily, on the first batch.
+    pub(crate) batches: Option<PgPool>,
     /// Whether reads can run as `countersign_reader` under row-level security.
     pub(crate) reader_role: bool,
 }
@@ -88,10 +94,34 @@ impl ProjectionStore {
                 .fetch_optional(&pool)
                 .await?
                 .is_some();
+        let batches = if postgres {
+            let options: PgConnectOptions = pool
+                .connect_options()
+                .database_url
+                .as_str()
+                .parse()
+                .context("the projection store's PostgreSQL URL")?;
+            Some(
+                PgPoolOptions::new()
+                    // A live runner and a rebuild per projection.
+                    .max_connections(4)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .idle_timeout(std::time::Duration::from_secs(60))
+                    .test_before_acquire(false)
+                    .after_release(|connection, _| {
+                        use sqlx::Connection as _;
+                        Box::pin(async move { Ok(!connection.is_in_transaction()) })
+                    })
+                    .connect_lazy_with(options),
+            )
+        } else {
+            None
+        };
         Ok(Self {
             pool,
             postgres,
             reader_role,
+            batches,
         })
     }
 
@@ -110,6 +140,14 @@ impl ProjectionStore {
         } else {
             self.pool.begin_with("BEGIN IMMEDIATE").await
         }
+    }
+
+    /// The transaction a runner applies one batch and moves its checkpoint in.
+    pub(crate) async fn batch_transaction(&self) -> Result<BatchTransaction, sqlx::Error> {
+        Ok(match &self.batches {
+            Some(pool) => BatchTransaction::Postgres(pool.begin().await?),
+            None => BatchTransaction::Portable(self.write_transaction().await?),
+        })
     }
 
     /// Every generation of a projection, oldest first.
@@ -367,7 +405,33 @@ impl ProjectionStore {
 
     /// Closes the pool (shared with the other stores given it, if any).
     pub async fn close(&self) {
+        if let Some(batches) = &self.batches {
+            batches.close().await;
+        }
         self.pool.close().await;
+    }
+}
+
+/// One runner batch's transaction: native on PostgreSQL (arrays), portable on SQLite.
+#[derive(Debug)]
+pub(crate) enum BatchTransaction {
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    Portable(sqlx::Transaction<'static, sqlx::Any>),
+}
+
+impl BatchTransaction {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Portable(tx) => tx.commit().await,
+        }
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.rollback().await,
+            Self::Portable(tx) => tx.rollback().await,
+        }
     }
 }
 

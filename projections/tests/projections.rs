@@ -378,6 +378,64 @@ async fn eligible_for_me_means_may_vote_now_and_has_not_yet(kind: &str) {
         set(&[scene.pending_low])
     );
     assert!(eligible(principal("aud", &["auditor"])).await.is_empty());
+
+    // Asked for given ids (every action of the scene, closed ones and another tenant's among
+    // them), the one-read check agrees with the eligible view.
+    let every = set(&[
+        scene.pending_high,
+        scene.pending_low,
+        scene.finance_only,
+        scene.approved_executed,
+        scene.rejected,
+        scene.escalated,
+        scene.other_tenant,
+    ])
+    .into_iter()
+    .collect::<Vec<_>>();
+    for who in [
+        principal("ana", &["approver"]),
+        principal("bo", &["approver"]),
+        principal("fay", &["finance_ops"]),
+        principal("carla", &["cfo"]),
+        principal("rita", &["approver", "requester"]),
+        principal("aud", &["auditor"]),
+    ] {
+        let among = world
+            .projections
+            .votable_among(&acme, &who, &every)
+            .await
+            .expect("votable");
+        assert_eq!(among, eligible(who.clone()).await, "{}", who.id);
+    }
+    assert!(
+        world
+            .projections
+            .votable_among(&acme, &principal("bo", &["approver"]), &[])
+            .await
+            .expect("votable")
+            .is_empty()
+    );
+
+    // Each open item carries its stage count and its current stage's rules, one per counted
+    // rule of its vote summary.
+    let open = world
+        .projections
+        .inbox(
+            &acme,
+            &InboxFilter {
+                statuses: open_statuses(),
+                limit: 50,
+                ..InboxFilter::default()
+            },
+        )
+        .await
+        .expect("inbox");
+    for item in &open.items {
+        let rules = item.stage_rules.as_ref().expect("stage rules");
+        assert!(rules.stages > item.stage, "{}", item.id);
+        let summary = item.vote_summary.as_ref().expect("vote summary");
+        assert_eq!(rules.rules.len(), summary.rules.len(), "{}", item.id);
+    }
 }
 
 on_both_stores!(detail_audit_stats_and_history_read_back_the_scene);

@@ -40,6 +40,10 @@ pub struct RuntimeConfig {
     /// After a stop is asked, how long tasks get to finish (an open event stream holds the HTTP
     /// server's graceful shutdown) before they are aborted.
     pub shutdown_grace: Duration,
+    /// The service's public address (`https://approvals.example.com`): links in notifications
+    /// (the console's action page, one-click approval) are built on it; none: relative links
+    /// and no approval links in emails.
+    pub public_url: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -56,6 +60,7 @@ impl RuntimeConfig {
             seal: SealerConfig::default(),
             executor: ExecutorSettings::default(),
             shutdown_grace: Duration::from_secs(30),
+            public_url: None,
         }
     }
 }
@@ -102,6 +107,9 @@ pub struct ExecutorSettings {
     pub sweep_interval: Duration,
     /// The private ranges outbound requests (webhooks) may reach; none by default.
     pub outbound: countersign_executor::OutboundPolicy,
+    /// The JetStream intake of domain events (with NATS): its stream, durable consumer and
+    /// duplicate window; its subject prefix is the event stream's (`<prefix>.intake.…`).
+    pub intake: countersign_workflows::IntakeConfig,
 }
 
 impl Default for ExecutorSettings {
@@ -116,6 +124,7 @@ impl Default for ExecutorSettings {
             lease: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(5),
             outbound: countersign_executor::OutboundPolicy::default(),
+            intake: countersign_workflows::IntakeConfig::default(),
         }
     }
 }
@@ -138,6 +147,7 @@ impl fmt::Debug for ExecutorSettings {
             .field("lease", &self.lease)
             .field("sweep_interval", &self.sweep_interval)
             .field("outbound", &self.outbound)
+            .field("intake", &self.intake)
             .finish()
     }
 }

@@ -34,6 +34,8 @@
 //! | the sealer | `sealer` |
 //! | the relay | `relay:<stream>` |
 //! | the embedded executor (`LogSource`, without NATS) | `executor` |
+//! | the notifier (`countersign_app::notify::Notifier`) | `notifier` |
+//! | the notification dispatcher (email, Slack, webhook deliveries) | `notify-dispatch` |
 //!
 //! The rest may run on every worker at once: the JetStream durable consumer hands each message
 //! to one of its pullers and the ledger refuses a second claim of an execution
@@ -233,7 +235,8 @@ impl Runtime {
         }
         if let Some(listener) = listener {
             let router = if role.serves_api() {
-                countersign_gateway::app(state)
+                // The web console beside the API: the same state, its own pages under `/`.
+                countersign_gateway::app(state.clone()).merge(countersign_console::router(state))
             } else {
                 ops::router(state)
             };
@@ -262,6 +265,54 @@ impl Runtime {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 })
             });
+            // Notifications: the notifier tails the log into keyed rows; the dispatcher delivers
+            // the email and webhook ones (docs/notifications.md).
+            let senders = countersign_notify::senders(
+                &app,
+                config
+                    .executor
+                    .smtp
+                    .as_ref()
+                    .map(|smtp| (smtp.url.as_str(), smtp.from.as_str())),
+                config.public_url.clone(),
+                config.executor.webhook_key,
+                config.executor.outbound.clone(),
+            )?;
+            let notifier = countersign_app::notify::Notifier::new(
+                app.ledger().clone(),
+                countersign_app::notify::NotifierConfig {
+                    channels: senders.iter().map(|sender| sender.channel()).collect(),
+                    link_base: config.public_url.clone(),
+                    ..countersign_app::notify::NotifierConfig::default()
+                },
+            );
+            tasks.spawn_restarting("notifier", &stopped, move |stopped| {
+                notifier.clone().run(stopped)
+            });
+            let dispatcher = countersign_app::notify::Dispatcher::new(app.clone(), senders);
+            tasks.spawn_restarting("notification dispatcher", &stopped, move |stopped| {
+                dispatcher.clone().run(stopped)
+            });
+            // Workflows (issue 17): the engine tails the log; with NATS, the intake consumes
+            // CloudEvents from `<prefix>.intake.<tenant>.<type>`.
+            let engine = countersign_workflows::Engine::new(app.clone());
+            tasks.spawn_restarting("workflows", &stopped, move |stopped| {
+                engine.clone().run(stopped)
+            });
+            if let Some(client) = &nats {
+                let intake = countersign_workflows::NatsIntake {
+                    app: app.clone(),
+                    client: client.clone(),
+                    config: config
+                        .executor
+                        .intake
+                        .clone()
+                        .with_prefix(&config.executor.stream.prefix),
+                };
+                tasks.spawn_restarting("event intake", &stopped, move |stopped| {
+                    intake.clone().run(stopped)
+                });
+            }
             if config.executor.enabled {
                 if let Some(client) = &nats {
                     let (client, hub) = (client.clone(), app.progress().clone());

@@ -10,7 +10,7 @@
 //! the execution key, deadlines, stage approvals, the final decision and its tally.
 //!
 //! What it cannot check (see `docs/verification.md`): inputs that are not recorded — who may
-//! cancel (a canceller other than the requester is assumed to have been an admin), the roles a
+//! cancel, execute or roll back (anyone but the requester is assumed to have been an admin), the roles a
 //! credential really granted, the policy resolution that happened before submission — and
 //! commands that were refused, which leave no events. A mismatch means the current code would
 //! decide differently on the same facts (a changed scoring table or quorum rule, an event edited
@@ -20,9 +20,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use countersign_domain::action::{
-    Action, ActionCommand, ActionEvent, ActionStatus, CancelAction, CastVote, CommandContext,
-    EventContext, ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, Rejection,
-    RequestExecution, RequestRollback, StartExecution, SubmitAction,
+    Action, ActionCommand, ActionEvent, ActionStatus, CancelAction, CommandContext, EventContext,
+    ExpireAction, RecordExecutionFailure, RecordExecutionSuccess, Rejection, RequestExecution,
+    RequestRollback, StartExecution, SubmitAction,
 };
 use countersign_domain::{Principal, Role, TenantMode};
 use countersign_ledger::{Ledger, LogCursor, LoggedEvent};
@@ -73,6 +73,9 @@ pub struct DecisionReport {
     pub events: u64,
     /// Commands rebuilt and decided again.
     pub commands: u64,
+    /// Votes bound to the execution key they were cast on, each checked against the action's
+    /// key (the payload that ran) by deciding it again.
+    pub bound_votes: u64,
     pub seconds: f64,
     pub mismatches: Vec<DecisionMismatch>,
 }
@@ -80,6 +83,16 @@ pub struct DecisionReport {
 impl DecisionReport {
     pub fn is_ok(&self) -> bool {
         self.mismatches.is_empty()
+    }
+}
+
+/// The roles of whoever directed an action (cancelled it, asked for or resumed its execution,
+/// asked for its rollback), which the log does not record: the requester with their roles,
+/// anyone else as an admin — the only others `ActionState::may_be_directed_by` lets direct it.
+fn directing_roles(action: &Action, event: &EventContext) -> BTreeSet<Role> {
+    match action.state() {
+        Some(state) if state.requester.id == event.actor => state.requester.roles.clone(),
+        _ => BTreeSet::from([Role::admin()]),
     }
 }
 
@@ -138,22 +151,16 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
                 rollback_of: submitted.rollback_of,
             }))]
         }
-        ActionEvent::VoteCast(vote) => vec![ActionCommand::CastVote(CastVote {
-            context: context(&vote.context, vote.voter_roles.clone()),
-            vote: vote.vote,
-            comment: vote.comment.clone(),
-        })],
+        // A bound vote is decided again with the key it recorded: the current code refuses it
+        // (`payload_changed`) unless that key is the action's, the key every execution of the
+        // action runs under. A delegated vote is decided again in the delegator's place.
+        ActionEvent::VoteCast(vote) => vec![vote.command()],
         ActionEvent::ActionCancelled(cancelled) => {
-            // Who may cancel is not recorded: the requester with their roles, anyone else as
-            // an admin (the only others the domain lets cancel).
-            let roles = match action.state() {
-                Some(state) if state.requester.id == cancelled.context.actor => {
-                    state.requester.roles.clone()
-                }
-                _ => BTreeSet::from([Role::admin()]),
-            };
             vec![ActionCommand::CancelAction(CancelAction {
-                context: context(&cancelled.context, roles),
+                context: context(
+                    &cancelled.context,
+                    directing_roles(action, &cancelled.context),
+                ),
                 reason: cancelled.reason.clone(),
             })]
         }
@@ -172,21 +179,16 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
         }
         ActionEvent::ExecutionRequested(requested) => {
             vec![ActionCommand::RequestExecution(RequestExecution {
-                context: context(&requested.context, none()),
+                context: context(
+                    &requested.context,
+                    directing_roles(action, &requested.context),
+                ),
                 mode: NOT_SAFE,
             })]
         }
         ActionEvent::ExecutionResumed(resumed) => {
-            // Who may ask is not recorded: the requester with their roles, anyone else as an
-            // admin (the only others the domain lets ask).
-            let roles = match action.state() {
-                Some(state) if state.requester.id == resumed.context.actor => {
-                    state.requester.roles.clone()
-                }
-                _ => BTreeSet::from([Role::admin()]),
-            };
             vec![ActionCommand::RequestExecution(RequestExecution {
-                context: context(&resumed.context, roles),
+                context: context(&resumed.context, directing_roles(action, &resumed.context)),
                 mode: resumed.mode,
             })]
         }
@@ -199,7 +201,10 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
         }
         ActionEvent::RollbackRequested(requested) => {
             vec![ActionCommand::RequestRollback(RequestRollback {
-                context: context(&requested.context, none()),
+                context: context(
+                    &requested.context,
+                    directing_roles(action, &requested.context),
+                ),
                 rollback_action_id: requested.rollback_action_id,
             })]
         }
@@ -237,7 +242,13 @@ pub fn candidate_commands(action: &Action, events: &[&ActionEvent]) -> Vec<Actio
                 mode: claim_mode(&events[1..events.len().min(2)]),
             }),
         ],
+        // A break-glass approval records the breaker's roles and the review deadline it set.
+        ActionEvent::BreakGlassApproved(approved) => vec![approved.command()],
+        ActionEvent::BreakGlassReviewed(reviewed) => vec![reviewed.command()],
+        // The deadline reactor escalated an overdue review at the time it recorded.
+        ActionEvent::BreakGlassReviewOverdue(overdue) => vec![overdue.command()],
         ActionEvent::StageApproved(_)
+        | ActionEvent::StageSkipped(_)
         | ActionEvent::ActionApproved(_)
         | ActionEvent::ActionRejected(_) => Vec::new(),
     }
@@ -415,14 +426,20 @@ struct Replay {
 
 fn is_final(action: &Action) -> bool {
     action.state().is_some_and(|state| {
-        matches!(
+        // A break-glass approval waits for its review, whatever happened since.
+        let awaiting_review = state
+            .break_glass
+            .as_ref()
+            .is_some_and(|glass| glass.review.is_none());
+        let settled = matches!(
             state.status,
             ActionStatus::Executed
                 | ActionStatus::Failed
                 | ActionStatus::Rejected
                 | ActionStatus::Expired
                 | ActionStatus::Cancelled
-        ) || (state.status == ActionStatus::Skipped && !state.execution.resumable)
+        ) || (state.status == ActionStatus::Skipped && !state.execution.resumable);
+        settled && !awaiting_review
     })
 }
 
@@ -442,6 +459,7 @@ pub async fn check_decisions(
         actions: 0,
         events: 0,
         commands: 0,
+        bound_votes: 0,
         seconds: 0.0,
         mismatches: Vec::new(),
     };
@@ -482,6 +500,9 @@ pub async fn check_decisions(
                     continue;
                 }
             };
+            if matches!(&event, ActionEvent::VoteCast(vote) if vote.execution_key.is_some()) {
+                report.bound_votes += 1;
+            }
             if finished.contains(&logged.aggregate_id) {
                 report.mismatches.push(mismatch(
                     vec![event.event_type().to_owned()],
@@ -572,4 +593,130 @@ fn advance(replay: &mut Replay, complete: bool, commands: &mut u64) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use countersign_domain::action::{ActionCommand, CastBoundVote, CastVote};
+    use countersign_domain::policy::{PolicySnapshot, Requirements};
+    use countersign_domain::quorum::Vote;
+    use countersign_domain::{ActionId, TenantId, UserId};
+    use serde_json::json;
+
+    fn principal(id: &str, roles: &[&str]) -> Principal {
+        Principal::new(
+            UserId::parse(id).expect("user"),
+            roles.iter().map(|role| Role::parse(*role).expect("role")),
+        )
+    }
+
+    fn context(by: &Principal, seconds: i64) -> CommandContext {
+        CommandContext {
+            tenant: TenantId::parse("acme").expect("tenant"),
+            by: by.clone(),
+            at: chrono::DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time"),
+            correlation_id: None,
+        }
+    }
+
+    /// A submitted action approved by one vote bound to its execution key, as recorded.
+    fn recorded() -> Vec<Recorded> {
+        let requirements = Requirements::parse(
+            &json!({ "stages": [{ "rules": [{ "type": "any", "min_approvals": 1 }] }] }),
+        )
+        .expect("requirements");
+        let submit = ActionCommand::SubmitAction(Box::new(SubmitAction {
+            context: context(&principal("rita", &["requester"]), 0),
+            action_id: ActionId::from_uuid(uuid::Uuid::from_u128(9)),
+            submission: serde_json::from_value(json!({
+                "module": "billing", "capability": "refund", "summary": "refund",
+                "payload": { "order": 7 }
+            }))
+            .expect("submission"),
+            mode: TenantMode::RequireApproval,
+            policy: PolicySnapshot::tenant_default(requirements),
+            idempotency_key: None,
+            rollback_of: None,
+        }));
+        let mut action = Action::default();
+        let mut events = action.decide(submit).expect("submitted");
+        for event in &events {
+            action.apply(event.clone());
+        }
+        let key = action.state().expect("state").execution_key.clone();
+        let vote = ActionCommand::CastBoundVote(CastBoundVote {
+            vote: CastVote {
+                context: context(&principal("ann", &["approver"]), 5),
+                vote: Vote::Approve,
+                comment: None,
+            },
+            execution_key: key,
+            signature: None,
+        });
+        events.extend(action.decide(vote).expect("voted"));
+        events
+            .into_iter()
+            .zip(1..)
+            .map(|(event, sequence)| Recorded {
+                sequence,
+                position: sequence,
+                event,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_vote_bound_to_the_payload_that_ran_replays() {
+        let events = recorded();
+        assert!(
+            matches!(&events[1].event, ActionEvent::VoteCast(vote) if vote.execution_key.is_some())
+        );
+        assert_eq!(check_action(&events), Ok(2));
+    }
+
+    #[test]
+    fn an_execution_requested_by_an_owner_who_is_not_the_requester_replays() {
+        let mut events = recorded();
+        let mut action = Action::default();
+        for recorded in &events {
+            action.apply(recorded.event.clone());
+        }
+        let request = ActionCommand::RequestExecution(RequestExecution {
+            context: context(&principal("olga", &["owner"]), 9),
+            mode: NOT_SAFE,
+        });
+        let requested = action
+            .decide(request)
+            .expect("an owner may request execution");
+        assert!(
+            requested
+                .iter()
+                .any(|event| matches!(event, ActionEvent::ExecutionRequested(_)))
+        );
+        let next = i64::try_from(events.len()).expect("a few events") + 1;
+        events.extend(
+            requested
+                .into_iter()
+                .zip(next..)
+                .map(|(event, sequence)| Recorded {
+                    sequence,
+                    position: sequence,
+                    event,
+                }),
+        );
+        assert_eq!(check_action(&events), Ok(3));
+    }
+
+    #[test]
+    fn a_bound_vote_whose_key_was_changed_in_the_store_is_named() {
+        let mut events = recorded();
+        let ActionEvent::VoteCast(vote) = &mut events[1].event else {
+            panic!("a vote");
+        };
+        vote.execution_key = serde_json::from_value(json!("0".repeat(64))).expect("a key");
+        let (at, why) = check_action(&events).expect_err("a mismatch");
+        assert_eq!(at, 1, "the vote's run");
+        assert!(why.contains("another payload"), "{why}");
+    }
 }

@@ -1,7 +1,10 @@
 //! Audit exports: a tenant's events `from..to` (ledger sequences, end excluded) as JSON lines,
 //! each with its leaf hash and its inclusion proof in the tree of the newest signed head, after
 //! a first line holding that head. An auditor verifies one offline, with the public key and
-//! nothing else — no database, no trust in whoever made the export.
+//! nothing else — no database, no trust in whoever made the export. Signed votes carry their
+//! signature and the voter's public key in their `VoteCast` event, and the keys' registrations
+//! are member-directory events of the same log: verifying a bundle checks every signed vote
+//! too ([`crate::signed_votes`]).
 //!
 //! ```text
 //! {"format":"countersign.audit-export.v1","tenant":"acme","from":0,"to":120,"head":{…signed head…}}
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::head::SignedHead;
 use crate::keys::KeyRing;
 use crate::leaf::SealedEvent;
+use crate::signed_votes::{SignedVoteCheck, SignedVotesReport};
 use crate::store::SealStore;
 use crate::tree::{Hash, verify_inclusion};
 
@@ -160,10 +164,13 @@ pub struct BundleReport {
     pub from: u64,
     pub to: u64,
     pub head: SignedHead,
+    /// The signed votes checked (every one verified).
+    pub signed_votes: SignedVotesReport,
 }
 
-/// Verifies a bundle with the trusted public keys alone. The error names the line and what is
-/// wrong with it.
+/// Verifies a bundle with the trusted public keys alone: the head, every line's leaf hash and
+/// inclusion proof, then every signed vote's signature and key registration. The error names
+/// the line and what is wrong with it (every signed vote that does not verify).
 pub fn verify_bundle(reader: impl BufRead, keys: &KeyRing) -> anyhow::Result<BundleReport> {
     let mut lines = reader.lines().enumerate();
     let Some((_, first)) = lines.next() else {
@@ -196,6 +203,7 @@ pub fn verify_bundle(reader: impl BufRead, keys: &KeyRing) -> anyhow::Result<Bun
         );
     }
     let mut expected = header.from;
+    let mut signed_votes = SignedVoteCheck::default();
     for (index, line) in lines {
         let number = index + 1;
         let text = line.with_context(|| format!("reading line {number}"))?;
@@ -242,6 +250,7 @@ pub fn verify_bundle(reader: impl BufRead, keys: &KeyRing) -> anyhow::Result<Bun
                 line.event.name()
             )
         })?;
+        signed_votes.observe(number, &line.event);
         expected += 1;
     }
     if expected != header.to {
@@ -250,10 +259,20 @@ pub fn verify_bundle(reader: impl BufRead, keys: &KeyRing) -> anyhow::Result<Bun
             header.to
         );
     }
+    let signed_votes = signed_votes.finish(header.from);
+    if !signed_votes.failures.is_empty() {
+        bail!(
+            "{} of {} signed vote(s) do not verify:\n  {}",
+            signed_votes.failures.len(),
+            signed_votes.checked,
+            signed_votes.failures.join("\n  ")
+        );
+    }
     Ok(BundleReport {
         tenant: header.tenant.clone(),
         from: header.from,
         to: header.to,
         head: header.head,
+        signed_votes,
     })
 }

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod leaf;
 pub mod publish;
 pub mod sealer;
+pub mod signed_votes;
 pub mod store;
 pub mod tree;
 pub mod verify;

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use countersign_ledger::{Ledger, LogCursor};
+use countersign_ledger::{Ledger, LogCursor, LoggedEvent};
+use serde::Serialize;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::head::SignedHead;
 use crate::keys::HeadSigner;
-use crate::leaf::{SealedEvent, content_hash};
+use crate::leaf::{EventDigest, digest_events, format_time};
 use crate::publish::Publisher;
 use crate::store::{
     HEAD_COLUMNS, SealCheckpoint, SealStore, TreeState, head_row, i64_of, tree_row,
@@ -76,13 +77,46 @@ pub struct Sealer {
     checkpoint: Option<SealCheckpoint>,
     /// Trees as committed, valid while `checkpoint` is.
     trees: HashMap<String, TreeState>,
+    /// The batch after this cursor, read while the previous one was sealed.
+    ahead: Option<(LogCursor, Vec<LoggedEvent>)>,
 }
 
-struct LeafRow {
-    tenant: String,
-    ledger_sequence: u64,
+/// A leaf as written to `ledger_leaves`.
+#[derive(Serialize)]
+struct LeafRow<'a> {
+    tenant: &'a str,
+    ledger_sequence: i64,
     position: i64,
-    event: SealedEvent,
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    sequence: i64,
+    event_type: &'a str,
+    event_version: &'a str,
+    recorded_at: String,
+    payload_hash: String,
+    metadata_hash: String,
+    leaf_hash: String,
+}
+
+/// Events hashed in one go below this stay on the caller's thread.
+const PARALLEL_FROM: usize = 64;
+
+/// The digests of `events` at `sequences`, computed on the blocking pool across the machine's
+/// cores when the batch is large enough to be worth it.
+pub(crate) async fn digest_batch(
+    events: Vec<LoggedEvent>,
+    sequences: Vec<u64>,
+) -> anyhow::Result<(Vec<LoggedEvent>, Vec<u64>, Vec<EventDigest>)> {
+    if events.len() < PARALLEL_FROM {
+        let digests = digest_events(&events, &sequences);
+        return Ok((events, sequences, digests));
+    }
+    tokio::task::spawn_blocking(move || {
+        let digests = digest_events(&events, &sequences);
+        (events, sequences, digests)
+    })
+    .await
+    .context("hashing leaves failed")
 }
 
 fn micros(at: DateTime<Utc>) -> i64 {
@@ -101,6 +135,7 @@ impl Sealer {
             },
             checkpoint: None,
             trees: HashMap::new(),
+            ahead: None,
         }
     }
 
@@ -132,18 +167,26 @@ impl Sealer {
     }
 
     /// Seals the next batch after the checkpoint, in one transaction with the new checkpoint.
+    ///
+    /// While a full batch is hashed and written, the next one is read: catching up, the sealer
+    /// waits for neither the log nor its own writes alone.
     pub async fn process_next(&mut self) -> anyhow::Result<Outcome> {
         let checkpoint = match self.checkpoint {
             Some(checkpoint) => checkpoint,
             None => {
                 self.trees.clear();
+                self.ahead = None;
                 self.store.checkpoint().await?
             }
         };
-        let events = self
-            .ledger
-            .read_log(checkpoint.cursor, self.config.batch)
-            .await?;
+        let events = match self.ahead.take() {
+            Some((after, events)) if after == checkpoint.cursor => events,
+            _ => {
+                self.ledger
+                    .read_log(checkpoint.cursor, self.config.batch)
+                    .await?
+            }
+        };
         let Some(last) = events.last() else {
             self.checkpoint = Some(checkpoint);
             let heads = self.sign_heads(false).await?;
@@ -152,57 +195,73 @@ impl Sealer {
             return Ok(Outcome::Idle { heads });
         };
         let cursor = last.cursor;
-        let now = Utc::now();
-        let mut tx = self.store.write_transaction().await?;
-        let mut touched: BTreeMap<String, TreeState> = BTreeMap::new();
-        let mut leaves = Vec::with_capacity(events.len());
-        let mut heads = Vec::new();
-        for event in &events {
-            if !touched.contains_key(&event.tenant) {
-                let tree = match self.trees.get(&event.tenant) {
-                    Some(tree) => tree.clone(),
-                    None => {
-                        let row = sqlx::query(
-                            "SELECT tenant, size, frontier, head_size, pending_since, published_size
-                               FROM ledger_trees WHERE tenant = $1",
-                        )
-                        .bind(&event.tenant)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .context("reading a ledger tree")?;
-                        match row {
-                            Some(row) => tree_row(&row)?,
-                            None => TreeState {
-                                tenant: event.tenant.clone(),
-                                frontier: Frontier::new(),
-                                head_size: 0,
-                                pending_since: None,
-                                published_size: 0,
-                            },
-                        }
-                    }
-                };
-                touched.insert(event.tenant.clone(), tree);
+        let count = events.len();
+        // Only a full batch suggests more is waiting; at the head of the log there is nothing to
+        // read ahead of.
+        let read_next = (count >= self.config.batch as usize).then(|| {
+            let (ledger, batch) = (self.ledger.clone(), self.config.batch);
+            async move { ledger.read_log(cursor, batch).await.ok() }
+        });
+        let (sealed, next) = tokio::join!(self.seal(checkpoint, events), async move {
+            match read_next {
+                Some(read) => read.await,
+                None => None,
             }
-            let Some(mut tree) = touched.remove(&event.tenant) else {
+        });
+        let heads = match sealed? {
+            Some(heads) => heads,
+            None => return Ok(Outcome::Idle { heads: 0 }),
+        };
+        if let Some(next) = next.filter(|next| !next.is_empty()) {
+            self.ahead = Some((cursor, next));
+        }
+        self.publish_pending().await;
+        self.report_lag(cursor).await;
+        Ok(Outcome::Sealed {
+            events: count,
+            heads,
+            cursor,
+        })
+    }
+
+    /// Seals `events` (the batch after `checkpoint`): gives each its ledger sequence, hashes the
+    /// leaves (in parallel: a leaf depends only on its event and ledger sequence), appends them to
+    /// the trees in log order, signs the heads that came due and writes everything with the new
+    /// checkpoint. `None` when another sealer moved the checkpoint (nothing was written).
+    async fn seal(
+        &mut self,
+        checkpoint: SealCheckpoint,
+        events: Vec<LoggedEvent>,
+    ) -> anyhow::Result<Option<usize>> {
+        let Some(last) = events.last() else {
+            return Ok(Some(0));
+        };
+        let cursor = last.cursor;
+        let now = Utc::now();
+        let mut touched = self.load_trees(&events).await?;
+        let mut sizes: HashMap<&str, u64> = touched
+            .iter()
+            .map(|(tenant, tree)| (tenant.as_str(), tree.frontier.size()))
+            .collect();
+        let mut sequences = Vec::with_capacity(events.len());
+        for event in &events {
+            let size = sizes.entry(event.tenant.as_str()).or_default();
+            sequences.push(*size);
+            *size += 1;
+        }
+        let (events, sequences, digests) = digest_batch(events, sequences).await?;
+        let mut heads = Vec::new();
+        for (event, digest) in events.iter().zip(&digests) {
+            let Some(tree) = touched.get_mut(&event.tenant) else {
                 continue;
             };
-            let ledger_sequence = tree.frontier.size();
-            let sealed = SealedEvent::from_logged(event, ledger_sequence);
-            tree.frontier.push(sealed.leaf_hash());
+            tree.frontier.push(digest.leaf_hash);
             tree.pending_since.get_or_insert(micros(now));
             if tree.frontier.size() - tree.head_size >= self.config.every_events
-                && let Some(head) = self.sign(&mut tree, now)
+                && let Some(head) = self.sign(tree, now)
             {
                 heads.push(head);
             }
-            leaves.push(LeafRow {
-                tenant: event.tenant.clone(),
-                ledger_sequence,
-                position: event.cursor.position,
-                event: sealed,
-            });
-            touched.insert(event.tenant.clone(), tree);
         }
         for tree in touched.values_mut() {
             if self.head_due(tree, now)
@@ -211,14 +270,39 @@ impl Sealer {
                 heads.push(head);
             }
         }
-        for chunk in leaves.chunks(40) {
-            insert_leaves(&mut tx, chunk).await?;
+        let leaves: Vec<LeafRow<'_>> = events
+            .iter()
+            .zip(&sequences)
+            .zip(&digests)
+            .map(|((event, ledger_sequence), digest)| LeafRow {
+                tenant: &event.tenant,
+                ledger_sequence: i64_of(*ledger_sequence),
+                position: event.cursor.position,
+                aggregate_type: &event.aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence: event.sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                recorded_at: format_time(event.recorded_at),
+                payload_hash: digest.payload_hash.to_hex(),
+                metadata_hash: digest.metadata_hash.to_hex(),
+                leaf_hash: digest.leaf_hash.to_hex(),
+            })
+            .collect();
+        let mut tx = self.store.write_transaction().await?;
+        if self.store.is_postgres() {
+            insert_leaves_postgres(&mut tx, &leaves).await?;
+        } else {
+            for chunk in leaves.chunks(40) {
+                insert_leaves(&mut tx, chunk).await?;
+            }
         }
-        for head in &heads {
-            insert_head(&mut tx, head).await?;
+        for chunk in heads.chunks(100) {
+            insert_heads(&mut tx, chunk).await?;
         }
-        for tree in touched.values() {
-            upsert_tree(&mut tx, tree, now).await?;
+        let trees: Vec<&TreeState> = touched.values().collect();
+        for chunk in trees.chunks(100) {
+            upsert_trees(&mut tx, chunk, now).await?;
         }
         let moved = sqlx::query(
             "UPDATE ledger_seal
@@ -239,7 +323,7 @@ impl Sealer {
             // Another sealer moved the checkpoint: seal nothing, start again from the store.
             tx.rollback().await?;
             self.checkpoint = None;
-            return Ok(Outcome::Idle { heads: 0 });
+            return Ok(None);
         }
         tx.commit().await.context("committing sealed leaves")?;
         self.trees.extend(touched);
@@ -247,13 +331,60 @@ impl Sealer {
             cursor,
             events: checkpoint.events + events.len() as i64,
         });
-        self.publish_pending().await;
-        self.report_lag(cursor).await;
-        Ok(Outcome::Sealed {
-            events: events.len(),
-            heads: heads.len(),
-            cursor,
-        })
+        Ok(Some(heads.len()))
+    }
+
+    /// The trees of the tenants of `events` as committed: from the cache, else from the store
+    /// (one query for all the batch's tenants not cached), else new.
+    async fn load_trees(
+        &self,
+        events: &[LoggedEvent],
+    ) -> anyhow::Result<BTreeMap<String, TreeState>> {
+        let mut touched: BTreeMap<String, TreeState> = BTreeMap::new();
+        let mut unknown: Vec<&str> = Vec::new();
+        for event in events {
+            if touched.contains_key(&event.tenant) || unknown.contains(&event.tenant.as_str()) {
+                continue;
+            }
+            match self.trees.get(&event.tenant) {
+                Some(tree) => {
+                    touched.insert(event.tenant.clone(), tree.clone());
+                }
+                None => unknown.push(&event.tenant),
+            }
+        }
+        for chunk in unknown.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT tenant, size, frontier, head_size, pending_since, published_size
+                   FROM ledger_trees WHERE tenant IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for tenant in chunk {
+                query = query.bind(*tenant);
+            }
+            let rows = query
+                .fetch_all(&self.store.pool)
+                .await
+                .context("reading ledger trees")?;
+            for row in &rows {
+                let tree = tree_row(row)?;
+                touched.insert(tree.tenant.clone(), tree);
+            }
+            for tenant in chunk {
+                touched
+                    .entry((*tenant).to_owned())
+                    .or_insert_with(|| TreeState {
+                        tenant: (*tenant).to_owned(),
+                        frontier: Frontier::new(),
+                        head_size: 0,
+                        pending_since: None,
+                        published_size: 0,
+                    });
+            }
+        }
+        Ok(touched)
     }
 
     /// Signs a head for every tenant with leaves waiting for one — only those that came due
@@ -462,50 +593,75 @@ impl Sealer {
     }
 }
 
+/// Writes a batch's leaves with one statement on PostgreSQL: the rows travel as one JSON array
+/// (the `Any` driver binds no arrays), which `json_to_recordset` turns back into rows.
+async fn insert_leaves_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[LeafRow<'_>],
+) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(rows).context("encoding ledger leaves")?;
+    sqlx::query(
+        "INSERT INTO ledger_leaves (tenant, ledger_sequence, position, aggregate_type, aggregate_id,
+                sequence, event_type, event_version, recorded_at, payload_hash, metadata_hash, leaf_hash)
+         SELECT tenant, ledger_sequence, position, aggregate_type, aggregate_id,
+                sequence, event_type, event_version, recorded_at, payload_hash, metadata_hash, leaf_hash
+           FROM json_to_recordset($1::json) AS leaf(tenant text, ledger_sequence bigint,
+                position bigint, aggregate_type text, aggregate_id text, sequence bigint,
+                event_type text, event_version text, recorded_at text, payload_hash text,
+                metadata_hash text, leaf_hash text)",
+    )
+    .bind(json)
+    .execute(&mut **tx)
+    .await
+    .context("inserting ledger leaves")?;
+    Ok(())
+}
+
+/// `(${n}, ${n+1}, …)` for each of `rows` rows of `columns` parameters.
+fn values(rows: usize, columns: usize) -> String {
+    let mut sql = String::new();
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(" } else { ", (" });
+        for j in 0..columns {
+            let _ = write!(
+                sql,
+                "{}${}",
+                if j == 0 { "" } else { ", " },
+                i * columns + j + 1
+            );
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 async fn insert_leaves(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    rows: &[LeafRow],
+    rows: &[LeafRow<'_>],
 ) -> anyhow::Result<()> {
-    let mut sql = String::from(
+    let sql = format!(
         "INSERT INTO ledger_leaves (tenant, ledger_sequence, position, aggregate_type, aggregate_id, \
-         sequence, event_type, event_version, recorded_at, payload_hash, metadata_hash, leaf_hash) VALUES ",
+         sequence, event_type, event_version, recorded_at, payload_hash, metadata_hash, leaf_hash) VALUES {}",
+        values(rows.len(), 12)
     );
-    for i in 0..rows.len() {
-        let b = i * 12;
-        let _ = write!(
-            sql,
-            "{}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            if i == 0 { "" } else { ", " },
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 9,
-            b + 10,
-            b + 11,
-            b + 12
-        );
-    }
     let mut query = sqlx::query(&sql);
     for row in rows {
-        let event = &row.event;
         query = query
-            .bind(row.tenant.clone())
-            .bind(i64_of(row.ledger_sequence))
+            .bind(row.tenant)
+            .bind(row.ledger_sequence)
             .bind(row.position)
-            .bind(event.aggregate_type.clone())
-            .bind(event.aggregate_id.clone())
-            .bind(event.sequence)
-            .bind(event.event_type.clone())
-            .bind(event.event_version.clone())
-            .bind(event.recorded_at.clone())
-            .bind(content_hash(&event.payload).to_hex())
-            .bind(content_hash(&event.metadata).to_hex())
-            .bind(event.leaf_hash().to_hex());
+            .bind(row.aggregate_type)
+            .bind(row.aggregate_id)
+            .bind(row.sequence)
+            .bind(row.event_type)
+            .bind(row.event_version)
+            .bind(row.recorded_at.as_str())
+            .bind(row.payload_hash.as_str())
+            .bind(row.metadata_hash.as_str())
+            .bind(row.leaf_hash.as_str());
     }
     query
         .execute(&mut **tx)
@@ -518,42 +674,68 @@ async fn insert_head(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     head: &SignedHead,
 ) -> anyhow::Result<()> {
-    sqlx::query(&format!(
-        "INSERT INTO ledger_heads ({HEAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
-    ))
-    .bind(head.tenant.clone())
-    .bind(i64_of(head.tree_size))
-    .bind(head.root.to_hex())
-    .bind(head.signed_at.clone())
-    .bind(head.key_id.clone())
-    .bind(head.signature.clone())
-    .execute(&mut **tx)
-    .await
-    .context("storing a signed head")?;
+    insert_heads(tx, std::slice::from_ref(head)).await
+}
+
+async fn insert_heads(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    heads: &[SignedHead],
+) -> anyhow::Result<()> {
+    if heads.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO ledger_heads ({HEAD_COLUMNS}) VALUES {}",
+        values(heads.len(), 6)
+    );
+    let mut query = sqlx::query(&sql);
+    for head in heads {
+        query = query
+            .bind(head.tenant.as_str())
+            .bind(i64_of(head.tree_size))
+            .bind(head.root.to_hex())
+            .bind(head.signed_at.as_str())
+            .bind(head.key_id.as_str())
+            .bind(head.signature.as_str());
+    }
+    query
+        .execute(&mut **tx)
+        .await
+        .context("storing signed heads")?;
     Ok(())
 }
 
-async fn upsert_tree(
+async fn upsert_trees(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    tree: &TreeState,
+    trees: &[&TreeState],
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    if trees.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
         "INSERT INTO ledger_trees (tenant, size, frontier, head_size, pending_since, published_size, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 0, $6)
+         VALUES {}
          ON CONFLICT (tenant) DO UPDATE
             SET size = excluded.size, frontier = excluded.frontier, head_size = excluded.head_size,
                 pending_since = excluded.pending_since, updated_at = excluded.updated_at",
-    )
-    .bind(tree.tenant.clone())
-    .bind(i64_of(tree.frontier.size()))
-    .bind(tree.frontier.encode())
-    .bind(i64_of(tree.head_size))
-    .bind(tree.pending_since)
-    .bind(micros(now))
-    .execute(&mut **tx)
-    .await
-    .context("storing a ledger tree")?;
+        values(trees.len(), 7)
+    );
+    let mut query = sqlx::query(&sql);
+    for tree in trees {
+        query = query
+            .bind(tree.tenant.as_str())
+            .bind(i64_of(tree.frontier.size()))
+            .bind(tree.frontier.encode())
+            .bind(i64_of(tree.head_size))
+            .bind(tree.pending_since)
+            .bind(0i64)
+            .bind(micros(now));
+    }
+    query
+        .execute(&mut **tx)
+        .await
+        .context("storing ledger trees")?;
     Ok(())
 }
 

@@ -328,6 +328,48 @@ impl SealStore {
         rows.iter().map(leaf_row).collect()
     }
 
+    /// The stored leaf hashes of several tenants' ranges `(tenant, from, to)` in one query
+    /// (what `verify` compares each batch with), as `(range index, ledger sequence, leaf hash)`.
+    pub async fn leaf_hashes(
+        &self,
+        ranges: &[(&str, u64, u64)],
+    ) -> anyhow::Result<Vec<(usize, u64, Hash)>> {
+        let mut found = Vec::new();
+        // 100 ranges (300 parameters) per statement: within SQLite's oldest limit of 999.
+        for (chunk, ranges) in ranges.chunks(100).enumerate() {
+            let sql = (0..ranges.len())
+                .map(|i| {
+                    format!(
+                        "SELECT CAST({index} AS BIGINT) AS range_index, ledger_sequence, leaf_hash FROM ledger_leaves
+                          WHERE tenant = ${} AND ledger_sequence >= ${} AND ledger_sequence < ${}",
+                        3 * i + 1,
+                        3 * i + 2,
+                        3 * i + 3,
+                        index = chunk * 100 + i,
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let mut query = sqlx::query(&sql);
+            for (tenant, from, to) in ranges {
+                query = query.bind(*tenant).bind(i64_of(*from)).bind(i64_of(*to));
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .context("reading leaf hashes")?;
+            for row in &rows {
+                let index: i64 = row.try_get("range_index")?;
+                found.push((
+                    usize::try_from(index).context("a range index")?,
+                    u64_column(row, "ledger_sequence")?,
+                    hash_column(row, "leaf_hash")?,
+                ));
+            }
+        }
+        Ok(found)
+    }
+
     /// The leaf of the event at a global log position, wherever it was sealed.
     pub async fn leaf_at_position(&self, position: i64) -> anyhow::Result<Option<StoredLeaf>> {
         let row = sqlx::query(&format!(

@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use countersign_ledger::{Ledger, LogCursor, LoggedEvent};
 use serde::Serialize;
 
 use crate::head::SignedHead;
 use crate::keys::KeyRing;
-use crate::leaf::{SealedEvent, content_hash};
+use crate::leaf::{EventDigest, SealedEvent, content_hash};
+use crate::sealer::digest_batch;
 use crate::store::{SealStore, StoredLeaf};
 use crate::tree::{Frontier, Hash};
 
@@ -214,6 +216,130 @@ impl TenantCheck {
     }
 }
 
+/// One batch of the log made ready for checking, off the checking task: each event with its
+/// ledger sequence, its recomputed digest and the leaf hash stored at that sequence.
+struct Prepared {
+    /// Events read from the log so far (every tenant's).
+    read: u64,
+    cursor: LogCursor,
+    /// The batch's events of the tenants verified.
+    events: Vec<LoggedEvent>,
+    sequences: Vec<u64>,
+    digests: Vec<EventDigest>,
+    stored: Vec<Option<Hash>>,
+    /// Tenants first seen in this batch, with the size of their tree as stored before any of
+    /// their leaves were read (leaves only grow: every leaf below it was there to be read).
+    new_tenants: Vec<(String, u64)>,
+}
+
+/// Reads the log one batch ahead, and for each batch the stored leaf hashes it will be compared
+/// with (one query for all its tenants), while hashing its leaves across the cores; sends each
+/// batch ready for checking. The checking task then only compares and appends.
+async fn prepare(
+    ledger: Ledger,
+    store: SealStore,
+    tenant: Option<String>,
+    batch: u32,
+    ready: tokio::sync::mpsc::Sender<Prepared>,
+) -> anyhow::Result<()> {
+    let mut ahead = ledger.read_ahead(LogCursor::START, batch);
+    let mut sizes: HashMap<String, u64> = HashMap::new();
+    let mut read = 0u64;
+    while let Some(events) = ahead.next().await {
+        let Some(last) = events.last() else { break };
+        let cursor = last.cursor;
+        read += events.len() as u64;
+        let events: Vec<LoggedEvent> = events
+            .into_iter()
+            .filter(|event| tenant.as_ref().is_none_or(|t| *t == event.tenant))
+            .collect();
+        let mut new_tenants = Vec::new();
+        // Per tenant of the batch: (first ledger sequence, count), in tenant order.
+        let mut ranges: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for event in &events {
+            if let Some(range) = ranges.get_mut(event.tenant.as_str()) {
+                range.1 += 1;
+                continue;
+            }
+            let from = match sizes.get(&event.tenant) {
+                Some(size) => *size,
+                None => {
+                    let stored = store
+                        .tree(&event.tenant)
+                        .await?
+                        .map_or(0, |tree| tree.frontier.size());
+                    new_tenants.push((event.tenant.clone(), stored));
+                    0
+                }
+            };
+            ranges.insert(&event.tenant, (from, 1));
+        }
+        let ranges: Vec<(&str, u64, u64)> = ranges
+            .into_iter()
+            .map(|(tenant, (from, count))| (tenant, from, from + count))
+            .collect();
+        let mut next: HashMap<&str, u64> = ranges
+            .iter()
+            .map(|(tenant, from, _)| (*tenant, *from))
+            .collect();
+        let mut sequences = Vec::with_capacity(events.len());
+        for event in &events {
+            let sequence = next.entry(event.tenant.as_str()).or_default();
+            sequences.push(*sequence);
+            *sequence += 1;
+        }
+        let index: HashMap<&str, usize> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, (tenant, _, _))| (*tenant, i))
+            .collect();
+        let found = store.leaf_hashes(&ranges).await?;
+        let mut by_range: Vec<Vec<Option<Hash>>> = ranges
+            .iter()
+            .map(|(_, from, to)| vec![None; usize::try_from(to - from).unwrap_or(0)])
+            .collect();
+        for (range, sequence, hash) in found {
+            if let (Some(slots), Some((_, from, _))) = (by_range.get_mut(range), ranges.get(range))
+                && let Some(slot) = sequence
+                    .checked_sub(*from)
+                    .and_then(|offset| usize::try_from(offset).ok())
+                    .and_then(|offset| slots.get_mut(offset))
+            {
+                *slot = Some(hash);
+            }
+        }
+        let stored: Vec<Option<Hash>> = events
+            .iter()
+            .zip(&sequences)
+            .map(|(event, sequence)| {
+                let range = *index.get(event.tenant.as_str())?;
+                let from = ranges.get(range)?.1;
+                let offset = usize::try_from(sequence.checked_sub(from)?).ok()?;
+                *by_range.get(range)?.get(offset)?
+            })
+            .collect();
+        for (tenant, _, to) in &ranges {
+            sizes.insert((*tenant).to_owned(), *to);
+        }
+        // Tenants start in name order, as they always did within a batch.
+        new_tenants.sort();
+        let (events, sequences, digests) = digest_batch(events, sequences).await?;
+        let prepared = Prepared {
+            read,
+            cursor,
+            events,
+            sequences,
+            digests,
+            stored,
+            new_tenants,
+        };
+        if ready.send(prepared).await.is_err() {
+            break;
+        }
+    }
+    ahead.finish().await
+}
+
 /// Recomputes every tenant's tree and checks it against the sealed leaves and heads.
 /// `progress` hears the events read so far and the log position reached.
 pub async fn verify(
@@ -231,53 +357,57 @@ pub async fn verify(
     let mut tenants: BTreeMap<String, TenantCheck> = BTreeMap::new();
     let mut divergences = Vec::new();
     let mut read = 0u64;
-    // The log is read one batch ahead of checking, so reading and hashing overlap.
-    let mut ahead = ledger.read_ahead(LogCursor::START, batch);
-    while let Some(events) = ahead.next().await {
-        let Some(last) = events.last() else { break };
-        let cursor = last.cursor;
-        read += events.len() as u64;
-        let events: Vec<&LoggedEvent> = events
+    // Reading the log and the stored leaves, and hashing, run ahead of the checks below.
+    let (ready, mut batches) = tokio::sync::mpsc::channel(2);
+    let preparer = tokio::spawn(prepare(
+        ledger.clone(),
+        store.clone(),
+        options.tenant.clone(),
+        batch,
+        ready,
+    ));
+    while let Some(prepared) = batches.recv().await {
+        read = prepared.read;
+        for (tenant, stored_size) in &prepared.new_tenants {
+            let check =
+                start_tenant(store, tenant, *stored_size, options, &mut divergences).await?;
+            tenants.insert(tenant.clone(), check);
+        }
+        for (((event, ledger_sequence), digest), stored) in prepared
+            .events
             .iter()
-            .filter(|event| options.tenant.as_ref().is_none_or(|t| *t == event.tenant))
-            .collect();
-        // The stored leaves this batch will be compared with, per tenant.
-        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-        for event in &events {
-            *counts.entry(event.tenant.as_str()).or_default() += 1;
-        }
-        let mut stored: HashMap<(String, u64), StoredLeaf> = HashMap::new();
-        for (tenant, count) in counts {
-            if !tenants.contains_key(tenant) {
-                let check = start_tenant(store, tenant, options, &mut divergences).await?;
-                tenants.insert(tenant.to_owned(), check);
-            }
-            let Some(check) = tenants.get(tenant).filter(|check| !check.diverged) else {
-                continue;
-            };
-            let from = check.frontier.size();
-            for leaf in store.leaves(tenant, from, from + count).await? {
-                stored.insert((leaf.tenant.clone(), leaf.ledger_sequence), leaf);
-            }
-        }
-        for event in events {
+            .zip(&prepared.sequences)
+            .zip(&prepared.digests)
+            .zip(&prepared.stored)
+        {
+            let ledger_sequence = *ledger_sequence;
             let Some(check) = tenants.get_mut(&event.tenant) else {
                 continue;
             };
-            let ledger_sequence = check.frontier.size();
-            let sealed = SealedEvent::from_logged(event, ledger_sequence);
-            let leaf = sealed.leaf_hash();
+            let leaf = digest.leaf_hash;
             if !check.diverged {
-                match stored.get(&(event.tenant.clone(), ledger_sequence)) {
-                    Some(stored) if stored.leaf_hash == leaf => check.sealed += 1,
-                    Some(stored) => {
+                // The full stored leaf, read only when it differs, to say how.
+                let differing = match stored {
+                    Some(stored) if *stored == leaf => None,
+                    Some(_) => store
+                        .leaves(&event.tenant, ledger_sequence, ledger_sequence + 1)
+                        .await?
+                        .into_iter()
+                        .next(),
+                    None => None,
+                };
+                match (stored, differing) {
+                    (Some(stored), _) if *stored == leaf => check.sealed += 1,
+                    (_, Some(differing)) => {
                         check.diverged = true;
-                        divergences.push(diagnose(store, stored, event, &sealed).await?);
+                        let sealed = SealedEvent::from_logged(event, ledger_sequence);
+                        divergences.push(diagnose(store, &differing, event, &sealed).await?);
                     }
                     // Beyond the tree stored when the tenant was first seen: not sealed yet.
-                    None if ledger_sequence >= check.stored_size => check.unsealed += 1,
-                    None => {
+                    _ if ledger_sequence >= check.stored_size => check.unsealed += 1,
+                    _ => {
                         check.diverged = true;
+                        let sealed = SealedEvent::from_logged(event, ledger_sequence);
                         let elsewhere = store
                             .leaf_of_event(
                                 &event.aggregate_type,
@@ -308,9 +438,11 @@ pub async fn verify(
             check.frontier.push(leaf);
             check.reached_size(&event.tenant, &mut divergences);
         }
-        progress(read, cursor);
+        progress(read, prepared.cursor);
     }
-    ahead.finish().await?;
+    preparer
+        .await
+        .context("the verification reader panicked")??;
     // Sealed leaves and heads beyond the end of the log.
     for (tenant, check) in &mut tenants {
         if check.diverged {
@@ -394,6 +526,7 @@ pub async fn verify(
 async fn start_tenant(
     store: &SealStore,
     tenant: &str,
+    stored_size: u64,
     options: &VerifyOptions,
     divergences: &mut Vec<Divergence>,
 ) -> anyhow::Result<TenantCheck> {
@@ -488,10 +621,7 @@ async fn start_tenant(
         newest_head: None,
         sealed: 0,
         unsealed: 0,
-        stored_size: store
-            .tree(tenant)
-            .await?
-            .map_or(0, |tree| tree.frontier.size()),
+        stored_size,
         diverged,
     })
 }

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -74,4 +75,34 @@ pub fn request(
         head: head.to_owned(),
         body: body.to_owned(),
     }
+}
+
+/// Runs the binary under test with `args` and `envs`, `DATABASE_URL` unset unless given.
+pub fn countersign(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_countersign"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("countersign runs")
+}
+
+/// The standard output of a run that must succeed (its standard error otherwise).
+pub fn succeeded(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8")
+}
+
+/// The standard error of a run that must fail (its standard output otherwise).
+pub fn failed(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::canonical::ExecutionKey;
 use crate::policy::PolicySnapshot;
 use crate::quorum::Vote;
 use crate::submission::Submission;
@@ -32,6 +33,8 @@ pub struct CommandContext {
 pub enum ActionCommand {
     SubmitAction(Box<SubmitAction>),
     CastVote(CastVote),
+    CastBoundVote(CastBoundVote),
+    CastDelegatedVote(CastDelegatedVote),
     CancelAction(CancelAction),
     ExpireAction(ExpireAction),
     RequestExecution(RequestExecution),
@@ -39,6 +42,9 @@ pub enum ActionCommand {
     RecordExecutionSuccess(RecordExecutionSuccess),
     RecordExecutionFailure(RecordExecutionFailure),
     RequestRollback(RequestRollback),
+    BreakGlassApprove(BreakGlassApprove),
+    ReviewBreakGlass(ReviewBreakGlass),
+    EscalateBreakGlassReview(EscalateBreakGlassReview),
 }
 
 impl ActionCommand {
@@ -46,6 +52,8 @@ impl ActionCommand {
         match self {
             Self::SubmitAction(c) => &c.context,
             Self::CastVote(c) => &c.context,
+            Self::CastBoundVote(c) => &c.vote.context,
+            Self::CastDelegatedVote(c) => &c.vote.context,
             Self::CancelAction(c) => &c.context,
             Self::ExpireAction(c) => &c.context,
             Self::RequestExecution(c) => &c.context,
@@ -53,6 +61,9 @@ impl ActionCommand {
             Self::RecordExecutionSuccess(c) => &c.context,
             Self::RecordExecutionFailure(c) => &c.context,
             Self::RequestRollback(c) => &c.context,
+            Self::BreakGlassApprove(c) => &c.context,
+            Self::ReviewBreakGlass(c) => &c.context,
+            Self::EscalateBreakGlassReview(c) => &c.context,
         }
     }
 
@@ -68,7 +79,24 @@ impl ActionCommand {
         match self {
             Self::SubmitAction(submit) => submit.submission.check(),
             Self::CastVote(vote) => comment(&vote.comment, "comment"),
+            Self::CastBoundVote(bound) => {
+                check_execution_key(&bound.execution_key)?;
+                if let Some(signature) = &bound.signature {
+                    crate::signing::check_signed_at(signature.signed_at)?;
+                }
+                comment(&bound.vote.comment, "comment")
+            }
+            Self::CastDelegatedVote(delegated) => {
+                if let Some(key) = &delegated.execution_key {
+                    check_execution_key(key)?;
+                }
+                comment(&delegated.vote.comment, "comment")
+            }
             Self::CancelAction(cancel) => comment(&cancel.reason, "reason"),
+            Self::BreakGlassApprove(approve) => {
+                check_visible(approve.justification.as_str(), "justification")
+            }
+            Self::ReviewBreakGlass(review) => comment(&review.comment, "comment"),
             Self::RecordExecutionSuccess(success) => {
                 document::check(&success.result, "result")?;
                 success
@@ -91,7 +119,8 @@ impl ActionCommand {
             Self::ExpireAction(_)
             | Self::RequestExecution(_)
             | Self::StartExecution(_)
-            | Self::RequestRollback(_) => Ok(()),
+            | Self::RequestRollback(_)
+            | Self::EscalateBreakGlassReview(_) => Ok(()),
         }
     }
 
@@ -100,6 +129,8 @@ impl ActionCommand {
         match self {
             Self::SubmitAction(_) => "SubmitAction",
             Self::CastVote(_) => "CastVote",
+            Self::CastBoundVote(_) => "CastBoundVote",
+            Self::CastDelegatedVote(_) => "CastDelegatedVote",
             Self::CancelAction(_) => "CancelAction",
             Self::ExpireAction(_) => "ExpireAction",
             Self::RequestExecution(_) => "RequestExecution",
@@ -107,6 +138,9 @@ impl ActionCommand {
             Self::RecordExecutionSuccess(_) => "RecordExecutionSuccess",
             Self::RecordExecutionFailure(_) => "RecordExecutionFailure",
             Self::RequestRollback(_) => "RequestRollback",
+            Self::BreakGlassApprove(_) => "BreakGlassApprove",
+            Self::ReviewBreakGlass(_) => "ReviewBreakGlass",
+            Self::EscalateBreakGlassReview(_) => "EscalateBreakGlassReview",
         }
     }
 }
@@ -139,6 +173,50 @@ pub struct CastVote {
     pub comment: Option<Comment>,
 }
 
+/// Vote in the current stage on exactly the payload the voter saw: `execution_key` is the key
+/// the voter was shown (blake3 of the capability and canonical payload). Refused with
+/// `payload_changed` when it is not the action's; recorded in the vote, so anyone can later check
+/// that the vote was cast on the payload that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CastBoundVote {
+    pub vote: CastVote,
+    pub execution_key: ExecutionKey,
+    /// The voter's Ed25519 signature of the vote (`crate::signing`), made with the key the
+    /// application found registered for them: checked before anything is recorded, recorded
+    /// with the vote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::VoteSignature>,
+}
+
+/// Vote in the current stage in another member's place, through a delegation window the
+/// application found active (`crate::delegation`): the ballot is the delegator's, counted with
+/// the roles they lent, and recorded as cast by the delegate (`vote.context.by`). Never on either
+/// one's own request, never a second ballot of the delegate's in the stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CastDelegatedVote {
+    pub vote: CastVote,
+    /// The delegator, with the roles the delegation recorded.
+    pub on_behalf_of: Principal,
+    /// The execution key the delegate saw, as in [`CastBoundVote`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_key: Option<ExecutionKey>,
+}
+
+/// An execution key is 64 lowercase hex digits.
+fn check_execution_key(key: &ExecutionKey) -> Result<(), ParseError> {
+    let text = key.as_str();
+    if text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(ParseError::new(
+            "execution_key",
+            "must be an execution key: 64 lowercase hexadecimal digits",
+        ))
+    }
+}
+
 /// Withdraw a pending action (its requester, or an admin or owner).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +225,50 @@ pub struct CancelAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Comment>,
 }
+
+/// Approve a pending action alone in an emergency: a member holding the
+/// [`BREAK_GLASS_ROLE`] role, never on their own request, with a justification. The action is
+/// approved at once and must be reviewed by `review_due`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassApprove {
+    pub context: CommandContext,
+    pub justification: Comment,
+    /// When the review after the fact is due.
+    pub review_due: Timestamp,
+}
+
+/// A reviewer's finding on a break-glass approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewVerdict {
+    /// The emergency approval was right.
+    Upheld,
+    /// It should not have been made; someone follows up.
+    Disputed,
+}
+
+/// Review a break-glass approval after the fact: a member eligible to vote in one of the
+/// action's stages, neither the breaker nor the requester. One review per approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBreakGlass {
+    pub context: CommandContext,
+    pub verdict: ReviewVerdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<Comment>,
+}
+
+/// The deadline reactor's command: a break-glass approval whose review was not recorded by its
+/// `review_due` (passed at `context.at`) escalates, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateBreakGlassReview {
+    pub context: CommandContext,
+}
+
+/// The role a member must hold to approve alone in an emergency.
+pub const BREAK_GLASS_ROLE: &str = "break_glass";
 
 /// The deadline reactor's command: escalate, expire or reject a pending action whose deadline
 /// has passed at `context.at`.

@@ -30,6 +30,24 @@ pub enum ActionError {
     /// The voter may not vote in the current stage. Handling: 403.
     #[error("{voter} is not eligible to vote in stage {stage}")]
     NotEligible { voter: UserId, stage: u32 },
+    /// The vote was bound to an execution key that is not the action's: the voter saw another
+    /// payload. Handling: 409; show the action again and vote on what it is now.
+    #[error("the vote was cast on another payload: the action's execution key is {current}")]
+    PayloadChanged {
+        current: crate::canonical::ExecutionKey,
+    },
+    /// The vote's signature does not verify with the voter's registered key over the vote's
+    /// message (`crate::signing`). Handling: 422; sign the vote again, exactly as documented.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// The vote was signed too long before (or after) it was received. Handling: 422; sign it
+    /// again now.
+    #[error("{0}")]
+    SignatureOutOfWindow(String),
+    /// The one casting already holds a ballot in this stage (their own, or one in another
+    /// member's place): nobody votes twice in a stage. Handling: 409.
+    #[error("{voter} already cast a ballot in stage {stage}")]
+    AlreadyVotedInStage { voter: UserId, stage: u32 },
     /// The requester may not vote on their own action under this policy. Handling: 403.
     #[error("the requester may not vote on their own action")]
     SelfApprovalForbidden,
@@ -65,6 +83,17 @@ pub enum ActionError {
     StaleAttempt { attempt: u32, current: u32 },
 }
 
+impl From<crate::signing::SignatureProblem> for ActionError {
+    fn from(problem: crate::signing::SignatureProblem) -> Self {
+        match problem {
+            crate::signing::SignatureProblem::OutOfWindow { .. } => {
+                Self::SignatureOutOfWindow(problem.to_string())
+            }
+            _ => Self::BadSignature(problem.to_string()),
+        }
+    }
+}
+
 impl ActionError {
     /// The stable, machine-readable code.
     pub fn code(&self) -> &'static str {
@@ -75,6 +104,10 @@ impl ActionError {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::InvalidState { .. } => "invalid_state",
             Self::NotEligible { .. } => "not_eligible",
+            Self::PayloadChanged { .. } => "payload_changed",
+            Self::BadSignature(_) => "bad_signature",
+            Self::SignatureOutOfWindow(_) => "signed_at_out_of_window",
+            Self::AlreadyVotedInStage { .. } => "already_voted_in_stage",
             Self::SelfApprovalForbidden => "self_approval_forbidden",
             Self::NotPermitted { .. } => "not_permitted",
             Self::DeadlineNotReached { .. } => "deadline_not_reached",

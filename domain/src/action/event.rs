@@ -48,6 +48,10 @@ pub enum ActionEvent {
     ExecutionSkipped(ExecutionSkipped),
     RollbackRequested(RollbackRequested),
     ExecutionResumed(ExecutionResumed),
+    StageSkipped(StageSkipped),
+    BreakGlassApproved(BreakGlassApproved),
+    BreakGlassReviewed(BreakGlassReviewed),
+    BreakGlassReviewOverdue(BreakGlassReviewOverdue),
 }
 
 /// The current version of every event type. Bump one when its shape changes, and add an upcaster.
@@ -105,6 +109,10 @@ impl ActionEvent {
             Self::ExecutionSkipped(_) => "ExecutionSkipped",
             Self::RollbackRequested(_) => "RollbackRequested",
             Self::ExecutionResumed(_) => "ExecutionResumed",
+            Self::StageSkipped(_) => "StageSkipped",
+            Self::BreakGlassApproved(_) => "BreakGlassApproved",
+            Self::BreakGlassReviewed(_) => "BreakGlassReviewed",
+            Self::BreakGlassReviewOverdue(_) => "BreakGlassReviewOverdue",
         }
     }
 
@@ -125,6 +133,10 @@ impl ActionEvent {
             Self::ExecutionSkipped(e) => &e.context,
             Self::RollbackRequested(e) => &e.context,
             Self::ExecutionResumed(e) => &e.context,
+            Self::StageSkipped(e) => &e.context,
+            Self::BreakGlassApproved(e) => &e.context,
+            Self::BreakGlassReviewed(e) => &e.context,
+            Self::BreakGlassReviewOverdue(e) => &e.context,
         }
     }
 }
@@ -177,6 +189,82 @@ pub struct VoteCast {
     /// The voter's earlier vote in this stage, which this one replaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<Vote>,
+    /// The execution key the voter saw, checked equal to the action's when the vote was cast:
+    /// the vote approves exactly that payload. Absent from unbound votes (and every vote
+    /// recorded before votes could be bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_key: Option<ExecutionKey>,
+    /// The member in whose place the vote was cast, through a delegation (`actor` is the
+    /// delegate; `voter_roles` are the roles the delegator lent). The ballot is the delegator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<UserId>,
+    /// The voter's Ed25519 signature of (tenant, action, execution key, vote, signed_at), made
+    /// with their registered key and checked when the vote was cast (`crate::signing`). Absent
+    /// from unsigned votes (and every vote recorded before votes could be signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::VoteSignature>,
+}
+
+impl VoteCast {
+    /// Whose ballot this is: the delegator's when cast in their place, else the actor's.
+    pub fn ballot_of(&self) -> &UserId {
+        self.on_behalf_of.as_ref().unwrap_or(&self.context.actor)
+    }
+
+    /// The command that records this vote, rebuilt from what the event recorded (the decision
+    /// replay, backtests): the voter with the roles recorded, the key it was bound to, the
+    /// member it was cast for. A delegate's own roles are not recorded and not needed.
+    pub fn command(&self) -> crate::action::ActionCommand {
+        use crate::action::{ActionCommand, CastBoundVote, CastDelegatedVote, CastVote};
+        let by = |id: &UserId, roles: BTreeSet<Role>| crate::Principal {
+            id: id.clone(),
+            roles,
+        };
+        let cast = |roles| CastVote {
+            context: crate::action::CommandContext {
+                tenant: self.context.tenant.clone(),
+                by: by(&self.context.actor, roles),
+                at: self.context.at,
+                correlation_id: self.context.correlation_id.clone(),
+            },
+            vote: self.vote,
+            comment: self.comment.clone(),
+        };
+        match (&self.on_behalf_of, &self.execution_key) {
+            (Some(delegator), execution_key) => {
+                ActionCommand::CastDelegatedVote(CastDelegatedVote {
+                    vote: cast(BTreeSet::new()),
+                    on_behalf_of: by(delegator, self.voter_roles.clone()),
+                    execution_key: execution_key.clone(),
+                })
+            }
+            (None, Some(execution_key)) => ActionCommand::CastBoundVote(CastBoundVote {
+                vote: cast(self.voter_roles.clone()),
+                execution_key: execution_key.clone(),
+                signature: self.signature.clone(),
+            }),
+            (None, None) => ActionCommand::CastVote(cast(self.voter_roles.clone())),
+        }
+    }
+}
+
+/// Why an optional stage was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageSkip {
+    /// The stage's `skip_when` rule held on the previous stage's ballots.
+    SkipWhenHeld,
+    /// Nobody may vote in the stage.
+    NoEligibleVoter,
+}
+
+/// An optional stage was skipped as it opened; the next stage (if any) opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StageSkipped {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub stage: u32,
+    pub reason: StageSkip,
 }
 
 /// A stage's requirements were met; the next stage (if any) opens.
@@ -195,6 +283,102 @@ pub enum ApprovalReason {
     Quorum,
     /// The tenant is in `auto` mode and the policy auto-approves.
     AutoApproved,
+    /// A member with the break-glass role approved alone (see [`BreakGlassApproved`]).
+    BreakGlass,
+}
+
+/// A member with the break-glass role approved the pending action alone, with a justification
+/// (the breaker is `actor`). An `ActionApproved` with reason `break_glass` follows at once; a
+/// review is due by `review_due`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlassApproved {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub breaker_roles: BTreeSet<Role>,
+    pub justification: Comment,
+    /// The stage that was open when the glass was broken.
+    pub stage: u32,
+    pub review_due: Timestamp,
+}
+
+/// A break-glass approval was reviewed after the fact (the reviewer is `actor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlassReviewed {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub reviewer_roles: BTreeSet<Role>,
+    pub verdict: crate::action::ReviewVerdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<Comment>,
+}
+
+/// A break-glass approval's review was not recorded by `review_due`: the deadline reactor
+/// (`actor`) escalated it, once. Holders of `escalation_role` (the policy's, for the stage the
+/// glass was broken in) may review it from then on, and they and the tenant's owners are told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlassReviewOverdue {
+    #[serde(flatten)]
+    pub context: EventContext,
+    pub review_due: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_role: Option<Role>,
+}
+
+impl BreakGlassReviewOverdue {
+    /// The command that records this escalation, rebuilt from what the event recorded.
+    pub fn command(&self) -> crate::action::ActionCommand {
+        crate::action::ActionCommand::EscalateBreakGlassReview(
+            crate::action::EscalateBreakGlassReview {
+                context: crate::action::CommandContext {
+                    tenant: self.context.tenant.clone(),
+                    by: crate::Principal {
+                        id: self.context.actor.clone(),
+                        roles: BTreeSet::new(),
+                    },
+                    at: self.context.at,
+                    correlation_id: self.context.correlation_id.clone(),
+                },
+            },
+        )
+    }
+}
+
+impl BreakGlassReviewed {
+    /// The command that records this review, rebuilt from what the event recorded.
+    pub fn command(&self) -> crate::action::ActionCommand {
+        crate::action::ActionCommand::ReviewBreakGlass(crate::action::ReviewBreakGlass {
+            context: crate::action::CommandContext {
+                tenant: self.context.tenant.clone(),
+                by: crate::Principal {
+                    id: self.context.actor.clone(),
+                    roles: self.reviewer_roles.clone(),
+                },
+                at: self.context.at,
+                correlation_id: self.context.correlation_id.clone(),
+            },
+            verdict: self.verdict,
+            comment: self.comment.clone(),
+        })
+    }
+}
+
+impl BreakGlassApproved {
+    /// The command that records this approval, rebuilt from what the event recorded.
+    pub fn command(&self) -> crate::action::ActionCommand {
+        crate::action::ActionCommand::BreakGlassApprove(crate::action::BreakGlassApprove {
+            context: crate::action::CommandContext {
+                tenant: self.context.tenant.clone(),
+                by: crate::Principal {
+                    id: self.context.actor.clone(),
+                    roles: self.breaker_roles.clone(),
+                },
+                at: self.context.at,
+                correlation_id: self.context.correlation_id.clone(),
+            },
+            justification: self.justification.clone(),
+            review_due: self.review_due,
+        })
+    }
 }
 
 /// The action may now execute.

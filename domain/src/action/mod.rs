@@ -193,6 +193,9 @@ pub struct ActionState {
     pub stage: u32,
     /// Ballots of every stage reached so far; the last is the current stage's.
     pub ballots: Vec<BTreeMap<UserId, Ballot>>,
+    /// Optional stages that were skipped, with why (absent before stages could be skipped).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped_stages: BTreeMap<u32, StageSkip>,
     pub escalations: u32,
     pub decision: Option<Decision>,
     pub execution: ExecutionState,
@@ -202,6 +205,50 @@ pub struct ActionState {
     /// The action that rolls this one back.
     #[serde(default)]
     pub rolled_back_by: Option<ActionId>,
+    /// How the action was approved alone in an emergency, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
+}
+
+/// A break-glass approval: who, why, and when its review is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlass {
+    pub by: UserId,
+    pub at: Timestamp,
+    pub justification: crate::Comment,
+    pub review_due: Timestamp,
+    /// The review after the fact, once recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<BreakGlassReview>,
+    /// When the review was found overdue and escalated, once that happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue: Option<BreakGlassOverdue>,
+}
+
+impl BreakGlass {
+    /// When the deadline reactor has to escalate this approval's review: its due time while
+    /// the review is neither recorded nor already escalated.
+    pub fn escalation_due(&self) -> Option<Timestamp> {
+        (self.review.is_none() && self.overdue.is_none()).then_some(self.review_due)
+    }
+}
+
+/// A break-glass review that was not recorded in time, and who it was escalated to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlassOverdue {
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_role: Option<crate::Role>,
+}
+
+/// Who reviewed a break-glass approval, and what they found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakGlassReview {
+    pub by: UserId,
+    pub at: Timestamp,
+    pub verdict: ReviewVerdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<crate::Comment>,
 }
 
 /// The aggregate: nothing before submission, then the action's state.
@@ -226,17 +273,111 @@ impl ActionState {
         }
     }
 
+    /// Whether `by` may approve this action alone by break-glass now: it is open, `by` holds the
+    /// `break_glass` role and did not request it. The decision and the console's buttons both
+    /// ask this.
+    pub fn may_break_glass(&self, by: &Principal) -> Result<(), ActionError> {
+        if !self.status.is_open() {
+            return Err(ActionError::InvalidState {
+                status: self.status,
+                attempted: "break-glass approve",
+            });
+        }
+        if by.id == self.requester.id {
+            return Err(ActionError::SelfApprovalForbidden);
+        }
+        if !by
+            .roles
+            .iter()
+            .any(|role| role.as_str() == BREAK_GLASS_ROLE)
+        {
+            return Err(ActionError::NotPermitted {
+                attempted: "break-glass approve",
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `by` may review this action's break-glass approval now: it has one not yet
+    /// reviewed, and `by` is neither its requester nor the breaker, and could approve in one of
+    /// its stages (or holds the escalation role once the review was escalated).
+    pub fn may_review_break_glass(&self, by: &Principal) -> Result<(), ActionError> {
+        let glass = match &self.break_glass {
+            Some(glass) if glass.review.is_none() => glass,
+            _ => {
+                return Err(ActionError::InvalidState {
+                    status: self.status,
+                    attempted: "review the break-glass approval of",
+                });
+            }
+        };
+        if by.id == self.requester.id {
+            return Err(ActionError::SelfApprovalForbidden);
+        }
+        // Once escalated, the escalation role's holders may review it too.
+        let escalated_to = glass
+            .overdue
+            .as_ref()
+            .and_then(|overdue| overdue.escalation_role.as_ref())
+            .is_some_and(|role| by.roles.contains(role));
+        if by.id == glass.by || !(self.could_approve(by) || escalated_to) {
+            return Err(ActionError::NotPermitted {
+                attempted: "review the break-glass approval of",
+            });
+        }
+        Ok(())
+    }
+
     fn stage_context(&self, index: u32) -> Option<StageContext<'_>> {
         let requirements = &self.policy.requirements;
         Some(StageContext {
-            stage: requirements.stages.as_slice().get(index as usize)?,
+            stage: requirements.stage(index)?,
             requester: &self.requester.id,
             allow_self_approval: requirements.allow_self_approval,
             escalation_role: requirements
-                .escalation_role
-                .as_ref()
+                .stage_escalation_role(index)
                 .filter(|_| self.escalations > 0),
         })
+    }
+
+    /// Why the current stage is skipped as it opens, when it is optional and may be.
+    fn skip(&self) -> Option<StageSkip> {
+        let stage = self.policy.requirements.stage(self.stage)?;
+        if !stage.optional || self.stage == 0 {
+            return None;
+        }
+        if let Some(rule) = &stage.skip_when {
+            let previous = self.stage - 1;
+            let held = match (
+                self.stage_context(previous),
+                self.ballots.get(previous as usize),
+            ) {
+                (Some(context), Some(ballots)) => context.rule_holds(rule, ballots),
+                _ => false,
+            };
+            if held {
+                return Some(StageSkip::SkipWhenHeld);
+            }
+        }
+        self.stage_context(self.stage)
+            .filter(StageContext::nobody_may_vote)
+            .map(|_| StageSkip::NoEligibleVoter)
+    }
+
+    /// Opens the stage after `stage` (approved or skipped at `at`), if there is one.
+    fn open_next_stage(&mut self, stage: u32, at: Timestamp) {
+        let next = stage + 1;
+        let requirements = &self.policy.requirements;
+        if (next as usize) >= requirements.stages.len() {
+            return;
+        }
+        if requirements.per_stage_deadlines() {
+            self.expires_at = at + requirements.stage_timeout(next).duration();
+            self.escalations = 0;
+            self.status = ActionStatus::Pending;
+        }
+        self.stage = next;
+        self.ballots.push(BTreeMap::new());
     }
 
     fn current_ballots(&self) -> Option<&BTreeMap<UserId, Ballot>> {
@@ -262,6 +403,17 @@ impl ActionState {
             && self
                 .stage_context(self.stage)
                 .is_some_and(|context| context.is_eligible(&voter.id, &voter.roles))
+    }
+
+    /// Whether this principal may vote in any of the action's stages (ignoring whether it is
+    /// open): who reviews a break-glass approval and who is told of it.
+    pub fn could_approve(&self, voter: &Principal) -> bool {
+        let stages = u32::try_from(self.policy.requirements.stages.len()).unwrap_or(u32::MAX);
+        (self.policy.requirements.allow_self_approval || voter.id != self.requester.id)
+            && (0..stages).any(|index| {
+                self.stage_context(index)
+                    .is_some_and(|context| context.is_eligible(&voter.id, &voter.roles))
+            })
     }
 
     /// Who may vote in the current stage while the action is open: roles and listed users.
@@ -331,7 +483,48 @@ impl Action {
         let mut decision = Decider::new(state.clone());
         match command {
             ActionCommand::SubmitAction(_) => {}
-            ActionCommand::CastVote(vote) => decision.vote(state, vote)?,
+            ActionCommand::CastVote(vote) => decision.vote(state, vote, None, None, None)?,
+            ActionCommand::CastBoundVote(bound) => {
+                if bound.execution_key != state.execution_key {
+                    return Err(ActionError::PayloadChanged {
+                        current: state.execution_key.clone(),
+                    });
+                }
+                if let Some(signature) = &bound.signature {
+                    signature.check(
+                        &state.tenant,
+                        &state.id,
+                        &bound.execution_key,
+                        bound.vote.vote,
+                        bound.vote.context.at,
+                    )?;
+                }
+                decision.vote(
+                    state,
+                    bound.vote,
+                    Some(bound.execution_key),
+                    None,
+                    bound.signature,
+                )?;
+            }
+            ActionCommand::CastDelegatedVote(delegated) => {
+                if delegated
+                    .execution_key
+                    .as_ref()
+                    .is_some_and(|key| *key != state.execution_key)
+                {
+                    return Err(ActionError::PayloadChanged {
+                        current: state.execution_key.clone(),
+                    });
+                }
+                decision.vote(
+                    state,
+                    delegated.vote,
+                    delegated.execution_key,
+                    Some(delegated.on_behalf_of),
+                    None,
+                )?;
+            }
             ActionCommand::CancelAction(cancel) => decision.cancel(state, cancel)?,
             ActionCommand::ExpireAction(expire) => decision.expire(state, expire)?,
             ActionCommand::RequestExecution(request) => decision.request(state, request)?,
@@ -339,6 +532,11 @@ impl Action {
             ActionCommand::RecordExecutionSuccess(success) => decision.succeed(state, success)?,
             ActionCommand::RecordExecutionFailure(failure) => decision.fail(state, failure)?,
             ActionCommand::RequestRollback(rollback) => decision.rollback(state, rollback)?,
+            ActionCommand::BreakGlassApprove(approve) => decision.break_glass(state, approve)?,
+            ActionCommand::ReviewBreakGlass(review) => decision.review(state, review)?,
+            ActionCommand::EscalateBreakGlassReview(escalate) => {
+                decision.escalate_review(state, escalate)?;
+            }
         }
         Ok(decision.events)
     }
@@ -376,7 +574,7 @@ impl Action {
             requester_roles: context.by.roles.clone(),
             execution_key: ExecutionKey::compute(&action_type, &command.submission.payload),
             risk: assess(&command.submission),
-            expires_at: context.at + requirements.timeout_seconds.duration(),
+            expires_at: context.at + requirements.stage_timeout(0).duration(),
             action_type,
             submission: command.submission,
             policy: command.policy,
@@ -440,10 +638,12 @@ impl ActionState {
             status: ActionStatus::Pending,
             stage: 0,
             ballots: vec![BTreeMap::new()],
+            skipped_stages: BTreeMap::new(),
             escalations: 0,
             decision: None,
             rollback_of: submitted.rollback_of,
             rolled_back_by: None,
+            break_glass: None,
         }
     }
 
@@ -467,26 +667,61 @@ impl ActionState {
             ActionEvent::ActionSubmitted(_) => {}
             ActionEvent::VoteCast(vote) => {
                 if let Some(ballots) = self.ballots.get_mut(vote.stage as usize) {
+                    let cast_by = vote
+                        .on_behalf_of
+                        .is_some()
+                        .then(|| vote.context.actor.clone());
                     ballots.insert(
-                        vote.context.actor,
+                        vote.ballot_of().clone(),
                         Ballot {
                             vote: vote.vote,
                             roles: vote.voter_roles,
                             comment: vote.comment,
                             cast_at: vote.context.at,
+                            execution_key: vote.execution_key,
+                            cast_by,
+                            signature: vote.signature,
                         },
                     );
                 }
             }
             ActionEvent::StageApproved(approved) => {
-                let next = approved.stage + 1;
-                if (next as usize) < self.policy.requirements.stages.len() {
-                    self.stage = next;
-                    self.ballots.push(BTreeMap::new());
-                }
+                self.open_next_stage(approved.stage, approved.context.at);
+            }
+            ActionEvent::StageSkipped(skipped) => {
+                self.skipped_stages.insert(skipped.stage, skipped.reason);
+                self.open_next_stage(skipped.stage, skipped.context.at);
             }
             ActionEvent::ActionApproved(approved) => {
                 self.decide_outcome(ActionStatus::Approved, &approved.context, None);
+            }
+            ActionEvent::BreakGlassApproved(approved) => {
+                self.break_glass = Some(BreakGlass {
+                    by: approved.context.actor,
+                    at: approved.context.at,
+                    justification: approved.justification,
+                    review_due: approved.review_due,
+                    review: None,
+                    overdue: None,
+                });
+            }
+            ActionEvent::BreakGlassReviewed(reviewed) => {
+                if let Some(glass) = &mut self.break_glass {
+                    glass.review = Some(BreakGlassReview {
+                        by: reviewed.context.actor,
+                        at: reviewed.context.at,
+                        verdict: reviewed.verdict,
+                        comment: reviewed.comment,
+                    });
+                }
+            }
+            ActionEvent::BreakGlassReviewOverdue(overdue) => {
+                if let Some(glass) = &mut self.break_glass {
+                    glass.overdue = Some(BreakGlassOverdue {
+                        at: overdue.context.at,
+                        escalation_role: overdue.escalation_role,
+                    });
+                }
             }
             ActionEvent::ActionRejected(rejected) => {
                 self.decide_outcome(
@@ -618,11 +853,26 @@ impl Decider {
             else {
                 return;
             };
-            let outcome = context.evaluate(ballots);
-            let tally = StageContext::tally(ballots);
             let stage = state.stage;
             let is_last = (stage as usize) + 1 >= state.policy.requirements.stages.len();
             let event_context = state.event_context(command);
+            if let Some(reason) = state.skip() {
+                self.emit(ActionEvent::StageSkipped(StageSkipped {
+                    context: event_context.clone(),
+                    stage,
+                    reason,
+                }));
+                if is_last {
+                    self.emit(ActionEvent::ActionApproved(ActionApproved {
+                        context: event_context,
+                        reason: ApprovalReason::Quorum,
+                    }));
+                    return;
+                }
+                continue;
+            }
+            let outcome = context.evaluate(ballots);
+            let tally = StageContext::tally(ballots);
             match outcome {
                 StageOutcome::Pending => return,
                 StageOutcome::Approved => {
@@ -663,10 +913,22 @@ impl Decider {
         }
     }
 
-    fn vote(&mut self, state: &ActionState, command: CastVote) -> Result<(), ActionError> {
+    /// Records a vote: the caster's own (`on_behalf_of` absent), or one cast in a delegator's
+    /// place.
+    fn vote(
+        &mut self,
+        state: &ActionState,
+        command: CastVote,
+        execution_key: Option<ExecutionKey>,
+        on_behalf_of: Option<Principal>,
+        signature: Option<crate::signing::VoteSignature>,
+    ) -> Result<(), ActionError> {
         Self::require_open(state, "vote on")?;
-        let voter = &command.context.by;
-        if voter.id == state.requester.id && !state.policy.requirements.allow_self_approval {
+        let caster = &command.context.by;
+        let voter = on_behalf_of.as_ref().unwrap_or(caster);
+        if (voter.id == state.requester.id || caster.id == state.requester.id)
+            && !state.policy.requirements.allow_self_approval
+        {
             return Err(ActionError::SelfApprovalForbidden);
         }
         if !state.can_vote(voter) {
@@ -675,12 +937,31 @@ impl Decider {
                 stage: state.stage,
             });
         }
+        // Nobody holds two ballots of a stage: a delegate who voted for themselves may not vote
+        // for another, and the other way round.
+        let cast_by = on_behalf_of.as_ref().map(|_| caster.id.clone());
+        let twice = state.current_ballots().is_some_and(|ballots| {
+            ballots.iter().any(|(holder, ballot)| {
+                *holder != voter.id
+                    && (*holder == caster.id || ballot.cast_by.as_ref() == Some(&caster.id))
+            })
+        });
+        if twice {
+            return Err(ActionError::AlreadyVotedInStage {
+                voter: caster.id.clone(),
+                stage: state.stage,
+            });
+        }
         let previous = state
             .current_ballots()
             .and_then(|ballots| ballots.get(&voter.id));
-        if previous
-            .is_some_and(|ballot| ballot.vote == command.vote && ballot.comment == command.comment)
-        {
+        if previous.is_some_and(|ballot| {
+            ballot.vote == command.vote
+                && ballot.comment == command.comment
+                && ballot.execution_key == execution_key
+                && ballot.cast_by == cast_by
+                && ballot.signature == signature
+        }) {
             return Ok(());
         }
         self.emit(ActionEvent::VoteCast(VoteCast {
@@ -690,8 +971,90 @@ impl Decider {
             vote: command.vote,
             comment: command.comment,
             replaces: previous.map(|ballot| ballot.vote),
+            execution_key,
+            on_behalf_of: on_behalf_of.map(|delegator| delegator.id),
+            signature,
         }));
         self.settle(&command.context);
+        Ok(())
+    }
+
+    /// Approves alone in an emergency: the breaker holds the break-glass role and is not the
+    /// requester (whatever the policy says about self-approval).
+    fn break_glass(
+        &mut self,
+        state: &ActionState,
+        command: BreakGlassApprove,
+    ) -> Result<(), ActionError> {
+        let by = &command.context.by;
+        state.may_break_glass(by)?;
+        let context = state.event_context(&command.context);
+        self.emit(ActionEvent::BreakGlassApproved(BreakGlassApproved {
+            context: context.clone(),
+            breaker_roles: by.roles.clone(),
+            justification: command.justification,
+            stage: state.stage,
+            review_due: command.review_due,
+        }));
+        self.emit(ActionEvent::ActionApproved(ActionApproved {
+            context,
+            reason: ApprovalReason::BreakGlass,
+        }));
+        Ok(())
+    }
+
+    /// Records the review of a break-glass approval: once, by a member eligible in one of the
+    /// action's stages who is neither the breaker nor the requester.
+    fn review(
+        &mut self,
+        state: &ActionState,
+        command: ReviewBreakGlass,
+    ) -> Result<(), ActionError> {
+        let by = &command.context.by;
+        state.may_review_break_glass(by)?;
+        self.emit(ActionEvent::BreakGlassReviewed(BreakGlassReviewed {
+            context: state.event_context(&command.context),
+            reviewer_roles: by.roles.clone(),
+            verdict: command.verdict,
+            comment: command.comment,
+        }));
+        Ok(())
+    }
+
+    /// Escalates a break-glass review not recorded by its due time: once, never before it is due,
+    /// never once reviewed. The escalation role is the policy's for the stage the glass was
+    /// broken in.
+    fn escalate_review(
+        &mut self,
+        state: &ActionState,
+        command: EscalateBreakGlassReview,
+    ) -> Result<(), ActionError> {
+        let Some(due) = state
+            .break_glass
+            .as_ref()
+            .and_then(BreakGlass::escalation_due)
+        else {
+            return Err(ActionError::InvalidState {
+                status: state.status,
+                attempted: "escalate the break-glass review of",
+            });
+        };
+        if command.context.at < due {
+            return Err(ActionError::DeadlineNotReached { expires_at: due });
+        }
+        // A decided action stays at the stage that was open: the one the glass was broken in.
+        let stage = state.stage;
+        self.emit(ActionEvent::BreakGlassReviewOverdue(
+            BreakGlassReviewOverdue {
+                context: state.event_context(&command.context),
+                review_due: due,
+                escalation_role: state
+                    .policy
+                    .requirements
+                    .stage_escalation_role(stage)
+                    .cloned(),
+            },
+        ));
         Ok(())
     }
 
@@ -715,8 +1078,7 @@ impl Decider {
         let requirements = &state.policy.requirements;
         let context = state.event_context(&command.context);
         let escalation_role = requirements
-            .escalation_role
-            .as_ref()
+            .stage_escalation_role(state.stage)
             .filter(|_| state.escalations < requirements.max_escalations);
         if let Some(role) = escalation_role {
             self.emit(ActionEvent::ActionEscalated(ActionEscalated {
@@ -724,9 +1086,9 @@ impl Decider {
                 escalation: state.escalations + 1,
                 escalation_role: role.clone(),
                 previous_expires_at: state.expires_at,
-                expires_at: state.expires_at + requirements.timeout_seconds.duration(),
+                expires_at: state.expires_at + requirements.stage_timeout(state.stage).duration(),
             }));
-        } else if requirements.on_timeout == crate::policy::OnTimeout::Reject {
+        } else if requirements.stage_on_timeout(state.stage) == crate::policy::OnTimeout::Reject {
             let tally = state
                 .current_ballots()
                 .map(StageContext::tally)
@@ -953,3 +1315,6 @@ mod tests;
 
 #[cfg(test)]
 mod properties;
+
+#[cfg(test)]
+mod review_overdue;

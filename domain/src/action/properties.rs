@@ -8,6 +8,12 @@
 //! (c) nothing starts executing unless every stage's requirements were met (checked by an
 //!     independent count written from the specification), or the action was auto-approved;
 //! (d) no action ever records two successful executions.
+//!
+//! The policies include optional stages (with and without `skip_when`) and per-stage deadlines;
+//! the votes include votes bound to the right or to another payload's execution key, and votes
+//! cast in another voter's place (a delegation the application would have checked): (c) then
+//! also holds each skipped stage to its recorded reason, and counts a delegated ballot as the
+//! delegator's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -75,9 +81,20 @@ fn stage() -> impl Strategy<Value = Value> {
         })
 }
 
+/// How a later stage may differ: optional (skipped when nobody may vote), optional with a
+/// `skip_when` rule, with a deadline and an escalation role of its own, or none of these.
+fn stage_settings() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => Just(json!({})),
+        1 => Just(json!({ "optional": true })),
+        1 => rule().prop_map(|rule| json!({ "optional": true, "skip_when": rule })),
+        1 => Just(json!({ "timeout_seconds": 300, "escalation_role": "legal", "on_timeout": "reject" })),
+    ]
+}
+
 fn requirements(stages: std::ops::RangeInclusive<usize>) -> impl Strategy<Value = Value> {
     (
-        prop::collection::vec(stage(), stages),
+        prop::collection::vec((stage(), stage_settings()), stages),
         any::<bool>(),
         prop::sample::select(vec!["expire", "reject"]),
         0u32..=2,
@@ -87,6 +104,20 @@ fn requirements(stages: std::ops::RangeInclusive<usize>) -> impl Strategy<Value 
         .prop_map(
             |(stages, escalates, on_timeout, max_escalations, flags, max_attempts)| {
                 let [auto_execute, auto_approve, allow_self_approval] = flags;
+                // The first stage is never optional.
+                let stages: Vec<Value> = stages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (mut stage, settings))| {
+                        if index > 0
+                            && let (Some(stage), Some(settings)) =
+                                (stage.as_object_mut(), settings.as_object())
+                        {
+                            stage.extend(settings.clone());
+                        }
+                        stage
+                    })
+                    .collect();
                 let mut requirements = json!({
                     "stages": stages,
                     "timeout_seconds": 1000,
@@ -120,6 +151,10 @@ fn vote() -> impl Strategy<Value = Vote> {
 #[derive(Debug, Clone)]
 enum Step {
     Vote(usize, Vote),
+    /// A vote bound to the action's execution key (`true`) or to another payload's.
+    BoundVote(usize, bool),
+    /// The first voter votes in the second's place.
+    DelegatedVote(usize, usize, Vote),
     Expire,
     Cancel(usize),
     /// A voter asks it to run; `true` while the tenant is in safe mode now.
@@ -133,6 +168,9 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => (0..VOTERS.len(), vote()).prop_map(|(v, vote)| Step::Vote(v, vote)),
+        1 => (0..VOTERS.len(), any::<bool>()).prop_map(|(v, right)| Step::BoundVote(v, right)),
+        2 => (0..VOTERS.len(), 0..VOTERS.len(), vote())
+            .prop_map(|(by, of, vote)| Step::DelegatedVote(by, of, vote)),
         1 => Just(Step::Expire),
         1 => (0..VOTERS.len()).prop_map(Step::Cancel),
         1 => (0..VOTERS.len(), any::<bool>()).prop_map(|(v, safe)| Step::Request(v, safe)),
@@ -151,6 +189,28 @@ fn run(story: &mut Story, step: &Step, seconds: i64) {
             context: context(&voter(*v), seconds),
             vote: *vote,
             comment: None,
+        }),
+        Step::BoundVote(v, right) => ActionCommand::CastBoundVote(CastBoundVote {
+            vote: CastVote {
+                context: context(&voter(*v), seconds),
+                vote: Vote::Approve,
+                comment: None,
+            },
+            execution_key: if *right {
+                story.state().execution_key.clone()
+            } else {
+                ExecutionKey::compute(&story.state().action_type, &json!({ "another": "payload" }))
+            },
+            signature: None,
+        }),
+        Step::DelegatedVote(by, of, vote) => ActionCommand::CastDelegatedVote(CastDelegatedVote {
+            vote: CastVote {
+                context: context(&voter(*by), seconds),
+                vote: *vote,
+                comment: None,
+            },
+            on_behalf_of: voter(*of),
+            execution_key: None,
         }),
         Step::Expire => ActionCommand::ExpireAction(ExpireAction {
             context: context(&principal("system:deadlines", &[]), seconds),
@@ -184,12 +244,14 @@ fn run(story: &mut Story, step: &Step, seconds: i64) {
             })
         }
     };
-    if story.run(command).is_err() {
-        assert_eq!(
+    let bound_elsewhere = matches!(step, Step::BoundVote(_, false));
+    match story.run(command) {
+        Err(_) => assert_eq!(
             story.events.len(),
             before,
             "a refused command recorded events"
-        );
+        ),
+        Ok(_) => assert!(!bound_elsewhere, "a vote bound to another payload counted"),
     }
     if matches!(step, Step::Start(true)) {
         assert!(
@@ -282,30 +344,87 @@ fn oracle_stage_met(
     })
 }
 
+/// Whether one rule alone holds for these ballots (a `skip_when` rule).
+fn oracle_rule_met(
+    rule: &Rule,
+    ballots: &BTreeMap<UserId, (BTreeSet<Role>, Vote)>,
+    escalated: Option<&Role>,
+) -> bool {
+    let alone: Stage =
+        serde_json::from_value(json!({ "rules": [rule], "required_ratio": 0.0 })).expect("a stage");
+    // The ratio and the "at least one approval" of a stage do not apply to a rule alone.
+    let mut approving = ballots.clone();
+    approving.insert(
+        UserId::parse("oracle:approval").expect("id"),
+        (BTreeSet::new(), Vote::Approve),
+    );
+    oracle_stage_met(&alone, &approving, escalated)
+}
+
+/// Whether nobody at all may vote in a stage: only listed users count, and all of them are the
+/// requester, who may not vote.
+fn oracle_nobody_may_vote(stage: &Stage, requester: &UserId, self_approval: bool) -> bool {
+    let mut listed: Vec<&UserId> = stage.veto.users.iter().collect();
+    for rule in &stage.rules {
+        match rule {
+            Rule::Percentage { pool: users, .. } | Rule::SpecificUsers { users } => {
+                listed.extend(users.iter());
+            }
+            Rule::Any { .. } | Rule::Role { .. } => return false,
+        }
+    }
+    stage.veto.roles.is_empty() && !self_approval && listed.iter().all(|user| *user == requester)
+}
+
 /// (c): checks the history leading to every execution start.
 fn check_execution_was_earned(story: &Story) {
     let Some(ActionEvent::ActionSubmitted(submitted)) = story.events.first() else {
         panic!("history does not start with a submission");
     };
     let requirements = &submitted.policy.requirements;
-    let mut ballots: Vec<BTreeMap<UserId, (BTreeSet<Role>, Vote)>> =
-        vec![BTreeMap::new(); requirements.stages.len()];
-    let mut escalated = false;
+    let stages = requirements.stages.len();
+    let mut ballots: Vec<BTreeMap<UserId, (BTreeSet<Role>, Vote)>> = vec![BTreeMap::new(); stages];
+    // The escalation role in force in each stage, once it escalated.
+    let mut escalated: Vec<Option<Role>> = vec![None; stages];
+    let mut skipped: BTreeMap<usize, StageSkip> = BTreeMap::new();
+    let mut current = 0usize;
     let mut auto_approved = false;
+    let requester = &submitted.context.actor;
     for event in &story.events {
         match event {
             ActionEvent::VoteCast(vote) => {
                 ballots[vote.stage as usize].insert(
-                    vote.context.actor.clone(),
+                    vote.ballot_of().clone(),
                     (vote.voter_roles.clone(), vote.vote),
                 );
                 assert!(
                     requirements.allow_self_approval
-                        || vote.context.actor != submitted.context.actor,
+                        || (vote.context.actor != *requester && vote.ballot_of() != requester),
                     "the requester voted without self-approval"
                 );
+                if let Some(key) = &vote.execution_key {
+                    assert_eq!(
+                        *key, submitted.execution_key,
+                        "a vote bound to another payload"
+                    );
+                }
             }
-            ActionEvent::ActionEscalated(_) => escalated = true,
+            ActionEvent::ActionEscalated(escalation) => {
+                escalated[current] = Some(escalation.escalation_role.clone());
+            }
+            ActionEvent::StageApproved(StageApproved { stage, .. })
+            | ActionEvent::StageSkipped(StageSkipped { stage, .. }) => {
+                if let ActionEvent::StageSkipped(skip) = event {
+                    skipped.insert(*stage as usize, skip.reason.clone());
+                }
+                let next = *stage as usize + 1;
+                if next < stages {
+                    if !requirements.per_stage_deadlines() {
+                        escalated[next] = escalated[current].clone();
+                    }
+                    current = next;
+                }
+            }
             ActionEvent::ActionApproved(approved) => {
                 auto_approved = approved.reason == ApprovalReason::AutoApproved;
                 if auto_approved {
@@ -318,12 +437,35 @@ fn check_execution_was_earned(story: &Story) {
             ActionEvent::ExecutionStarted(_) => {
                 assert_ne!(submitted.mode, TenantMode::Safe, "executed in safe mode");
                 if !auto_approved {
-                    let role = requirements.escalation_role.as_ref().filter(|_| escalated);
                     for (index, stage) in requirements.stages.iter().enumerate() {
+                        let role = escalated[index].as_ref();
+                        let met = match skipped.get(&index) {
+                            None => oracle_stage_met(stage, &ballots[index], role),
+                            Some(StageSkip::SkipWhenHeld) => {
+                                let rule = stage.skip_when.as_ref().expect("a skip_when rule");
+                                stage.optional
+                                    && index > 0
+                                    && oracle_rule_met(
+                                        rule,
+                                        &ballots[index - 1],
+                                        escalated[index - 1].as_ref(),
+                                    )
+                            }
+                            Some(StageSkip::NoEligibleVoter) => {
+                                stage.optional
+                                    && index > 0
+                                    && oracle_nobody_may_vote(
+                                        stage,
+                                        requester,
+                                        requirements.allow_self_approval,
+                                    )
+                            }
+                        };
                         assert!(
-                            oracle_stage_met(stage, &ballots[index], role),
-                            "stage {index} unmet at execution: {:?}",
-                            ballots[index]
+                            met,
+                            "stage {index} unmet at execution: {:?} (skipped: {:?})",
+                            ballots[index],
+                            skipped.get(&index)
                         );
                     }
                 }

@@ -1333,3 +1333,575 @@ fn only_an_executed_action_with_an_undo_payload_can_be_rolled_back_once() {
         Err("already_rolled_back")
     );
 }
+
+// ---------------------------------------------------------------- optional and richer stages
+
+/// Reference 001's "owner + optional reviewer": an owner or an approver, then a reviewer stage
+/// that is skipped when an owner approved in the first stage.
+fn owner_or_reviewed() -> Value {
+    json!({ "stages": [
+        { "name": "approver", "rules": [{ "type": "any", "min_approvals": 1 }] },
+        { "name": "reviewer", "optional": true,
+          "skip_when": { "type": "role", "role": "owner", "min_approvals": 1 },
+          "rules": [{ "type": "role", "role": "reviewer", "min_approvals": 1 }] }
+    ] })
+}
+
+#[test]
+fn an_optional_stage_is_skipped_and_recorded_when_its_rule_holds_on_the_previous_stage() {
+    let mut story = Story::submitted(owner_or_reviewed());
+    assert_eq!(
+        story.vote(&principal("olga", &["owner"]), Approve, 1),
+        Ok(vec![
+            "VoteCast",
+            "StageApproved",
+            "StageSkipped",
+            "ActionApproved"
+        ])
+    );
+    assert!(matches!(
+        &story.events[story.events.len() - 2],
+        ActionEvent::StageSkipped(skipped)
+            if skipped.stage == 1 && skipped.reason == StageSkip::SkipWhenHeld
+    ));
+    assert_eq!(story.status(), ActionStatus::Approved);
+    assert_eq!(
+        story.state().skipped_stages,
+        BTreeMap::from([(1, StageSkip::SkipWhenHeld)])
+    );
+    assert_eq!(Action::from_events(&story.events), story.action);
+}
+
+#[test]
+fn an_optional_stage_whose_rule_does_not_hold_must_be_approved() {
+    // An approver, not an owner, approved the first stage: the reviewer stage opens.
+    let mut story = Story::submitted(owner_or_reviewed());
+    assert_eq!(
+        story.vote(&approver("ann"), Approve, 1),
+        Ok(vec!["VoteCast", "StageApproved"])
+    );
+    assert_eq!(
+        (story.state().stage, story.status()),
+        (1, ActionStatus::Pending)
+    );
+    assert_eq!(
+        story.vote(&principal("rev", &["reviewer"]), Approve, 2),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+}
+
+#[test]
+fn an_optional_stage_nobody_may_vote_in_is_skipped_not_passed_silently() {
+    // The second stage lists only the requester, who may not approve their own action.
+    let mut story = Story::submitted(json!({ "stages": [
+        { "rules": [{ "type": "any", "min_approvals": 1 }] },
+        { "optional": true, "rules": [{ "type": "specific_users", "users": ["rita"] }] }
+    ] }));
+    assert_eq!(
+        story.vote(&approver("ann"), Approve, 1),
+        Ok(vec![
+            "VoteCast",
+            "StageApproved",
+            "StageSkipped",
+            "ActionApproved"
+        ])
+    );
+    assert!(story.events.iter().any(|event| matches!(
+        event,
+        ActionEvent::StageSkipped(skipped) if skipped.reason == StageSkip::NoEligibleVoter
+    )));
+    // The same stage, not optional, rejects the action as unreachable.
+    let mut story = Story::submitted(json!({ "stages": [
+        { "rules": [{ "type": "any", "min_approvals": 1 }] },
+        { "rules": [{ "type": "specific_users", "users": ["rita"] }] }
+    ] }));
+    assert_eq!(
+        story.vote(&approver("ann"), Approve, 1),
+        Ok(vec!["VoteCast", "StageApproved", "ActionRejected"])
+    );
+}
+
+#[test]
+fn optional_stage_settings_that_cannot_work_are_refused_naming_the_stage() {
+    for (requirements, message) in [
+        (
+            json!({ "stages": [{ "optional": true, "rules": [{ "type": "any", "min_approvals": 1 }] }] }),
+            "stages[0].optional",
+        ),
+        (
+            json!({ "stages": [
+                { "rules": [{ "type": "any", "min_approvals": 1 }] },
+                { "skip_when": { "type": "any", "min_approvals": 1 },
+                  "rules": [{ "type": "any", "min_approvals": 1 }] }
+            ] }),
+            "stages[1].skip_when",
+        ),
+    ] {
+        let refused = Requirements::parse(&requirements).expect_err("refused");
+        assert_eq!(refused.field, "requirements.stages", "{refused}");
+        assert!(refused.message.contains(message), "{refused}");
+    }
+}
+
+#[test]
+fn a_policy_written_before_stage_settings_reads_and_decides_as_before() {
+    let old = two_stages();
+    let requirements = Requirements::parse(&old).expect("valid");
+    assert!(!requirements.per_stage_deadlines());
+    assert_eq!(
+        serde_json::to_value(&requirements).expect("json")["stages"],
+        json!([
+            { "name": "owner", "rules": [{ "type": "any", "min_approvals": 1, "roles": ["owner"] }], "required_ratio": 1.0 },
+            { "name": "reviewer", "rules": [{ "type": "role", "role": "reviewer", "min_approvals": 1 }], "required_ratio": 1.0 }
+        ]),
+        "no new field is written for a policy that does not use one"
+    );
+    // One deadline from submission across both stages.
+    let mut story = Story::submitted(old);
+    story
+        .vote(&principal("olga", &["owner"]), Approve, 600)
+        .expect("vote");
+    assert_eq!(story.state().expires_at, at(86_400));
+}
+
+/// Each stage with its own deadline, escalation role and timeout behaviour.
+fn staged_deadlines() -> Value {
+    json!({
+        "timeout_seconds": 3600,
+        "escalation_role": "cfo",
+        "stages": [
+            { "rules": [{ "type": "any", "min_approvals": 1 }], "timeout_seconds": 600 },
+            { "rules": [{ "type": "role", "role": "reviewer", "min_approvals": 1 }],
+              "escalation_role": "legal", "on_timeout": "reject" }
+        ]
+    })
+}
+
+#[test]
+fn a_stage_deadline_runs_from_its_opening_and_escalates_to_the_stage_role() {
+    let mut story = Story::submitted(staged_deadlines());
+    // Stage 1's own deadline: ten minutes after submission.
+    assert_eq!(story.state().expires_at, at(600));
+    assert_eq!(story.expire(600), Ok(vec!["ActionEscalated"]));
+    assert!(matches!(story.last(), ActionEvent::ActionEscalated(e)
+        if e.escalation_role.as_str() == "cfo" && e.expires_at == at(1200)));
+    assert_eq!(
+        story.vote(&principal("carl", &["cfo"]), Approve, 700),
+        Ok(vec!["VoteCast", "StageApproved"])
+    );
+    // The second stage opens with its own deadline (the policy's hour, from its opening) and
+    // without the first stage's escalation.
+    let state = story.state();
+    assert_eq!(
+        (
+            state.stage,
+            state.expires_at,
+            state.escalations,
+            state.status
+        ),
+        (1, at(700 + 3600), 0, ActionStatus::Pending)
+    );
+    assert_eq!(
+        story
+            .vote(&principal("carl", &["cfo"]), Approve, 800)
+            .map_err(|e| e.code()),
+        Err("not_eligible"),
+        "the first stage's escalation role does not carry over"
+    );
+    assert_eq!(story.expire(700 + 3600), Ok(vec!["ActionEscalated"]));
+    assert!(matches!(story.last(), ActionEvent::ActionEscalated(e)
+        if e.escalation_role.as_str() == "legal"));
+    // The stage's `on_timeout: reject` applies once its escalation is spent.
+    assert_eq!(story.expire(700 + 7200), Ok(vec!["ActionRejected"]));
+    assert!(matches!(story.last(), ActionEvent::ActionRejected(e)
+        if e.reason == Rejection::Timeout && e.stage == 1));
+    assert_eq!(Action::from_events(&story.events), story.action);
+}
+
+// ---------------------------------------------------------------- votes bound to the payload
+
+fn bound_vote(voter: &Principal, execution_key: ExecutionKey, seconds: i64) -> ActionCommand {
+    ActionCommand::CastBoundVote(CastBoundVote {
+        vote: CastVote {
+            context: context(voter, seconds),
+            vote: Approve,
+            comment: None,
+        },
+        execution_key,
+        signature: None,
+    })
+}
+
+#[test]
+fn a_vote_bound_to_the_actions_execution_key_is_recorded_with_it() {
+    let mut story = Story::submitted(any(1));
+    let key = story.state().execution_key.clone();
+    assert_eq!(
+        story.run(bound_vote(&approver("ann"), key.clone(), 1)),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+    assert!(matches!(&story.events[1], ActionEvent::VoteCast(vote)
+        if vote.execution_key.as_ref() == Some(&key)));
+    assert_eq!(
+        story.state().ballots[0]
+            .get(&approver("ann").id)
+            .and_then(|ballot| ballot.execution_key.clone()),
+        Some(key)
+    );
+}
+
+#[test]
+fn a_vote_bound_to_another_payload_is_refused_and_records_nothing() {
+    let mut story = Story::submitted(any(1));
+    let other = ExecutionKey::compute(
+        &story.state().action_type,
+        &json!({ "order": 1042, "amount": 2550 }),
+    );
+    let refused = story
+        .run(bound_vote(&approver("ann"), other, 1))
+        .expect_err("refused");
+    assert_eq!(refused.code(), "payload_changed");
+    assert!(
+        refused
+            .to_string()
+            .contains(story.state().execution_key.as_str())
+    );
+    assert_eq!(story.events.len(), 1, "nothing recorded");
+    let malformed = story
+        .run(bound_vote(
+            &approver("ann"),
+            serde_json::from_value(json!("not-a-key")).expect("any string decodes"),
+            1,
+        ))
+        .expect_err("refused");
+    assert!(
+        matches!(&malformed, ActionError::InvalidInput(e) if e.field == "execution_key"),
+        "{malformed:?}"
+    );
+}
+
+#[test]
+fn an_unbound_vote_recorded_before_binding_existed_still_decodes() {
+    let old = json!({ "VoteCast": {
+        "tenant": "acme", "action_id": ActionId::from_uuid(uuid::Uuid::from_u128(7)),
+        "actor": "ann", "at": at(1), "voter_roles": ["approver"], "stage": 0, "vote": "approve"
+    } });
+    let event: ActionEvent = serde_json::from_value(old).expect("decodes");
+    assert!(matches!(event, ActionEvent::VoteCast(vote) if vote.execution_key.is_none()));
+}
+
+// ---------------------------------------------------------------- delegated votes
+
+fn for_member(delegate: &Principal, delegator: &Principal, seconds: i64) -> ActionCommand {
+    ActionCommand::CastDelegatedVote(CastDelegatedVote {
+        vote: CastVote {
+            context: context(delegate, seconds),
+            vote: Approve,
+            comment: None,
+        },
+        on_behalf_of: delegator.clone(),
+        execution_key: None,
+    })
+}
+
+#[test]
+fn a_delegate_votes_in_the_delegators_place_with_the_roles_they_lent() {
+    // Two finance_ops approvals; bob holds no role of his own but votes for fay.
+    let mut story = Story::submitted(payout_policy());
+    let bob = principal("bob", &[]);
+    assert_eq!(
+        story.run(for_member(&bob, &finance("fay"), 1)),
+        Ok(vec!["VoteCast"])
+    );
+    assert!(matches!(story.last(), ActionEvent::VoteCast(vote)
+        if vote.context.actor == bob.id && vote.on_behalf_of == Some(finance("fay").id)));
+    let ballot = story.state().ballots[0]
+        .get(&finance("fay").id)
+        .cloned()
+        .expect("fay's ballot");
+    assert_eq!(ballot.cast_by, Some(bob.id.clone()));
+    // Fay's place counts once: her own vote replaces the one cast for her.
+    assert_eq!(
+        story.vote(&finance("fay"), Approve, 2),
+        Ok(vec!["VoteCast"])
+    );
+    assert_eq!(story.state().ballots[0].len(), 1);
+    assert_eq!(
+        story.vote(&finance("fin"), Approve, 3),
+        Ok(vec!["VoteCast", "StageApproved", "ActionApproved"])
+    );
+    assert_eq!(Action::from_events(&story.events), story.action);
+}
+
+#[test]
+fn a_delegate_never_votes_twice_in_a_stage_nor_on_their_own_request() {
+    let mut story = Story::submitted(any(3));
+    let bob = approver("bob");
+    story.vote(&bob, Approve, 1).expect("bob's own vote");
+    assert_eq!(
+        story
+            .run(for_member(&bob, &approver("ann"), 2))
+            .map_err(|e| e.code()),
+        Err("already_voted_in_stage")
+    );
+    let mut story = Story::submitted(any(3));
+    story
+        .run(for_member(&bob, &approver("ann"), 1))
+        .expect("for ann");
+    for refused in [
+        story.vote(&bob, Approve, 2),
+        story.run(for_member(&bob, &approver("amy"), 3)),
+    ] {
+        assert_eq!(refused.map_err(|e| e.code()), Err("already_voted_in_stage"));
+    }
+    // Neither in the requester's place nor by the requester.
+    assert_eq!(
+        story
+            .run(for_member(&approver("carl"), &requester(), 4))
+            .map_err(|e| e.code()),
+        Err("self_approval_forbidden")
+    );
+    assert_eq!(
+        story
+            .run(for_member(&requester(), &approver("dan"), 5))
+            .map_err(|e| e.code()),
+        Err("self_approval_forbidden")
+    );
+    // The delegator must be eligible: the lent roles are what counts.
+    assert_eq!(
+        story
+            .run(for_member(
+                &approver("carl"),
+                &principal("ivy", &["auditor"]),
+                6
+            ))
+            .map_err(|e| e.code()),
+        Err("not_eligible")
+    );
+    assert_eq!(story.events.len(), 2, "refusals record nothing");
+}
+
+// ---------------------------------------------------------------- break-glass
+
+fn two_approvers() -> Value {
+    json!({ "stages": [
+        { "rules": [{ "type": "role", "role": "approver", "min_approvals": 2 }] },
+        { "rules": [{ "type": "role", "role": "finance", "min_approvals": 1 }] },
+    ] })
+}
+
+fn break_glass(by: &Principal, justification: &str, seconds: i64) -> ActionCommand {
+    ActionCommand::BreakGlassApprove(BreakGlassApprove {
+        context: context(by, seconds),
+        justification: Comment::parse(justification).unwrap_or_else(|e| panic!("{e}")),
+        review_due: at(seconds + 86_400),
+    })
+}
+
+fn review(by: &Principal, verdict: ReviewVerdict, seconds: i64) -> ActionCommand {
+    ActionCommand::ReviewBreakGlass(ReviewBreakGlass {
+        context: context(by, seconds),
+        verdict,
+        comment: None,
+    })
+}
+
+#[test]
+fn a_breaker_approves_a_pending_action_alone_and_it_is_marked() {
+    let mut story = Story::submitted(two_approvers());
+    let breaker = principal("bea", &["break_glass"]);
+    assert_eq!(
+        story.run(break_glass(&breaker, "prod is down", 5)),
+        Ok(vec!["BreakGlassApproved", "ActionApproved"])
+    );
+    let state = story.action.state().unwrap_or_else(|| unreachable!());
+    assert_eq!(state.status, ActionStatus::Approved);
+    let glass = state.break_glass.as_ref().unwrap_or_else(|| unreachable!());
+    assert_eq!(glass.by.as_str(), "bea");
+    assert_eq!(glass.justification.as_str(), "prod is down");
+    assert_eq!(glass.review_due, at(5 + 86_400));
+    assert!(matches!(
+        story.events.last(),
+        Some(ActionEvent::ActionApproved(a)) if a.reason == ApprovalReason::BreakGlass
+    ));
+    // The events fold back to the same state.
+    assert_eq!(Action::from_events(&story.events), story.action);
+}
+
+#[test]
+fn break_glass_is_refused_without_the_role_on_ones_own_request_and_once_decided() {
+    let mut story = Story::submitted(two_approvers());
+    let code = |result: Result<Vec<&'static str>, ActionError>| result.map_err(|e| e.code());
+    assert_eq!(
+        code(story.run(break_glass(
+            &principal("amy", &["approver", "admin"]),
+            "x",
+            1
+        ))),
+        Err("not_permitted")
+    );
+    assert_eq!(
+        code(story.run(break_glass(&principal("rita", &["break_glass"]), "x", 2))),
+        Err("self_approval_forbidden")
+    );
+    assert_eq!(story.events.len(), 1, "refusals record nothing");
+    let breaker = principal("bea", &["break_glass"]);
+    assert!(story.run(break_glass(&breaker, "outage", 3)).is_ok());
+    assert_eq!(
+        code(story.run(break_glass(&principal("bo", &["break_glass"]), "again", 4))),
+        Err("invalid_state")
+    );
+}
+
+#[test]
+fn a_justification_must_be_visible_text() {
+    let story = Story::submitted(two_approvers());
+    let refused = story.action.decide(break_glass(
+        &principal("bea", &["break_glass"]),
+        "\u{200b}",
+        1,
+    ));
+    assert!(
+        matches!(&refused, Err(ActionError::InvalidInput(e)) if e.field == "justification"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn an_eligible_approver_reviews_a_break_glass_approval_once() {
+    let mut story = Story::submitted(two_approvers());
+    let breaker = principal("bea", &["break_glass", "approver"]);
+    let code = |result: Result<Vec<&'static str>, ActionError>| result.map_err(|e| e.code());
+    assert_eq!(
+        code(story.run(review(
+            &principal("amy", &["approver"]),
+            ReviewVerdict::Upheld,
+            1
+        ))),
+        Err("invalid_state"),
+        "nothing to review before the glass is broken"
+    );
+    assert!(story.run(break_glass(&breaker, "outage", 2)).is_ok());
+    assert_eq!(
+        code(story.run(review(&breaker, ReviewVerdict::Upheld, 3))),
+        Err("not_permitted"),
+        "not the breaker"
+    );
+    assert_eq!(
+        code(story.run(review(
+            &principal("ivy", &["auditor"]),
+            ReviewVerdict::Upheld,
+            3
+        ))),
+        Err("not_permitted"),
+        "not someone who could not vote"
+    );
+    assert_eq!(
+        code(story.run(review(
+            &principal("rita", &["approver"]),
+            ReviewVerdict::Upheld,
+            3
+        ))),
+        Err("self_approval_forbidden")
+    );
+    // An approver of a later stage is eligible too.
+    assert_eq!(
+        story.run(review(
+            &principal("fay", &["finance"]),
+            ReviewVerdict::Disputed,
+            4
+        )),
+        Ok(vec!["BreakGlassReviewed"])
+    );
+    let state = story.action.state().unwrap_or_else(|| unreachable!());
+    let reviewed = state
+        .break_glass
+        .as_ref()
+        .and_then(|glass| glass.review.as_ref())
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(reviewed.verdict, ReviewVerdict::Disputed);
+    assert_eq!(reviewed.by.as_str(), "fay");
+    assert_eq!(
+        code(story.run(review(
+            &principal("amy", &["approver"]),
+            ReviewVerdict::Upheld,
+            5
+        ))),
+        Err("invalid_state"),
+        "one review"
+    );
+    assert_eq!(Action::from_events(&story.events), story.action);
+}
+
+// ---------------------------------------------------------------- signed votes
+
+fn signed_vote(
+    voter: &Principal,
+    signer: &crate::signing::VoteSigner,
+    story: &Story,
+    signed_at: i64,
+    cast_at: i64,
+) -> ActionCommand {
+    let state = story.state();
+    ActionCommand::CastBoundVote(CastBoundVote {
+        vote: CastVote {
+            context: context(voter, cast_at),
+            vote: Approve,
+            comment: None,
+        },
+        execution_key: state.execution_key.clone(),
+        signature: Some(signer.sign(
+            &state.tenant,
+            &state.id,
+            &state.execution_key,
+            Approve,
+            at(signed_at),
+        )),
+    })
+}
+
+#[test]
+fn a_signed_vote_is_checked_recorded_and_replayed_and_a_bad_one_records_nothing() {
+    let signer = crate::signing::VoteSigner::from_seed([3; 32]);
+    let mut story = Story::submitted(any(2));
+    // Signed over another vote (reject instead of approve): refused, nothing recorded.
+    let mut forged = signed_vote(&approver("ann"), &signer, &story, 1, 1);
+    if let ActionCommand::CastBoundVote(bound) = &mut forged {
+        bound.vote.vote = Reject;
+    }
+    assert_eq!(
+        story.run(forged).map_err(|e| e.code()),
+        Err("bad_signature")
+    );
+    // Signed long before it arrives: refused.
+    assert_eq!(
+        story
+            .run(signed_vote(&approver("ann"), &signer, &story, 1, 1 + 301))
+            .map_err(|e| e.code()),
+        Err("signed_at_out_of_window")
+    );
+    assert_eq!(story.events.len(), 1, "nothing recorded");
+    assert_eq!(
+        story.run(signed_vote(&approver("ann"), &signer, &story, 1, 3)),
+        Ok(vec!["VoteCast"])
+    );
+    let ActionEvent::VoteCast(cast) = story.last() else {
+        panic!("a vote");
+    };
+    let signature = cast.signature.clone().expect("recorded");
+    assert_eq!(signature.public_key, signer.public_key());
+    assert_eq!(
+        story.state().ballots[0]
+            .get(&approver("ann").id)
+            .and_then(|ballot| ballot.signature.clone()),
+        Some(signature)
+    );
+    // The replay decides the recorded vote again, signature included.
+    let mut replayed = Action::default();
+    for event in &story.events[..1] {
+        replayed.apply(event.clone());
+    }
+    let again = replayed.decide(cast.command()).expect("replayed");
+    assert_eq!(again, vec![story.last().clone()]);
+    assert_eq!(Action::from_events(&story.events), story.action);
+}

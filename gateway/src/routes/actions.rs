@@ -12,7 +12,9 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use countersign_app::Actor;
 use countersign_app::actions::{self, AuditTrail, Ballot, ExecutionPreview};
-use countersign_domain::action::ActionStatus;
+use countersign_app::batch;
+use countersign_domain::action::{ActionStatus, ReviewVerdict};
+use countersign_domain::canonical::ExecutionKey;
 use countersign_domain::quorum::Vote;
 use countersign_domain::risk::RiskLevel;
 use countersign_domain::submission::Submission;
@@ -42,9 +44,12 @@ pub fn router() -> ApiRouter<AppState> {
         .api_route("/v1/votes", post(bulk_votes))
         .api_route("/v1/actions/{id}/cancel", post(cancel))
         .api_route("/v1/actions/{id}/execute", post(execute))
+        .api_route("/v1/actions/execute", post(execute_batch))
         .api_route("/v1/actions/{id}/audit", get(audit))
         .api_route("/v1/actions/{id}/stream", get(stream))
         .api_route("/v1/actions/{id}/rollback", post(rollback))
+        .api_route("/v1/actions/{id}/break-glass", post(break_glass))
+        .api_route("/v1/actions/{id}/review", post(review))
 }
 
 /// The `Idempotency-Key` header, when sent.
@@ -237,6 +242,26 @@ pub struct VoteBody {
     pub vote: Vote,
     #[serde(default)]
     pub comment: Option<Comment>,
+    /// The execution key the voter was shown: the vote is refused (`payload_changed`) unless it
+    /// is the action's, and recorded with it.
+    #[serde(default)]
+    pub execution_key: Option<ExecutionKey>,
+    /// Vote in this member's place, through a delegation window they gave the caller that is
+    /// active now (422 `no_active_delegation` otherwise).
+    #[serde(default)]
+    pub on_behalf_of: Option<UserId>,
+    /// The caller's Ed25519 signature of the vote, 128 hex digits, made with the key they
+    /// registered (docs/governance.md, "Signed votes"); needs `execution_key` and `signed_at`.
+    #[serde(default)]
+    pub signature: Option<countersign_domain::signing::VoteSignatureBytes>,
+    /// When the vote was signed: RFC 3339, whole seconds, within five minutes of now.
+    #[serde(default)]
+    pub signed_at: Option<countersign_domain::Timestamp>,
+    /// The id of the key that signed (optional, 16 lowercase hex digits): refused unless it is
+    /// the caller's active key.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9a-f]{16}$"))]
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -244,6 +269,83 @@ pub struct VoteBody {
 pub struct CommentBody {
     #[serde(default)]
     pub comment: Option<Comment>,
+}
+
+/// An approval or a rejection, with an optional comment and the execution key the voter saw.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalBody {
+    #[serde(default)]
+    pub comment: Option<Comment>,
+    /// The execution key the voter was shown: the vote is refused (`payload_changed`) unless it
+    /// is the action's, and recorded with it.
+    #[serde(default)]
+    pub execution_key: Option<ExecutionKey>,
+    /// Vote in this member's place (see the vote body).
+    #[serde(default)]
+    pub on_behalf_of: Option<UserId>,
+    /// The caller's Ed25519 signature of the vote, 128 hex digits, made with the key they
+    /// registered (docs/governance.md, "Signed votes"); needs `execution_key` and `signed_at`.
+    #[serde(default)]
+    pub signature: Option<countersign_domain::signing::VoteSignatureBytes>,
+    /// When the vote was signed: RFC 3339, whole seconds, within five minutes of now.
+    #[serde(default)]
+    pub signed_at: Option<countersign_domain::Timestamp>,
+    /// The id of the key that signed (optional, 16 lowercase hex digits): refused unless it is
+    /// the caller's active key.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9a-f]{16}$"))]
+    pub key_id: Option<String>,
+}
+
+/// Casts the caller's vote (signed, when a signature comes with it), or one in a delegator's
+/// place.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one part of the vote as the body gave it"
+)]
+async fn cast(
+    state: &AppState,
+    actor: &Actor,
+    id: countersign_domain::ActionId,
+    vote: Vote,
+    comment: Option<Comment>,
+    execution_key: Option<ExecutionKey>,
+    on_behalf_of: Option<UserId>,
+    signed: Option<countersign_app::signed_votes::SignedBy>,
+) -> Result<Reply<ActionDetail>, ApiError> {
+    if on_behalf_of.is_some() && signed.is_some() {
+        return Err(crate::routes::signing_keys::delegated_signature());
+    }
+    if let Some(signed) = signed {
+        let written = countersign_app::signed_votes::vote_signed(
+            &state.app,
+            actor,
+            id,
+            vote,
+            comment,
+            execution_key,
+            signed,
+        )
+        .await?;
+        return Ok(written.into());
+    }
+    let written = match on_behalf_of {
+        Some(delegator) => {
+            actions::vote_for(
+                &state.app,
+                actor,
+                id,
+                &delegator,
+                vote,
+                comment,
+                execution_key,
+            )
+            .await?
+        }
+        None => actions::vote_bound(&state.app, actor, id, vote, comment, execution_key).await?,
+    };
+    Ok(written.into())
 }
 
 /// Vote on the current stage; a later vote replaces the earlier.
@@ -254,11 +356,17 @@ async fn vote(
     StrictJson(body): StrictJson<VoteBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = path.id()?;
-    Ok(
-        actions::vote(&state.app, &actor, id, body.vote, body.comment)
-            .await?
-            .into(),
+    cast(
+        &state,
+        &actor,
+        id,
+        body.vote,
+        body.comment,
+        body.execution_key,
+        body.on_behalf_of,
+        crate::routes::signing_keys::signed_by(body.signature, body.signed_at, body.key_id)?,
     )
+    .await
 }
 
 /// Approve, with an optional comment.
@@ -266,14 +374,20 @@ async fn approve(
     State(state): State<AppState>,
     Acting(actor): Acting,
     Path(path): Path<ActionPath>,
-    OptionalJson(body): OptionalJson<CommentBody>,
+    OptionalJson(body): OptionalJson<ApprovalBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = path.id()?;
-    Ok(
-        actions::vote(&state.app, &actor, id, Vote::Approve, body.comment)
-            .await?
-            .into(),
+    cast(
+        &state,
+        &actor,
+        id,
+        Vote::Approve,
+        body.comment,
+        body.execution_key,
+        body.on_behalf_of,
+        crate::routes::signing_keys::signed_by(body.signature, body.signed_at, body.key_id)?,
     )
+    .await
 }
 
 /// Reject, with an optional comment.
@@ -281,14 +395,20 @@ async fn reject(
     State(state): State<AppState>,
     Acting(actor): Acting,
     Path(path): Path<ActionPath>,
-    OptionalJson(body): OptionalJson<CommentBody>,
+    OptionalJson(body): OptionalJson<ApprovalBody>,
 ) -> Result<Reply<ActionDetail>, ApiError> {
     let id = path.id()?;
-    Ok(
-        actions::vote(&state.app, &actor, id, Vote::Reject, body.comment)
-            .await?
-            .into(),
+    cast(
+        &state,
+        &actor,
+        id,
+        Vote::Reject,
+        body.comment,
+        body.execution_key,
+        body.on_behalf_of,
+        crate::routes::signing_keys::signed_by(body.signature, body.signed_at, body.key_id)?,
     )
+    .await
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -432,6 +552,72 @@ async fn execute(
     Ok(Reply::new(ExecuteResult::Requested(Box::new(written.value))).at(written.cursor))
 }
 
+/// A batch execution request: exactly the named `ids`, or the approved actions matching the
+/// filter (newest first). Callers who are neither admin nor owner reach through a filter only the
+/// actions they requested.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchExecuteBody {
+    /// These actions (1 to 100 UUIDs), instead of a filter.
+    #[serde(default)]
+    #[schemars(extend(
+        "maxItems" = 100,
+        "items" = { "type": "string", "format": "uuid" }
+    ))]
+    pub ids: Vec<String>,
+    pub module: Option<ModuleSlug>,
+    pub capability: Option<CapabilityName>,
+    /// Risk levels (any of them).
+    #[serde(default)]
+    pub risk: Vec<RiskLevel>,
+    /// 1–100, default 50: how many matching approved actions are reached.
+    #[schemars(extend("minimum" = 1, "maximum" = 100))]
+    pub limit: Option<u32>,
+    /// Decide every request without recording any.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Ask every approved action matching a filter (or named by id) to run, or preview them all
+/// with `dry_run`: one result per action, each decided as a single execution request is (its
+/// requester, an admin or an owner). A refusal of one action never stops the others.
+async fn execute_batch(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    StrictQuery(query): StrictQuery<ReadQuery>,
+    StrictJson(body): StrictJson<BatchExecuteBody>,
+) -> Result<Reply<batch::BatchExecution>, ApiError> {
+    let ids = body
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            countersign_domain::ActionId::parse(id).map_err(|error| {
+                countersign_app::AppError::from(countersign_domain::ParseError::new(
+                    format!("ids[{i}]"),
+                    error.message,
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let selection = batch::BatchSelection {
+        ids,
+        module: body.module,
+        capability: body.capability,
+        risk_levels: body.risk,
+        limit: body.limit,
+    };
+    let (done, cursor) = batch::execute_batch(
+        &state.app,
+        &actor,
+        &selection,
+        body.dry_run,
+        query.cursor()?,
+    )
+    .await?;
+    Ok(Reply::new(done).at(cursor))
+}
+
 /// Every event of an action with actor, time, type, content and log position (owner, admin,
 /// auditor). Like the detail, always at least as new as the latest write to the action.
 async fn audit(
@@ -474,4 +660,53 @@ async fn rollback(
     Ok(actions::roll_back(&state.app, &actor, path.id()?)
         .await?
         .into())
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassBody {
+    /// Why the action could not wait for its approvers (1 to 2000 visible characters).
+    pub justification: Comment,
+}
+
+/// Approve a pending action alone in an emergency (the `break_glass` role, never on one's own
+/// request): approved at once, marked `break_glass`, its approvers and the tenant's owners told,
+/// and a review due the tenant's `break_glass_review_seconds` later (a day unless set), after
+/// which it escalates.
+async fn break_glass(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(path): Path<ActionPath>,
+    StrictJson(body): StrictJson<BreakGlassBody>,
+) -> Result<Reply<ActionDetail>, ApiError> {
+    let id = path.id()?;
+    Ok(
+        actions::break_glass(&state.app, &actor, id, body.justification)
+            .await?
+            .into(),
+    )
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewBody {
+    pub verdict: ReviewVerdict,
+    #[serde(default)]
+    pub comment: Option<Comment>,
+}
+
+/// Review a break-glass approval after the fact (a member eligible in one of the action's
+/// stages, neither the breaker nor the requester; once).
+async fn review(
+    State(state): State<AppState>,
+    Acting(actor): Acting,
+    Path(path): Path<ActionPath>,
+    StrictJson(body): StrictJson<ReviewBody>,
+) -> Result<Reply<ActionDetail>, ApiError> {
+    let id = path.id()?;
+    Ok(
+        actions::review_break_glass(&state.app, &actor, id, body.verdict, body.comment)
+            .await?
+            .into(),
+    )
 }

@@ -30,6 +30,9 @@ pub use commit::CommitProbe;
 pub(crate) use postgres::PostgresStore;
 pub(crate) use sqlite::SqliteStore;
 
+/// The most streams one `streams_events` statement reads (SQLite binds one parameter per id).
+pub(crate) const MANY_STREAMS: usize = 500;
+
 use crate::{Backend, LedgerAggregate, LogCursor, LogWaker, LoggedEvent, StoreConfig, TailerLock};
 
 /// Where a command's events landed, in order: (position, txid).
@@ -95,6 +98,14 @@ pub(crate) trait LedgerStore {
         aggregate_type: &str,
         aggregate_id: &str,
         after_sequence: i64,
+    ) -> anyhow::Result<Vec<LoggedEvent>>;
+
+    /// Every event of the streams `ids` (at most [`MANY_STREAMS`] of them) of one aggregate type,
+    /// ordered by stream id, then sequence.
+    async fn streams_events(
+        &self,
+        aggregate_type: &str,
+        ids: &[String],
     ) -> anyhow::Result<Vec<LoggedEvent>>;
 
     /// The events stored at these (non-empty) positions, in position order.
@@ -234,6 +245,14 @@ impl LedgerStore for Store {
         })
     }
 
+    async fn streams_events(
+        &self,
+        aggregate_type: &str,
+        ids: &[String],
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
+        dispatch!(self, store => store.streams_events(aggregate_type, ids).await)
+    }
+
     async fn read_positions(&self, positions: &[i64]) -> anyhow::Result<Vec<LoggedEvent>> {
         dispatch!(self, store => store.read_positions(positions).await)
     }
@@ -324,7 +343,7 @@ pub(crate) fn unboxed(err: PersistenceError) -> anyhow::Error {
     match err {
         PersistenceError::ConnectionError(err)
         | PersistenceError::DeserializationError(err)
-        | PersistenceError::UnknownError(err) => anyhow::Error::from_boxed(err),
+        | PersistenceError::UnknownError(err) => crate::reach::from_box(err),
         other @ PersistenceError::OptimisticLockError => anyhow::Error::new(other),
     }
 }

@@ -46,6 +46,12 @@ SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_i
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence LIMIT 1000";
 
+const STREAMS: &str = "
+SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
+       event_type, event_version, payload, metadata, recorded_at
+  FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2)
+ ORDER BY aggregate_id, sequence";
+
 const POSITIONS: &str = "
 SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id,
        sequence, event_type, event_version, payload, metadata, recorded_at
@@ -186,6 +192,20 @@ impl LedgerStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .context("reading an aggregate's events")?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn streams_events(
+        &self,
+        aggregate_type: &str,
+        ids: &[String],
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
+        let rows = sqlx::query(STREAMS)
+            .bind(aggregate_type)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading several aggregates' events")?;
         rows.iter().map(decode).collect()
     }
 

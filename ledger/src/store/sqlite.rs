@@ -216,6 +216,32 @@ impl LedgerStore for SqliteStore {
     }
 
     /// In chunks of 500 positions (SQLite binds no arrays).
+    async fn streams_events(
+        &self,
+        aggregate_type: &str,
+        ids: &[String],
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = format!(
+            "SELECT position, 0 AS txid, tenant, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload, metadata, recorded_at
+               FROM events WHERE aggregate_type = ? AND aggregate_id IN ({marks})
+              ORDER BY aggregate_id, sequence"
+        );
+        let mut query = sqlx::query(&sql).bind(aggregate_type);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .context("reading several aggregates' events")?;
+        rows.iter().map(decode).collect()
+    }
+
     async fn read_positions(&self, positions: &[i64]) -> anyhow::Result<Vec<LoggedEvent>> {
         let mut events = Vec::with_capacity(positions.len());
         for chunk in positions.chunks(500) {
