@@ -80,6 +80,23 @@ impl Projection {
             .collect()
     }
 
+    /// The nullable columns added to a projection's tables after its first version: (the
+    /// version that added it, the table's stem, the column, its type). An older live generation
+    /// gets them before it serves again ([`ProjectionStore::add_missing_columns`]): the code
+    /// reads and writes the current columns, and the old generation must keep serving and keep
+    /// up while its successor builds. A column added later goes here as well as in the DDL.
+    fn added_columns(self) -> &'static [(i64, &'static str, &'static str, &'static str)] {
+        match self {
+            Self::Actions => &[
+                (3, "actions", "review_due", "BIGINT"),
+                (3, "actions", "vote_summary", "TEXT"),
+                (4, "actions", "break_glass", "TEXT"),
+                (5, "actions", "stage_rules", "TEXT"),
+            ],
+            Self::Audit => &[],
+        }
+    }
+
     /// The columns holding large texts (TOASTed and compressed on PostgreSQL).
     fn large_texts(self, generation: i64) -> Vec<(String, &'static str)> {
         match self {

@@ -436,6 +436,12 @@ impl Supervisor {
                 },
             };
             let _ = self.store.drop_retired(projection).await;
+            let older = live.version != projection.version();
+            if older {
+                // The code reads and writes the current columns: the old generation gets them
+                // first, so that it keeps serving (and keeps up) while the new one builds.
+                self.store.add_missing_columns(&live).await?;
+            }
             let runner = Runner::new(
                 self.ledger.clone(),
                 self.store.clone(),
@@ -446,27 +452,42 @@ impl Supervisor {
             let live_run = runner.run(async move {
                 let _ = wait.wait_for(|stop| *stop).await;
             });
-            if live.version == projection.version() {
-                live_run.await?;
-            } else {
-                // The live generation keeps serving (and keeps up) while the new one builds.
+            if older {
                 info!(
                     projection = projection.name(),
                     live = live.version,
                     code = projection.version(),
                     "projection version changed; rebuilding beside the live generation"
                 );
-                let build = rebuild(&self.ledger, &self.store, projection, |_, _| {});
-                let (built, old) = tokio::join!(build, live_run);
-                if let Err(err) = built {
-                    warn!(
-                        projection = projection.name(),
-                        error = format!("{err:#}"),
-                        "rebuild failed; retrying"
-                    );
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
+                // The live runner returns once the new generation has replaced it (or at the
+                // stop); a build that fails is tried again meanwhile.
+                let mut stop = shutdown.clone();
+                let build = async move {
+                    loop {
+                        match rebuild(&self.ledger, &self.store, projection, |_, _| {}).await {
+                            Ok(_) => return,
+                            Err(err) => warn!(
+                                projection = projection.name(),
+                                error = format!("{err:#}"),
+                                "rebuild failed; retrying in 5 s"
+                            ),
+                        }
+                        tokio::select! {
+                            _ = stop.wait_for(|stop| *stop) => return,
+                            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                        // Someone else (`countersign projections rebuild`) replaced it meanwhile.
+                        if let Ok(Some(now)) = self.store.live(projection).await
+                            && now.generation != live.generation
+                        {
+                            return;
+                        }
+                    }
+                };
+                let ((), old) = tokio::join!(build, live_run);
                 old?;
+            } else {
+                live_run.await?;
             }
             if !stopped(&shutdown) {
                 // Retired: give readers of the old generation a moment before its tables go.

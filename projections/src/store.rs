@@ -283,6 +283,51 @@ impl ProjectionStore {
         })
     }
 
+    /// Adds to an older generation's tables the nullable columns the code reads and writes
+    /// since that generation's version (rows written before stay `NULL` there: the readers
+    /// take a missing value as "not recorded"). The supervisor calls it before an older live
+    /// generation serves beside the one that replaces it.
+    pub async fn add_missing_columns(&self, generation: &Generation) -> anyhow::Result<()> {
+        let projection = generation.projection;
+        for (since, stem, column, kind) in projection.added_columns() {
+            if *since <= generation.version {
+                continue;
+            }
+            let table = format!("p_{stem}_g{}", generation.generation);
+            let add = if self.postgres {
+                format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            } else {
+                // SQLite has no `ADD COLUMN IF NOT EXISTS`; two instances starting together are
+                // serialized by its write lock, and the second sees the column here.
+                let present: i64 =
+                    sqlx::query("SELECT count(*) FROM pragma_table_info($1) WHERE name = $2")
+                        .bind(&table)
+                        .bind(*column)
+                        .fetch_one(&self.pool)
+                        .await
+                        .with_context(|| format!("reading the columns of {table}"))?
+                        .try_get(0)?;
+                if present > 0 {
+                    continue;
+                }
+                format!("ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            };
+            sqlx::query(&add)
+                .execute(&self.pool)
+                .await
+                .with_context(|| format!("adding {table}.{column}"))?;
+            tracing::info!(
+                projection = projection.name(),
+                generation = generation.generation,
+                version = generation.version,
+                table,
+                column,
+                "older generation: column added so it keeps serving while its successor builds"
+            );
+        }
+        Ok(())
+    }
+
     /// Gathers the planner's statistics on a generation's tables: a freshly built generation has
     /// none until autovacuum comes by, and the inbox plans badly without them.
     pub async fn analyze(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {

@@ -1053,6 +1053,110 @@ async fn a_changed_projection_version_is_rebuilt_beside_the_live_one_by_the_supe
     );
 }
 
+on_both_stores!(an_older_live_generation_serves_while_its_successor_builds);
+async fn an_older_live_generation_serves_while_its_successor_builds(kind: &str) {
+    let mut world = World::new(kind).await;
+    workload(&mut world, 13, 10).await;
+    world.project().await;
+    let old = world.live(Projection::Actions).await;
+    // Make it exactly what version 1 of the code left behind: registered as version 1, without
+    // the columns added since (the code reads and writes them).
+    let g = old.generation;
+    let statements = [
+        format!("DROP INDEX p_actions_g{g}_review_due"),
+        format!("ALTER TABLE p_actions_g{g} DROP COLUMN review_due"),
+        format!("ALTER TABLE p_actions_g{g} DROP COLUMN vote_summary"),
+        format!("ALTER TABLE p_actions_g{g} DROP COLUMN break_glass"),
+        format!("ALTER TABLE p_actions_g{g} DROP COLUMN stage_rules"),
+        format!("UPDATE projections SET version = 1 WHERE name = 'actions' AND generation = {g}"),
+    ];
+    for statement in &statements {
+        match world.store.ledger.backend() {
+            countersign_ledger::Backend::Postgres(pool) => {
+                sqlx::query(statement).execute(pool).await.map(drop)
+            }
+            countersign_ledger::Backend::Sqlite(pool) => {
+                sqlx::query(statement).execute(pool).await.map(drop)
+            }
+        }
+        .unwrap_or_else(|err| panic!("{statement}: {err}"));
+    }
+    // Another builder holds the build: the old generation serves alone, for as long as that
+    // takes, and must keep up with what is written meanwhile.
+    let builder = world
+        .store
+        .ledger
+        .lock_tailer("projection-build:actions")
+        .await
+        .expect("lock")
+        .expect("the build lock is free");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let supervisor = tokio::spawn(
+        Supervisor::new(world.store.ledger.clone(), world.projections.clone()).run(stopped),
+    );
+    workload(&mut world, 14, 5).await;
+    let every = Duration::from_millis(50);
+    let tenants = [tenant("acme"), tenant("globex"), tenant("initech")];
+    let everything = InboxFilter {
+        statuses: Vec::new(),
+        limit: 200,
+        ..InboxFilter::default()
+    };
+    eventually(within(Duration::from_secs(60)).every(every), async || {
+        let live = world.live(Projection::Actions).await;
+        if live.generation != g {
+            return Err("the old generation was replaced while its successor could not build");
+        }
+        if live.events < world.written {
+            return Err("the old generation does not keep up");
+        }
+        Ok(())
+    })
+    .await;
+    let mut items = Vec::new();
+    for tenant in &tenants {
+        let page = world
+            .projections
+            .inbox(tenant, &everything)
+            .await
+            .expect("the old generation serves the inbox");
+        items.extend(page.items);
+    }
+    assert!(
+        items.iter().any(|item| item.stage_rules.is_some()),
+        "the actions written after the upgrade carry the new columns"
+    );
+    assert!(
+        items.iter().any(|item| item.stage_rules.is_none()),
+        "the rows written by the old version read as not recorded"
+    );
+
+    // Once the build may run, the successor replaces the old generation.
+    builder.release().await;
+    eventually(within(Duration::from_secs(60)).every(every), async || {
+        let live = world.live(Projection::Actions).await;
+        if live.version == Projection::Actions.version() && live.events == world.written {
+            assert!(live.generation > g);
+            return Ok(());
+        }
+        Err("never rebuilt")
+    })
+    .await;
+    let mut rebuilt = Vec::new();
+    for tenant in &tenants {
+        let page = world
+            .projections
+            .inbox(tenant, &everything)
+            .await
+            .expect("the new generation serves the inbox");
+        rebuilt.extend(page.items);
+    }
+    assert_eq!(rebuilt.len(), items.len());
+    assert!(rebuilt.iter().all(|item| item.stage_rules.is_some()));
+    stop.send(true).expect("stop");
+    supervisor.await.expect("task").expect("supervisor");
+}
+
 async fn visible_tenants(
     connection: &mut sqlx::PgConnection,
     generation: i64,
