@@ -236,6 +236,16 @@ impl Ledger {
         self.events_of(A::TYPE, &id.to_string()).await
     }
 
+    /// The stored events of one aggregate's stream after sequence `after`, in sequence order:
+    /// what a reader that keeps a copy of the stream between reads appends to it.
+    pub async fn stream_after<A>(&self, id: &A::Id, after: i64) -> anyhow::Result<Vec<LoggedEvent>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        self.events_after(A::TYPE, &id.to_string(), after).await
+    }
+
     /// Every stored event of one aggregate, in sequence order, with when it was recorded (for
     /// history: the policy in force at a past moment).
     pub async fn events_of(
@@ -243,8 +253,17 @@ impl Ledger {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> anyhow::Result<Vec<LoggedEvent>> {
+        self.events_after(aggregate_type, aggregate_id, -1).await
+    }
+
+    /// The stored events of one aggregate after sequence `after`, in sequence order.
+    pub async fn events_after(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        mut after: i64,
+    ) -> anyhow::Result<Vec<LoggedEvent>> {
         let mut events = Vec::new();
-        let mut after = -1;
         loop {
             let batch = self
                 .store

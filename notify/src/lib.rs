@@ -59,8 +59,8 @@ pub struct EmailSender {
 
 impl EmailSender {
     /// `smtp://host:port` (plain, a local relay), `smtp://user:pass@host?tls=required`
-    /// (STARTTLS) or `smtps://host` (TLS); one connection per message (the workspace builds
-    /// `lettre` without its `pool` feature).
+    /// (STARTTLS) or `smtps://host` (TLS); connections are pooled (`lettre`'s `pool` feature:
+    /// up to 10, closed after 60 s idle) and shared by the dispatcher's concurrent deliveries.
     pub fn new(
         app: App,
         smtp_url: &str,

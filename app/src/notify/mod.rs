@@ -21,10 +21,11 @@ use std::time::Duration;
 use countersign_domain::Timestamp;
 use countersign_domain::members::NotificationChannel;
 use countersign_projections::QueryError;
+use futures::StreamExt as _;
 use schemars::JsonSchema;
 use serde::Serialize;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 pub use notifier::{NOTIFIER, Notifier, NotifierConfig, Planned, eligible, key, plan, render};
 pub use store::NotificationRow;
@@ -376,6 +377,9 @@ pub struct Dispatcher {
     senders: Vec<Arc<dyn NotificationSender>>,
     pub max_attempts: i32,
     pub poll: Duration,
+    /// Deliveries in flight at once (an SMTP relay or a webhook answers one message in tens of
+    /// milliseconds; one after another caps email at a few dozen a second).
+    pub concurrency: usize,
 }
 
 /// The lock and health name of the dispatcher.
@@ -388,6 +392,7 @@ impl Dispatcher {
             senders,
             max_attempts: 8,
             poll: Duration::from_millis(500),
+            concurrency: 16,
         }
     }
 
@@ -409,29 +414,44 @@ impl Dispatcher {
         }
         let backend = self.app.ledger.backend();
         let now = chrono::Utc::now().timestamp_micros();
-        let due = store::due_deliveries(backend, &channels, now, 50).await?;
-        for row in &due {
-            let Some(sender) = self
-                .senders
-                .iter()
-                .find(|sender| sender.channel().as_str() == row.channel)
-            else {
-                continue;
-            };
-            let span = tracing::info_span!(
-                "delivery",
-                tenant = %row.tenant,
-                action_id = row.action_id.as_deref().unwrap_or_default(),
-                channel = %row.channel,
-                recipient = %row.recipient,
-            );
-            let _entered = span.enter();
+        let due = store::due_deliveries(backend, &channels, now, 200).await?;
+        // Each row is sent once per pass and its attempt recorded as soon as it is known; rows
+        // are independent deliveries, so up to `concurrency` are in flight at once.
+        let attempted = due.len();
+        futures::stream::iter(due)
+            .map(|row| async move { self.attempt(&row).await })
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<anyhow::Result<()>>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<()>>()?;
+        Ok(attempted)
+    }
+
+    /// Sends one due row through its channel's sender and records the attempt.
+    async fn attempt(&self, row: &NotificationRow) -> anyhow::Result<()> {
+        let Some(sender) = self
+            .senders
+            .iter()
+            .find(|sender| sender.channel().as_str() == row.channel)
+        else {
+            return Ok(());
+        };
+        let backend = self.app.ledger.backend();
+        let span = tracing::info_span!(
+            "delivery",
+            tenant = %row.tenant,
+            action_id = row.action_id.as_deref().unwrap_or_default(),
+            channel = %row.channel,
+            recipient = %row.recipient,
+        );
+        async {
             let outcome = sender.send(row).await;
             let now = chrono::Utc::now().timestamp_micros();
             match outcome {
                 Ok(()) => {
                     metrics::counter!("countersign_notifications_delivered_total", "channel" => row.channel.clone()).increment(1);
-                    record(backend, row, "delivered", None, now, now).await?;
+                    record(backend, row, "delivered", None, now, now).await
                 }
                 Err(error) => {
                     let attempts = row.attempts + 1;
@@ -453,11 +473,12 @@ impl Dispatcher {
                         next,
                         now,
                     )
-                    .await?;
+                    .await
                 }
             }
         }
-        Ok(due.len())
+        .instrument(span)
+        .await
     }
 
     /// Queues each recipient one email gathering the notifications kept for their daily digest,

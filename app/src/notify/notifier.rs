@@ -229,9 +229,16 @@ struct TenantRoutes {
 pub struct Notifier {
     ledger: Ledger,
     config: NotifierConfig,
+    /// The tenants' directory streams, kept between batches: a batch reads only what was
+    /// appended to a stream since the one before (a tenant of 1,000 members has 1,000 events).
+    directories: Arc<std::sync::Mutex<BTreeMap<String, DirectoryStream>>>,
 }
 
-/// One action's stream and one tenant's directory stream, read and decoded once per batch.
+/// Tenants whose directory streams are kept between batches; beyond it the copies start over.
+const KEPT_DIRECTORIES: usize = 1024;
+
+/// What one batch reads once: every action stream it touches (in one read), each tenant's
+/// directory stream (brought up to date once) and its outside channels.
 #[derive(Default)]
 struct BatchCache {
     actions: BTreeMap<String, Vec<(LoggedEvent, ActionEvent)>>,
@@ -242,8 +249,14 @@ struct BatchCache {
 /// A tenant's directory events (position, event), and the directory folded from the first
 /// `folded.0` of them: the events of a batch mostly see the same directory, so it is folded once
 /// per batch, not once per event (a tenant of 1,000 members has 1,000 events to fold).
+#[derive(Debug)]
 struct DirectoryStream {
     events: Vec<(i64, MemberEvent)>,
+    /// The sequence of the last event read: the next read starts after it.
+    last_sequence: i64,
+    /// Brought up to date in the current batch (every event the batch may need is before the
+    /// batch's last position, committed before the batch was read).
+    current: bool,
     /// The positions ascend with the stream's sequence (the ledger appends a stream in order),
     /// so the directory before a position is a prefix; checked, never assumed.
     ascending: bool,
@@ -252,7 +265,11 @@ struct DirectoryStream {
 
 impl Notifier {
     pub fn new(ledger: Ledger, config: NotifierConfig) -> Self {
-        Self { ledger, config }
+        Self {
+            ledger,
+            config,
+            directories: Arc::default(),
+        }
     }
 
     /// Processes the next batch of the log after `checkpoint` (read from the store when
@@ -267,7 +284,31 @@ impl Notifier {
         let Some(last) = events.last().map(|event| event.cursor) else {
             return Ok(0);
         };
-        let mut cache = BatchCache::default();
+        let mut cache = BatchCache {
+            directories: self.kept_directories(),
+            ..BatchCache::default()
+        };
+        // Every action stream the batch touches, in one read.
+        let touched: Vec<&str> = events
+            .iter()
+            .filter(|event| event.aggregate_type == ACTION)
+            .map(|event| event.aggregate_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for (id, stream) in touched
+            .iter()
+            .zip(self.ledger.streams_of::<Action, _>(&touched).await?)
+        {
+            let decoded = stream
+                .into_iter()
+                .map(|logged| {
+                    let decoded = logged.decode::<Action>()?;
+                    Ok((logged, decoded))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            cache.actions.insert((*id).to_owned(), decoded);
+        }
         let mut changes = Vec::new();
         for event in &events {
             if event.aggregate_type != ACTION {
@@ -282,6 +323,7 @@ impl Notifier {
                     )
                 })?;
         }
+        self.keep_directories(cache.directories);
         let written = store::apply(self.ledger.backend(), &changes).await?;
         if written > 0 {
             metrics::counter!("countersign_notifications_written_total").increment(written);
@@ -289,6 +331,27 @@ impl Notifier {
         self.ledger.save_checkpoint(NOTIFIER, last).await?;
         *checkpoint = Some(last);
         Ok(events.len())
+    }
+
+    /// The directory streams kept from the batches before, each to be brought up to date.
+    fn kept_directories(&self) -> BTreeMap<String, DirectoryStream> {
+        let mut kept = match self.directories.lock() {
+            Ok(mut kept) => std::mem::take(&mut *kept),
+            Err(_) => BTreeMap::new(),
+        };
+        for stream in kept.values_mut() {
+            stream.current = false;
+        }
+        kept
+    }
+
+    fn keep_directories(&self, streams: BTreeMap<String, DirectoryStream>) {
+        if streams.len() > KEPT_DIRECTORIES {
+            return;
+        }
+        if let Ok(mut kept) = self.directories.lock() {
+            *kept = streams;
+        }
     }
 
     async fn changes_for(
@@ -444,29 +507,39 @@ impl Notifier {
         cursor: LogCursor,
         cache: &mut BatchCache,
     ) -> anyhow::Result<Arc<MemberDirectory>> {
-        if !cache.directories.contains_key(tenant) {
+        let stream = cache
+            .directories
+            .entry(tenant.to_owned())
+            .or_insert_with(|| DirectoryStream {
+                events: Vec::new(),
+                last_sequence: -1,
+                current: false,
+                ascending: true,
+                folded: None,
+            });
+        if !stream.current {
             let id = TenantId::parse(tenant)
                 .map_err(|err| anyhow::anyhow!("an event names no tenant: {err}"))?;
-            let events = self
+            let appended = self
                 .ledger
-                .stream_of::<MemberDirectory>(&id)
-                .await?
-                .iter()
-                .map(|logged| Ok((logged.cursor.position, logged.decode::<MemberDirectory>()?)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let ascending = events.windows(2).all(|pair| pair[0].0 < pair[1].0);
-            cache.directories.insert(
-                tenant.to_owned(),
-                DirectoryStream {
-                    events,
-                    ascending,
-                    folded: None,
-                },
-            );
+                .stream_after::<MemberDirectory>(&id, stream.last_sequence)
+                .await?;
+            for logged in &appended {
+                let position = logged.cursor.position;
+                if stream
+                    .events
+                    .last()
+                    .is_some_and(|(last, _)| *last >= position)
+                {
+                    stream.ascending = false;
+                }
+                stream
+                    .events
+                    .push((position, logged.decode::<MemberDirectory>()?));
+                stream.last_sequence = logged.sequence;
+            }
+            stream.current = true;
         }
-        let Some(stream) = cache.directories.get_mut(tenant) else {
-            return Ok(Arc::default());
-        };
         if !stream.ascending {
             let mut directory = MemberDirectory::default();
             for (position, event) in &stream.events {

@@ -100,93 +100,211 @@ const COLUMNS: &str = "seq, key, tenant, recipient, channel, kind, source, actio
 
 /// Writes a batch's changes in one transaction; a notification whose key exists is skipped.
 /// Answers how many notifications were new.
+///
+/// On PostgreSQL the batch's notifications go in one statement (`UNNEST` of one array per
+/// column, in the batch's order, so `seq` follows the log) and its reminders in two (an action's
+/// last change in the batch is the one that stands: reminders replace each other, forgetting
+/// removes).
 pub async fn apply(backend: &Backend, changes: &[Change]) -> anyhow::Result<u64> {
-    let insert = sql(
-        backend,
-        "INSERT INTO notifications (key, tenant, recipient, channel, kind, source, action_id, \
-         title, body, address, position, created_us, status, attempts, next_attempt_us, \
-         delivered_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14, $15) \
-         ON CONFLICT (key) DO NOTHING",
-    );
-    let remind = sql(
-        backend,
-        "INSERT INTO notification_reminders (tenant, action_id, round, remind_us, position) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (action_id) DO UPDATE SET round = excluded.round, \
-         remind_us = excluded.remind_us, position = excluded.position \
-         WHERE notification_reminders.position <= excluded.position",
-    );
-    let forget = sql(
-        backend,
-        "DELETE FROM notification_reminders WHERE action_id = $1",
-    );
-    macro_rules! run_all {
-        ($pool:expr) => {{
-            let mut tx = $pool
-                .begin()
-                .await
-                .context("starting a notification batch")?;
-            let mut new = 0;
-            for change in changes {
-                match change {
-                    Change::Notify(row) => {
-                        let delivered = (row.status == "delivered").then_some(row.created_us);
-                        new += sqlx::query(&insert)
-                            .bind(&row.key)
-                            .bind(&row.tenant)
-                            .bind(&row.recipient)
-                            .bind(&row.channel)
-                            .bind(&row.kind)
-                            .bind(&row.source)
-                            .bind(&row.action_id)
-                            .bind(&row.title)
-                            .bind(&row.body)
-                            .bind(&row.address)
-                            .bind(row.position)
-                            .bind(row.created_us)
-                            .bind(row.status)
-                            .bind(row.created_us)
-                            .bind(delivered)
-                            .execute(&mut *tx)
-                            .await
-                            .context("writing a notification")?
-                            .rows_affected();
-                    }
-                    Change::Remind {
-                        tenant,
-                        action_id,
-                        round,
-                        remind_us,
-                        position,
-                    } => {
-                        sqlx::query(&remind)
-                            .bind(tenant)
-                            .bind(action_id)
-                            .bind(round)
-                            .bind(remind_us)
-                            .bind(position)
-                            .execute(&mut *tx)
-                            .await
-                            .context("writing a reminder")?;
-                    }
-                    Change::Forget { action_id } => {
-                        sqlx::query(&forget)
-                            .bind(action_id)
-                            .execute(&mut *tx)
-                            .await
-                            .context("removing a reminder")?;
-                    }
-                }
-            }
-            tx.commit()
-                .await
-                .context("committing a notification batch")?;
-            Ok(new)
-        }};
-    }
     match backend {
-        Backend::Postgres(pool) => run_all!(pool),
-        Backend::Sqlite(pool) => run_all!(pool),
+        Backend::Postgres(pool) => apply_postgres(pool, changes).await,
+        Backend::Sqlite(pool) => apply_sqlite(pool, changes).await,
     }
+}
+
+async fn apply_postgres(pool: &sqlx::PgPool, changes: &[Change]) -> anyhow::Result<u64> {
+    let rows: Vec<&NewNotification> = changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::Notify(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    // An action's last reminder change in the batch, in the batch's order.
+    let mut last: std::collections::HashMap<&str, &Change> = std::collections::HashMap::new();
+    for change in changes {
+        match change {
+            Change::Remind { action_id, .. } | Change::Forget { action_id } => {
+                last.insert(action_id.as_str(), change);
+            }
+            Change::Notify(_) => {}
+        }
+    }
+    let mut forget = Vec::new();
+    let mut remind = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for change in last.values() {
+        match change {
+            Change::Forget { action_id } => forget.push(action_id.as_str()),
+            Change::Remind {
+                tenant,
+                action_id,
+                round,
+                remind_us,
+                position,
+            } => {
+                remind.0.push(tenant.as_str());
+                remind.1.push(action_id.as_str());
+                remind.2.push(round.as_str());
+                remind.3.push(*remind_us);
+                remind.4.push(*position);
+            }
+            Change::Notify(_) => {}
+        }
+    }
+    let mut tx = pool
+        .begin()
+        .await
+        .context("starting a notification batch")?;
+    let mut new = 0;
+    if !rows.is_empty() {
+        let text = |field: fn(&NewNotification) -> &str| -> Vec<&str> {
+            rows.iter().map(|row| field(row)).collect()
+        };
+        new = sqlx::query(
+            "INSERT INTO notifications (key, tenant, recipient, channel, kind, source, action_id, \
+             title, body, address, position, created_us, status, attempts, next_attempt_us, \
+             delivered_us) \
+             SELECT key, tenant, recipient, channel, kind, source, action_id, title, body, \
+                    address, position, created_us, status, 0, created_us, \
+                    CASE WHEN status = 'delivered' THEN created_us END \
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                           $11::int8[], $12::int8[], $13::text[]) WITH ORDINALITY \
+                    AS batch(key, tenant, recipient, channel, kind, source, action_id, title, \
+                             body, address, position, created_us, status, n) \
+              ORDER BY n \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(text(|row| &row.key))
+        .bind(text(|row| &row.tenant))
+        .bind(text(|row| &row.recipient))
+        .bind(text(|row| &row.channel))
+        .bind(text(|row| &row.kind))
+        .bind(text(|row| &row.source))
+        .bind(
+            rows.iter()
+                .map(|row| row.action_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|row| &row.title))
+        .bind(text(|row| &row.body))
+        .bind(
+            rows.iter()
+                .map(|row| row.address.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|row| row.position).collect::<Vec<_>>())
+        .bind(rows.iter().map(|row| row.created_us).collect::<Vec<_>>())
+        .bind(text(|row| row.status))
+        .execute(&mut *tx)
+        .await
+        .context("writing notifications")?
+        .rows_affected();
+    }
+    if !remind.0.is_empty() {
+        sqlx::query(
+            "INSERT INTO notification_reminders (tenant, action_id, round, remind_us, position) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[]) \
+             ON CONFLICT (action_id) DO UPDATE SET round = excluded.round, \
+             remind_us = excluded.remind_us, position = excluded.position \
+             WHERE notification_reminders.position <= excluded.position",
+        )
+        .bind(&remind.0)
+        .bind(&remind.1)
+        .bind(&remind.2)
+        .bind(&remind.3)
+        .bind(&remind.4)
+        .execute(&mut *tx)
+        .await
+        .context("writing reminders")?;
+    }
+    if !forget.is_empty() {
+        sqlx::query("DELETE FROM notification_reminders WHERE action_id = ANY($1)")
+            .bind(&forget)
+            .execute(&mut *tx)
+            .await
+            .context("removing reminders")?;
+    }
+    tx.commit()
+        .await
+        .context("committing a notification batch")?;
+    Ok(new)
+}
+
+/// SQLite is in the process: one statement per change costs no round trip.
+async fn apply_sqlite(pool: &sqlx::SqlitePool, changes: &[Change]) -> anyhow::Result<u64> {
+    let mut tx = pool
+        .begin()
+        .await
+        .context("starting a notification batch")?;
+    let mut new = 0;
+    for change in changes {
+        match change {
+            Change::Notify(row) => {
+                let delivered = (row.status == "delivered").then_some(row.created_us);
+                new += sqlx::query(
+                    "INSERT INTO notifications (key, tenant, recipient, channel, kind, source, \
+                     action_id, title, body, address, position, created_us, status, attempts, \
+                     next_attempt_us, delivered_us) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) \
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&row.key)
+                .bind(&row.tenant)
+                .bind(&row.recipient)
+                .bind(&row.channel)
+                .bind(&row.kind)
+                .bind(&row.source)
+                .bind(&row.action_id)
+                .bind(&row.title)
+                .bind(&row.body)
+                .bind(&row.address)
+                .bind(row.position)
+                .bind(row.created_us)
+                .bind(row.status)
+                .bind(row.created_us)
+                .bind(delivered)
+                .execute(&mut *tx)
+                .await
+                .context("writing a notification")?
+                .rows_affected();
+            }
+            Change::Remind {
+                tenant,
+                action_id,
+                round,
+                remind_us,
+                position,
+            } => {
+                sqlx::query(
+                    "INSERT INTO notification_reminders (tenant, action_id, round, remind_us, \
+                     position) VALUES (?, ?, ?, ?, ?) ON CONFLICT (action_id) DO UPDATE SET \
+                     round = excluded.round, remind_us = excluded.remind_us, \
+                     position = excluded.position \
+                     WHERE notification_reminders.position <= excluded.position",
+                )
+                .bind(tenant)
+                .bind(action_id)
+                .bind(round)
+                .bind(remind_us)
+                .bind(position)
+                .execute(&mut *tx)
+                .await
+                .context("writing a reminder")?;
+            }
+            Change::Forget { action_id } => {
+                sqlx::query("DELETE FROM notification_reminders WHERE action_id = ?")
+                    .bind(action_id)
+                    .execute(&mut *tx)
+                    .await
+                    .context("removing a reminder")?;
+            }
+        }
+    }
+    tx.commit()
+        .await
+        .context("committing a notification batch")?;
+    Ok(new)
 }
 
 /// Reminders due at `now_us`, oldest first.
