@@ -386,13 +386,16 @@ pub struct Dispatcher {
 pub const DISPATCHER: &str = "notify-dispatch";
 
 impl Dispatcher {
+    /// Deliveries in flight at once, unless set otherwise.
+    pub const CONCURRENCY: usize = 16;
+
     pub fn new(app: App, senders: Vec<Arc<dyn NotificationSender>>) -> Self {
         Self {
             app,
             senders,
             max_attempts: 8,
             poll: Duration::from_millis(500),
-            concurrency: 16,
+            concurrency: Self::CONCURRENCY,
         }
     }
 
