@@ -905,8 +905,9 @@ pub struct RunPage {
     pub next_cursor: Option<String>,
 }
 
+/// A cursor this list did not issue: 400 `invalid_cursor`, as for every other list.
 fn invalid_cursor() -> AppError {
-    AppError::InvalidInput(ParseError::new("cursor", "not a cursor this list issued"))
+    AppError::Query(countersign_projections::QueryError::InvalidCursor)
 }
 
 /// The tenant's runs, newest first, filtered, keyset-paginated (owner, admin).

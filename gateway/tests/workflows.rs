@@ -569,6 +569,19 @@ async fn an_engine_killed_mid_stream_skips_nothing_and_runs_nothing_twice() {
         }
     }
     assert_eq!(seen.len(), 30);
+    // A cursor this list did not issue — garbage, a run id's shape broken, an inbox cursor
+    // ("created, before everything") — is refused like every list's: 400 `invalid_cursor`
+    // naming `cursor`.
+    let inbox_cursor =
+        "Y3JlYXRlZHw5MjIzMzcyMDM2ODU0Nzc1ODA3fDAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMA";
+    for cursor in ["garbage", "1_not-a-run", "_", inbox_cursor] {
+        let refused = app
+            .get(&format!("/v1/workflow-runs?cursor={cursor}"), &owner)
+            .await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "cursor {cursor}");
+        assert_eq!(refused.body["code"], "invalid_cursor", "cursor {cursor}");
+        assert_eq!(refused.body["field"], "cursor", "cursor {cursor}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
