@@ -71,12 +71,10 @@ pub fn eligible<'a>(
     state: &'a ActionState,
     directory: &'a MemberDirectory,
 ) -> impl Iterator<Item = &'a Member> + 'a {
-    directory.members.values().filter(move |member| {
-        state.can_vote(&Principal::new(
-            member.user_id.clone(),
-            member.roles.iter().cloned(),
-        ))
-    })
+    directory
+        .members
+        .values()
+        .filter(move |member| state.may_vote(&member.user_id, &member.roles))
 }
 
 /// Who hears about `event`, given the action before and after it and the directory when it was
@@ -399,11 +397,22 @@ impl Notifier {
             .await?;
         let source = format!("{}/{}", event.aggregate_id, event.sequence);
         let routes = self.tenant_routes(&event.tenant, cache).await?;
+        // What a notification says depends on its kind and the event, not on who hears it.
+        let mut rendered: BTreeMap<NotificationKind, (String, String)> = BTreeMap::new();
         for planned in plan(&this, before.as_ref(), &after, &directory) {
+            let text = rendered.entry(planned.kind).or_insert_with(|| {
+                let (title, body) = render(
+                    planned.kind,
+                    Some(&this),
+                    &after,
+                    self.config.link_base.as_deref(),
+                );
+                (title, body.to_string())
+            });
             self.rows(
                 &planned,
                 &after,
-                Some(&this),
+                text,
                 &directory,
                 routes,
                 &source,
@@ -441,7 +450,7 @@ impl Notifier {
         &self,
         planned: &Planned,
         state: &ActionState,
-        event: Option<&ActionEvent>,
+        (title, body): &(String, String),
         directory: &MemberDirectory,
         routes: TenantRoutes,
         source: &str,
@@ -452,8 +461,6 @@ impl Notifier {
             return;
         };
         let preferences = directory.preferences_of(member);
-        let (title, body) = render(planned.kind, event, state, self.config.link_base.as_deref());
-        let body = body.to_string();
         let now = chrono::Utc::now().timestamp_micros();
         for channel in NotificationChannel::ALL {
             if !preferences.wants(channel, planned.kind, state.risk.level) {
@@ -627,6 +634,13 @@ impl Notifier {
                     .filter(|member| !voted.contains(&member.user_id))
                     .map(|member| member.user_id.clone())
                     .collect();
+                let (title, body) = render(
+                    NotificationKind::Reminder,
+                    None,
+                    state,
+                    self.config.link_base.as_deref(),
+                );
+                let text = (title, body.to_string());
                 for recipient in waiting {
                     self.rows(
                         &Planned {
@@ -634,7 +648,7 @@ impl Notifier {
                             kind: NotificationKind::Reminder,
                         },
                         state,
-                        None,
+                        &text,
                         &directory,
                         routes,
                         &source,

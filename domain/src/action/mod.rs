@@ -398,11 +398,21 @@ impl ActionState {
 
     /// Whether this principal may vote in the current stage right now.
     pub fn can_vote(&self, voter: &Principal) -> bool {
+        self.may_vote(&voter.id, &voter.roles)
+    }
+
+    /// [`ActionState::can_vote`] for a voter known by id and roles, without building a
+    /// principal (the notifier asks it of every member of a directory).
+    pub fn may_vote(
+        &self,
+        voter: &UserId,
+        roles: &std::collections::BTreeSet<crate::Role>,
+    ) -> bool {
         self.status.is_open()
-            && (self.policy.requirements.allow_self_approval || voter.id != self.requester.id)
+            && (self.policy.requirements.allow_self_approval || *voter != self.requester.id)
             && self
                 .stage_context(self.stage)
-                .is_some_and(|context| context.is_eligible(&voter.id, &voter.roles))
+                .is_some_and(|context| context.is_eligible(voter, roles))
     }
 
     /// Whether this principal may vote in any of the action's stages (ignoring whether it is
