@@ -289,7 +289,7 @@ async fn a_notifier_stopped_mid_run_skips_nothing_and_writes_nothing_twice(kind:
     let _ = running.await;
     drop(stop);
     let (_stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(Notifier::new(app.store.ledger.clone(), config).run(stopped));
+    let restarted = tokio::spawn(Notifier::new(app.store.ledger.clone(), config).run(stopped));
     let admin = token("adam", "acme", &["admin"]);
     eventually(within(Duration::from_secs(30)), async || {
         let olga = app
@@ -302,7 +302,11 @@ async fn a_notifier_stopped_mid_run_skips_nothing_and_writes_nothing_twice(kind:
         if seen == usize::try_from(total).expect("small") {
             Ok(())
         } else {
-            Err(format!("olga has {seen} of {total}"))
+            let checkpoint = app.store.ledger.load_checkpoint("notifier").await;
+            Err(format!(
+                "olga has {seen} of {total}; the restarted notifier ended: {}; its checkpoint: {checkpoint:?}",
+                restarted.is_finished()
+            ))
         }
     })
     .await;

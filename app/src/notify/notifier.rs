@@ -222,6 +222,17 @@ struct TenantRoutes {
     slack: bool,
 }
 
+/// An action's stream, each event with its decoded form.
+fn decoded(stream: Vec<LoggedEvent>) -> anyhow::Result<Vec<(LoggedEvent, ActionEvent)>> {
+    stream
+        .into_iter()
+        .map(|logged| {
+            let decoded = logged.decode::<Action>()?;
+            Ok((logged, decoded))
+        })
+        .collect()
+}
+
 /// The tailer.
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -298,14 +309,7 @@ impl Notifier {
             .iter()
             .zip(self.ledger.streams_of::<Action, _>(&touched).await?)
         {
-            let decoded = stream
-                .into_iter()
-                .map(|logged| {
-                    let decoded = logged.decode::<Action>()?;
-                    Ok((logged, decoded))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            cache.actions.insert((*id).to_owned(), decoded);
+            cache.actions.insert((*id).to_owned(), decoded(stream)?);
         }
         let mut changes = Vec::new();
         for event in &events {
@@ -322,7 +326,7 @@ impl Notifier {
                 })?;
         }
         self.keep_directories(cache.directories);
-        let written = store::apply(self.ledger.backend(), &changes).await?;
+        let written = store::apply(self.ledger.backend(), changes).await?;
         if written > 0 {
             metrics::counter!("countersign_notifications_written_total").increment(written);
         }
@@ -362,14 +366,9 @@ impl Notifier {
             .map_err(|err| anyhow::anyhow!("an action event names no action: {err}"))?;
         if !cache.actions.contains_key(&event.aggregate_id) {
             let stream = self.ledger.stream_of::<Action>(&id).await?;
-            let decoded = stream
-                .into_iter()
-                .map(|logged| {
-                    let decoded = logged.decode::<Action>()?;
-                    Ok((logged, decoded))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            cache.actions.insert(event.aggregate_id.clone(), decoded);
+            cache
+                .actions
+                .insert(event.aggregate_id.clone(), decoded(stream)?);
         }
         let stream = cache
             .actions
@@ -657,7 +656,7 @@ impl Notifier {
                     );
                 }
             }
-            written += store::apply(self.ledger.backend(), &changes).await?;
+            written += store::apply(self.ledger.backend(), changes).await?;
             store::finish_reminder(self.ledger.backend(), &reminder.action_id, &reminder.round)
                 .await?;
         }

@@ -273,8 +273,11 @@ async fn queue_response(
         created_us,
         status: "pending",
     };
-    if let Err(error) =
-        super::store::apply(app.ledger.backend(), &[super::store::Change::Notify(row)]).await
+    if let Err(error) = super::store::apply(
+        app.ledger.backend(),
+        vec![super::store::Change::Notify(row)],
+    )
+    .await
     {
         tracing::warn!(
             tenant,

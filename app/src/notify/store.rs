@@ -105,11 +105,23 @@ const COLUMNS: &str = "seq, key, tenant, recipient, channel, kind, source, actio
 /// column, in the batch's order, so `seq` follows the log) and its reminders in two (an action's
 /// last change in the batch is the one that stands: reminders replace each other, forgetting
 /// removes).
-pub async fn apply(backend: &Backend, changes: &[Change]) -> anyhow::Result<u64> {
-    match backend {
-        Backend::Postgres(pool) => apply_postgres(pool, changes).await,
-        Backend::Sqlite(pool) => apply_sqlite(pool, changes).await,
+///
+/// The write runs as a task of its own, so that cancelling the caller (a notifier task aborted
+/// mid-batch) never cuts a statement off half-sent: a connection left that way keeps its
+/// transaction open, and an open transaction holds back every gap-safe reader of the log.
+pub async fn apply(backend: &Backend, changes: Vec<Change>) -> anyhow::Result<u64> {
+    if changes.is_empty() {
+        return Ok(0);
     }
+    let backend = backend.clone();
+    tokio::spawn(async move {
+        match &backend {
+            Backend::Postgres(pool) => apply_postgres(pool, &changes).await,
+            Backend::Sqlite(pool) => apply_sqlite(pool, &changes).await,
+        }
+    })
+    .await
+    .context("the notification batch's write task")?
 }
 
 async fn apply_postgres(pool: &sqlx::PgPool, changes: &[Change]) -> anyhow::Result<u64> {
