@@ -162,29 +162,55 @@ impl Runner {
         };
         let cursor = last.cursor;
         let newest = last.recorded_at;
-        let mut tx = self.store.batch_transaction().await?;
-        apply_batch(&mut tx, self.projection, self.generation, &events)
-            .await
-            .with_context(|| {
-                format!(
-                    "applying {} events to {} generation {}",
-                    events.len(),
-                    self.projection,
-                    self.generation
-                )
-            })?;
-        let moved = CheckpointMove {
-            projection: self.projection,
-            generation: self.generation,
-            from: checkpoint,
-            to: cursor,
-            events: i64::try_from(events.len()).unwrap_or(i64::MAX),
-        }
-        .run(&mut tx)
-        .await?;
+        let count = events.len();
+        let (store, projection, generation) =
+            (self.store.clone(), self.projection, self.generation);
+        // The batch's transaction runs as a task of its own: a runner cancelled mid-batch (its
+        // task aborted) must never leave the transaction half-sent or waiting for its rollback
+        // on a pooled connection, where the next batch's `begin` would nest inside it.
+        let moved = tokio::spawn(async move {
+            let mut tx = store.batch_transaction().await?;
+            apply_batch(&mut tx, projection, generation, &events)
+                .await
+                .with_context(|| {
+                    format!(
+                        "applying {} events to {projection} generation {generation}",
+                        events.len(),
+                    )
+                })?;
+            let moved = CheckpointMove {
+                projection,
+                generation,
+                from: checkpoint,
+                to: cursor,
+                events: i64::try_from(events.len()).unwrap_or(i64::MAX),
+            }
+            .run(&mut tx)
+            .await?;
+            if moved == 1 {
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            anyhow::Ok(moved)
+        })
+        .await
+        .context("the projection batch's write task")?;
+        let moved = match moved {
+            Ok(moved) => moved,
+            // Another runner (one stopped an instant before, whose commit was already on its
+            // way) applied these events first: the rows collide before the checkpoint's
+            // conditional move can say so. Not a failure: start again from where it left.
+            Err(err) => {
+                self.checkpoint = None;
+                match self.current_checkpoint().await {
+                    Ok(Some(now)) if now != checkpoint => 0,
+                    _ => return Err(err),
+                }
+            }
+        };
         if moved != 1 {
-            // Retired, or another runner moved the checkpoint: apply nothing.
-            tx.rollback().await?;
+            // Retired, or another runner moved the checkpoint: nothing was applied.
             self.checkpoint = None;
             return Ok(
                 match self
@@ -199,11 +225,10 @@ impl Runner {
                 },
             );
         }
-        tx.commit().await?;
         self.checkpoint = Some(cursor);
         self.report_lag(cursor, Some(newest)).await;
         Ok(Outcome::Applied {
-            events: events.len(),
+            events: count,
             cursor,
         })
     }
