@@ -87,6 +87,17 @@ pub struct FeedCounts {
     pub by_kind: Vec<(String, i64, i64)>,
 }
 
+/// The same statement on whichever pool the backend holds: the two arms differ only in the
+/// pool's type, which sqlx needs at compile time.
+macro_rules! on_pool {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Postgres($pool) => $body,
+            Backend::Sqlite($pool) => $body,
+        }
+    };
+}
+
 fn sql(backend: &Backend, statement: &str) -> String {
     match backend {
         Backend::Postgres(_) => statement.to_owned(),
@@ -330,22 +341,13 @@ pub async fn due_reminders(
         "SELECT tenant, action_id, round, remind_us, position FROM notification_reminders \
          WHERE remind_us <= $1 ORDER BY remind_us LIMIT $2",
     );
-    match backend {
-        Backend::Postgres(pool) => {
-            sqlx::query_as(&statement)
-                .bind(now_us)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-        Backend::Sqlite(pool) => {
-            sqlx::query_as(&statement)
-                .bind(now_us)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-    }
+    on_pool!(backend, pool => {
+        sqlx::query_as(&statement)
+            .bind(now_us)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
     .context("reading due reminders")
 }
 
@@ -359,20 +361,12 @@ pub async fn finish_reminder(
         backend,
         "DELETE FROM notification_reminders WHERE action_id = $1 AND round = $2",
     );
-    match backend {
-        Backend::Postgres(pool) => sqlx::query(&statement)
+    on_pool!(backend, pool => sqlx::query(&statement)
             .bind(action_id)
             .bind(round)
             .execute(pool)
             .await
-            .map(drop),
-        Backend::Sqlite(pool) => sqlx::query(&statement)
-            .bind(action_id)
-            .bind(round)
-            .execute(pool)
-            .await
-            .map(drop),
-    }
+            .map(drop))
     .context("removing a handled reminder")?;
     Ok(())
 }
@@ -396,28 +390,16 @@ pub async fn feed(
     );
     let before = before.unwrap_or(i64::MAX);
     let unread = i64::from(unread_only);
-    match backend {
-        Backend::Postgres(pool) => {
-            sqlx::query_as(&statement)
-                .bind(tenant)
-                .bind(recipient)
-                .bind(before)
-                .bind(unread)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-        Backend::Sqlite(pool) => {
-            sqlx::query_as(&statement)
-                .bind(tenant)
-                .bind(recipient)
-                .bind(before)
-                .bind(unread)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-    }
+    on_pool!(backend, pool => {
+        sqlx::query_as(&statement)
+            .bind(tenant)
+            .bind(recipient)
+            .bind(before)
+            .bind(unread)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
     .context("reading a notification feed")
 }
 
@@ -505,22 +487,13 @@ pub async fn mark_all_read(
         "UPDATE notifications SET read_us = $3 WHERE tenant = $1 AND recipient = $2 \
          AND channel = 'in_app' AND read_us IS NULL",
     );
-    match backend {
-        Backend::Postgres(pool) => sqlx::query(&statement)
+    on_pool!(backend, pool => sqlx::query(&statement)
             .bind(tenant)
             .bind(recipient)
             .bind(now_us)
             .execute(pool)
             .await
-            .map(|done| done.rows_affected()),
-        Backend::Sqlite(pool) => sqlx::query(&statement)
-            .bind(tenant)
-            .bind(recipient)
-            .bind(now_us)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected()),
-    }
+            .map(|done| done.rows_affected()))
     .context("marking notifications read")
 }
 
@@ -542,26 +515,15 @@ pub async fn deliveries(
     );
     let before = before.unwrap_or(i64::MAX);
     let status = status.unwrap_or_default();
-    match backend {
-        Backend::Postgres(pool) => {
-            sqlx::query_as(&statement)
-                .bind(tenant)
-                .bind(before)
-                .bind(status)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-        Backend::Sqlite(pool) => {
-            sqlx::query_as(&statement)
-                .bind(tenant)
-                .bind(before)
-                .bind(status)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-    }
+    on_pool!(backend, pool => {
+        sqlx::query_as(&statement)
+            .bind(tenant)
+            .bind(before)
+            .bind(status)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
     .context("reading deliveries")
 }
 
@@ -623,8 +585,7 @@ pub async fn record_attempt(
          next_attempt_us = $4, delivered_us = CASE WHEN $2 = 'delivered' THEN $5 ELSE delivered_us END \
          WHERE seq = $1 AND status = 'pending'",
     );
-    match backend {
-        Backend::Postgres(pool) => sqlx::query(&statement)
+    on_pool!(backend, pool => sqlx::query(&statement)
             .bind(seq)
             .bind(status)
             .bind(error)
@@ -632,17 +593,7 @@ pub async fn record_attempt(
             .bind(now_us)
             .execute(pool)
             .await
-            .map(drop),
-        Backend::Sqlite(pool) => sqlx::query(&statement)
-            .bind(seq)
-            .bind(status)
-            .bind(error)
-            .bind(next_attempt_us)
-            .bind(now_us)
-            .execute(pool)
-            .await
-            .map(drop),
-    }
+            .map(drop))
     .context("recording a delivery attempt")
 }
 
@@ -661,26 +612,15 @@ pub async fn feed_after(
              AND channel = 'in_app' AND seq > $3 ORDER BY seq LIMIT $4"
         ),
     );
-    match backend {
-        Backend::Postgres(pool) => {
-            sqlx::query_as(&statement)
-                .bind(tenant)
-                .bind(recipient)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-        Backend::Sqlite(pool) => {
-            sqlx::query_as(&statement)
-                .bind(tenant)
-                .bind(recipient)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-    }
+    on_pool!(backend, pool => {
+        sqlx::query_as(&statement)
+            .bind(tenant)
+            .bind(recipient)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
     .context("reading new notifications")
 }
 
@@ -697,22 +637,13 @@ pub async fn due_digests(
              AND created_us < $1 ORDER BY tenant, recipient, seq LIMIT $2"
         ),
     );
-    match backend {
-        Backend::Postgres(pool) => {
-            sqlx::query_as(&statement)
-                .bind(before_us)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-        Backend::Sqlite(pool) => {
-            sqlx::query_as(&statement)
-                .bind(before_us)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-        }
-    }
+    on_pool!(backend, pool => {
+        sqlx::query_as(&statement)
+            .bind(before_us)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    })
     .context("reading due digests")
 }
 
@@ -770,10 +701,7 @@ pub async fn queue_digest(
             Ok(new)
         }};
     }
-    match backend {
-        Backend::Postgres(pool) => queue!(pool),
-        Backend::Sqlite(pool) => queue!(pool),
-    }
+    on_pool!(backend, pool => queue!(pool))
 }
 
 /// Records one attempt at a digest ([`record_attempt`]) and, once it is `delivered` or `dead`,
@@ -834,8 +762,5 @@ pub async fn record_digest_attempt(
             tx.commit().await.context("committing a digest attempt")
         }};
     }
-    match backend {
-        Backend::Postgres(pool) => record!(pool),
-        Backend::Sqlite(pool) => record!(pool),
-    }
+    on_pool!(backend, pool => record!(pool))
 }
