@@ -31,7 +31,6 @@ use countersign_domain::{
 };
 use countersign_ledger::{Backend, LedgerError};
 use countersign_projections::ActionDetail;
-use futures::{StreamExt as _, TryStreamExt as _};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -381,65 +380,81 @@ pub async fn receive(
     channel: &str,
 ) -> Result<Vec<Receipt>, AppError> {
     require_publisher(actor)?;
-    // Distinct ids (a batch's are checked), so the events are recorded side by side.
-    futures::stream::iter(events)
-        .map(|event| receive_one(app, actor, event, channel))
-        .buffered(16)
-        .try_collect()
-        .await
+    receive_batch(app, actor, events, channel).await
 }
 
+/// Records a batch of one tenant's events: the tenant's workflows are read once, each event is
+/// admitted against them, and the events are recorded together (their streams started by one
+/// statement; a repeat, in the batch or from before, is answered `duplicate`). Answers a receipt
+/// per event in order, or the first failure (events recorded before it stay recorded, and
+/// receiving the batch again answers them as duplicates).
 #[tracing::instrument(name = "intake", skip_all, fields(
-    tenant = %actor.tenant, event_id = %event.id, event_type = %event.event_type, channel,
+    tenant = %actor.tenant, events = events.len(), channel,
 ))]
-async fn receive_one(
+async fn receive_batch(
     app: &App,
     actor: &Actor,
-    event: CloudEvent,
+    events: Vec<CloudEvent>,
     channel: &str,
-) -> Result<Receipt, AppError> {
+) -> Result<Vec<Receipt>, AppError> {
     let (set, _) = app.ledger.load::<WorkflowSet>(&actor.tenant).await?;
-    let (starts, skipped) = workflow::admit(&actor.tenant, &set, &event);
-    let runs: Vec<RunId> = starts.iter().map(|start| start.run_id).collect();
-    let id = event.id.clone();
-    let key = IntakeKey::of(&actor.tenant, &event.id);
-    let metadata = actor.metadata(CorrelationId::parse(event.id.clone()).ok());
-    let command = IntakeCommand::RecordEvent {
-        tenant: actor.tenant.clone(),
-        at: chrono::Utc::now(),
-        channel: channel.to_owned(),
-        event,
-        starts,
-        skipped: skipped.clone(),
-    };
-    let result = app
-        .ledger
-        .execute::<IntakeEvent>(&key, command, &metadata)
-        .await;
-    count("RecordEvent", &result, WorkflowError::code);
-    match result {
-        Ok(_) => {
-            metrics::counter!("countersign_intake_events_total", "outcome" => "accepted")
-                .increment(1);
-            Ok(Receipt {
-                id,
-                status: ReceiptStatus::Accepted,
-                runs,
-                skipped,
-            })
-        }
-        Err(LedgerError::Rejected(WorkflowError::AlreadyReceived)) => {
-            metrics::counter!("countersign_intake_events_total", "outcome" => "duplicate")
-                .increment(1);
-            Ok(Receipt {
-                id,
-                status: ReceiptStatus::Duplicate,
-                runs: Vec::new(),
-                skipped: Vec::new(),
-            })
-        }
-        Err(err) => Err(err.into()),
+    let mut admitted = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(events.len());
+    let mut commands = Vec::with_capacity(events.len());
+    for event in events {
+        let (starts, skipped) = workflow::admit(&actor.tenant, &set, &event);
+        let runs: Vec<RunId> = starts.iter().map(|start| start.run_id).collect();
+        let key = IntakeKey::of(&actor.tenant, &event.id);
+        let metadata = actor.metadata(CorrelationId::parse(event.id.clone()).ok());
+        admitted.push((event.id.clone(), runs, skipped.clone()));
+        let command = IntakeCommand::RecordEvent {
+            tenant: actor.tenant.clone(),
+            at: chrono::Utc::now(),
+            channel: channel.to_owned(),
+            event,
+            starts,
+            skipped,
+        };
+        keys.push(key);
+        commands.push((command, metadata));
     }
+    let results = app
+        .ledger
+        .execute_creations::<IntakeEvent>(
+            keys.iter()
+                .zip(commands)
+                .map(|(key, (command, metadata))| (key, command, metadata))
+                .collect(),
+        )
+        .await;
+    let mut receipts = Vec::with_capacity(results.len());
+    for ((id, runs, skipped), result) in admitted.into_iter().zip(results) {
+        count("RecordEvent", &result, WorkflowError::code);
+        match result {
+            Ok(_) => {
+                metrics::counter!("countersign_intake_events_total", "outcome" => "accepted")
+                    .increment(1);
+                receipts.push(Receipt {
+                    id,
+                    status: ReceiptStatus::Accepted,
+                    runs,
+                    skipped,
+                });
+            }
+            Err(LedgerError::Rejected(WorkflowError::AlreadyReceived)) => {
+                metrics::counter!("countersign_intake_events_total", "outcome" => "duplicate")
+                    .increment(1);
+                receipts.push(Receipt {
+                    id,
+                    status: ReceiptStatus::Duplicate,
+                    runs: Vec::new(),
+                    skipped: Vec::new(),
+                });
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(receipts)
 }
 
 /// The actor of an intake that has no credential of its own (NATS): the tenant named on the

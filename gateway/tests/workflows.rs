@@ -685,3 +685,149 @@ async fn a_jetstream_event_runs_once_even_after_the_duplicate_window() {
     assert_eq!(deliveries.lock().expect("lock").len(), 1, "delivered once");
     let _ = stop_intake.send(true);
 }
+
+/// A burst already waiting in the stream when the intake starts is taken in batches (what the
+/// consumer has ready is recorded together): every event is recorded once — a repeat with
+/// another `Nats-Msg-Id` in the same burst is a duplicate, a refused event is dead-lettered
+/// alone — each run starts once, and every message is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_over_jetstream_is_recorded_once_per_event() {
+    let app = TestApp::with_executor("postgres", WEBHOOK_KEY).await;
+    let _engine = start_engine(&app);
+    let intake_stream = TestStream::new("burst");
+    let client = async_nats::connect(intake_stream.url())
+        .await
+        .expect("NATS with JetStream");
+    let config = IntakeConfig {
+        stream: intake_stream.name.clone(),
+        prefix: intake_stream.prefix.clone(),
+        consumer: "intake".into(),
+        duplicate_window: Duration::from_secs(120),
+    };
+    let (url, _deliveries) = receiver().await;
+    let owner = token("olga", "acme", &["owner"]);
+    setup(&app, &owner, &url, refunds_workflow(true)).await;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    config.ensure(&jetstream).await.expect("the intake stream");
+    let mut dead_letters = client
+        .subscribe(config.dead_letter_subject())
+        .await
+        .expect("subscribe");
+
+    const EVENTS: usize = 40;
+    let mut acks = Vec::new();
+    let mut publish = async |message_id: String, subject: String, event: Value| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message_id.as_str());
+        acks.push(
+            jetstream
+                .publish_with_headers(subject, headers, event.to_string().into())
+                .await
+                .expect("published"),
+        );
+    };
+    for i in 0..EVENTS {
+        let amount = if i % 2 == 0 { 1000 } else { 10 };
+        let event = refund(&format!("burst-{i}"), amount);
+        publish(
+            format!("burst-{i}"),
+            config.subject("acme", "order.refunded"),
+            event,
+        )
+        .await;
+        if i == EVENTS / 2 {
+            publish(
+                "mismatch".into(),
+                config.subject("acme", "order.created"),
+                refund("mismatch", 1000),
+            )
+            .await;
+            // The same event again under another message id: JetStream keeps it.
+            publish(
+                "burst-0-again".into(),
+                config.subject("acme", "order.refunded"),
+                refund("burst-0", 1000),
+            )
+            .await;
+        }
+    }
+    for ack in acks {
+        assert!(!ack.await.expect("stored").duplicate);
+    }
+
+    let (stop_intake, stopped) = watch::channel(false);
+    tokio::spawn(
+        NatsIntake {
+            app: app.state.app.clone(),
+            client: client.clone(),
+            config: config.clone(),
+        }
+        .run(stopped),
+    );
+    let letter = tokio::time::timeout(Duration::from_secs(30), dead_letters.next())
+        .await
+        .expect("a dead letter")
+        .expect("a message");
+    let code = letter
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(countersign_workflows::HEADER_CODE))
+        .map(|value| value.as_str().to_owned());
+    assert_eq!(code.as_deref(), Some("type_mismatch"));
+
+    // Every message acknowledged (none waits for redelivery) ...
+    let stream = jetstream
+        .get_stream(&config.stream)
+        .await
+        .expect("the stream");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer("intake")
+        .await
+        .expect("the intake's consumer");
+    let total = u64::try_from(EVENTS + 2).expect("count");
+    eventually(within(Duration::from_secs(30)), async || {
+        let info = consumer.info().await.map_err(|err| err.to_string())?;
+        if info.ack_floor.stream_sequence == total
+            && info.num_ack_pending == 0
+            && info.num_pending == 0
+        {
+            Ok(())
+        } else {
+            Err(format!("not all acknowledged: {info:?}"))
+        }
+    })
+    .await;
+    // ... each event recorded once, and each run started once.
+    // (The log is readable below the oldest running transaction: wait for it to pass.)
+    let received: Vec<String> = eventually(within(Duration::from_secs(30)), async || {
+        let log = countersign_ledger::testing::readable_log(app.state.app.ledger()).await;
+        let received: Vec<String> = log
+            .into_iter()
+            .filter(|event| event.aggregate_type == "intake_event")
+            .map(|event| event.aggregate_id)
+            .collect();
+        if received.len() >= EVENTS {
+            Ok(received)
+        } else {
+            Err(format!("{} events readable", received.len()))
+        }
+    })
+    .await;
+    let distinct: BTreeSet<&String> = received.iter().collect();
+    assert_eq!((received.len(), distinct.len()), (EVENTS, EVENTS));
+    let started = eventually(within(Duration::from_secs(30)), async || {
+        let all = runs(&app, &owner, "?limit=100").await;
+        if all.len() == EVENTS / 2 {
+            Ok(all)
+        } else {
+            Err(format!("{} runs, not {}", all.len(), EVENTS / 2))
+        }
+    })
+    .await;
+    let subjects: BTreeSet<String> = started
+        .iter()
+        .filter_map(|run| run["event_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(subjects.len(), EVENTS / 2, "{started:?}");
+    let _ = stop_intake.send(true);
+}

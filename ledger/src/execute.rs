@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{AggregateError, EventEnvelope};
+use futures::StreamExt as _;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::store::{LedgerStore as _, Outcome, unboxed};
@@ -154,6 +155,42 @@ where
     Ok(())
 }
 
+/// What a command came to: its committed events, or why it did not commit.
+pub type Answer<A> = Result<Committed<A>, LedgerError<<A as cqrs_es::Aggregate>::Error>>;
+
+/// Decides `command` on the empty aggregate `id`: the aggregate after it, its one event and that
+/// event as stored, or `None` when the empty aggregate refuses it or it decides more or fewer
+/// than one event (then it is run alone).
+async fn decide_fresh<A>(
+    id: &str,
+    command: A::Command,
+    metadata: &Metadata,
+) -> Result<Option<(A, A::Event, SerializedEvent)>, LedgerError<A::Error>>
+where
+    A: LedgerAggregate,
+    A::Command: Clone,
+{
+    let mut after = A::default();
+    let sink = EventSink::default();
+    if after.handle(command, &(), &sink).await.is_err() {
+        return Ok(None);
+    }
+    let mut events = sink.collect().await;
+    if events.len() != 1 {
+        return Ok(None);
+    }
+    ensure_readable::<A>(&events)?;
+    let event = events.remove(0);
+    let serialized = SerializedEvent::try_from(&EventEnvelope::<A> {
+        aggregate_id: id.to_owned(),
+        sequence: 1,
+        payload: event.clone(),
+        metadata: metadata.to_map(),
+    })
+    .map_err(|err| LedgerError::Store(unboxed(err).context("encoding an event")))?;
+    Ok(Some((after, event, serialized)))
+}
+
 impl Ledger {
     /// Runs `command` against the aggregate `id`, appending its events in one transaction.
     pub async fn execute<A>(
@@ -166,9 +203,23 @@ impl Ledger {
         A: LedgerAggregate,
         A::Command: Clone,
     {
-        // The stored form of the id: the store's key from here on.
-        let id = id.to_string();
-        let id = id.as_str();
+        self.execute_str::<A>(&id.to_string(), command, metadata, true)
+            .await
+    }
+
+    /// [`Ledger::execute`] on the stored form of the id; `fresh_first: false` reads the stream
+    /// even before a creation's first try (its stream is known to exist).
+    async fn execute_str<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &Metadata,
+        fresh_first: bool,
+    ) -> Result<Committed<A>, LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
         let span = info_span!(
             "ledger.execute",
             aggregate = A::TYPE,
@@ -183,6 +234,7 @@ impl Ledger {
             loop {
                 attempt += 1;
                 let fresh = attempt == 1
+                    && fresh_first
                     && retry
                     && A::creates(&command)
                     && self.store.decides_creations_unread();
@@ -281,6 +333,112 @@ impl Ledger {
                 Ok(Attempt::Done(after, recorded))
             }
         }
+    }
+
+    /// Runs commands that each normally start a new stream ([`LedgerAggregate::creates`]) —
+    /// received events, runs — with their first events appended together by one statement
+    /// (`create_streams`) instead of one append each. Each command is decided on the empty
+    /// aggregate; one whose stream exists after all, that the empty aggregate refuses, that
+    /// decides more or fewer than one event, that repeats an id earlier in `commands`, or that
+    /// is no creation is run alone through [`Ledger::execute`] (which reads its stream and
+    /// decides again), as is every command when the statement fails. Answers each command's
+    /// outcome in the order given: what [`Ledger::execute`] would have answered for it.
+    pub async fn execute_creations<A>(
+        &self,
+        commands: Vec<(&A::Id, A::Command, Metadata)>,
+    ) -> Vec<Answer<A>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        let span = info_span!(
+            "ledger.execute_creations",
+            aggregate = A::TYPE,
+            commands = commands.len()
+        );
+        async {
+            let count = commands.len();
+            let mut answers: Vec<Option<Answer<A>>> = (0..count).map(|_| None).collect();
+            let mut alone = Vec::new();
+            let mut together = Vec::new();
+            let mut ids = std::collections::HashSet::new();
+            for (index, (id, command, metadata)) in commands.into_iter().enumerate() {
+                // The stored form of the id: the store's key from here on.
+                let key = id.to_string();
+                let creation = A::creates(&command) && A::retry_on_conflict(&command);
+                if !creation || !ids.insert(key.clone()) {
+                    alone.push((index, key, command, metadata, true));
+                    continue;
+                }
+                match decide_fresh::<A>(&key, command.clone(), &metadata).await {
+                    Ok(Some((aggregate, event, serialized))) => {
+                        together
+                            .push((index, key, command, metadata, aggregate, event, serialized));
+                    }
+                    Ok(None) => alone.push((index, key, command, metadata, true)),
+                    Err(err) => answers[index] = Some(Err(err)),
+                }
+            }
+            let rows = together
+                .iter()
+                .map(|(_, key, _, _, _, _, serialized)| (key.clone(), serialized.clone()))
+                .collect();
+            match self.store.create_streams::<A>(rows).await {
+                Ok(placed) => {
+                    for (entry, placed) in together.into_iter().zip(placed) {
+                        let (index, key, command, metadata, aggregate, event, _) = entry;
+                        match placed {
+                            Some((position, txid)) => {
+                                answers[index] = Some(Ok(Committed {
+                                    aggregate,
+                                    events: vec![RecordedEvent {
+                                        sequence: 1,
+                                        position,
+                                        txid,
+                                        event,
+                                    }],
+                                    attempts: 1,
+                                }));
+                            }
+                            // The stream exists: read it first.
+                            None => alone.push((index, key, command, metadata, false)),
+                        }
+                    }
+                }
+                Err(err) => {
+                    warn!(
+                        error = format!("{err:#}"),
+                        "starting streams together failed; running each command alone"
+                    );
+                    alone.extend(together.into_iter().map(
+                        |(index, key, command, metadata, ..)| (index, key, command, metadata, true),
+                    ));
+                }
+            }
+            let mut done = futures::stream::iter(alone)
+                .map(|(index, key, command, metadata, fresh_first)| async move {
+                    let answer = self
+                        .execute_str::<A>(&key, command, &metadata, fresh_first)
+                        .await;
+                    (index, answer)
+                })
+                .buffer_unordered(16);
+            while let Some((index, answer)) = done.next().await {
+                answers[index] = Some(answer);
+            }
+            answers
+                .into_iter()
+                .map(|answer| {
+                    answer.unwrap_or_else(|| {
+                        Err(LedgerError::Store(anyhow::anyhow!(
+                            "a command of the batch was not run"
+                        )))
+                    })
+                })
+                .collect()
+        }
+        .instrument(span)
+        .await
     }
 
     /// Loads an aggregate by folding its events (upcast to their current versions), or from memory

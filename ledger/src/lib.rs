@@ -42,7 +42,7 @@ use cqrs_es::Aggregate;
 use cqrs_es::persist::EventUpcaster;
 use sqlx::{PgPool, SqlitePool};
 
-pub use execute::{Committed, LedgerError, RecordedEvent, RetryPolicy};
+pub use execute::{Answer, Committed, LedgerError, RecordedEvent, RetryPolicy};
 pub use lock::TailerLock;
 pub use log::{LogCursor, LogReads, LogWaker, LoggedEvent};
 pub use reach::store_unreachable;

@@ -134,6 +134,73 @@ async fn refused_records_nothing(store: &TestStore) {
     );
 }
 
+on_both_stores!(
+    creations_in_a_batch_answer_as_each_would_alone,
+    creations_together
+);
+/// `execute_creations`: new streams start together (one statement on PostgreSQL: one
+/// transaction id), while a stream that exists already and a repeat within the batch are
+/// answered as `execute` would answer them, and nothing is recorded twice.
+async fn creations_together(store: &TestStore) {
+    let (existing, first, second) = (new_id(), new_id(), new_id());
+    store
+        .ledger
+        .execute::<Action>(&existing, submit(existing, any_of(1)), &metadata("rita"))
+        .await
+        .expect("submitted before");
+    let answers = store
+        .ledger
+        .execute_creations::<Action>(vec![
+            (&first, submit(first, any_of(1)), metadata("rita")),
+            (&existing, submit(existing, any_of(1)), metadata("rita")),
+            (&second, submit(second, any_of(1)), metadata("rita")),
+            (&first, submit(first, any_of(1)), metadata("rita")),
+        ])
+        .await;
+    assert_eq!(answers.len(), 4);
+    let refused = |index: usize| match &answers[index] {
+        Err(LedgerError::Rejected(err)) => err.code(),
+        other => panic!("answer {index}: {other:?}"),
+    };
+    assert_eq!(refused(1), "already_submitted");
+    assert_eq!(refused(3), "already_submitted");
+    let committed = |index: usize| match &answers[index] {
+        Ok(committed) => committed,
+        other => panic!("answer {index}: {other:?}"),
+    };
+    let (one, two) = (committed(0), committed(2));
+    for done in [one, two] {
+        assert_eq!(done.events.len(), 1);
+        assert_eq!(done.events[0].sequence, 1);
+        assert_eq!(
+            done.aggregate.state().map(|s| s.status),
+            Some(ActionStatus::Pending)
+        );
+    }
+    if store.ledger.kind() == "postgres" {
+        assert_eq!(
+            one.events[0].txid, two.events[0].txid,
+            "the new streams were started by one statement"
+        );
+    }
+    let last = one.events[0].position.max(two.events[0].position);
+    let log = read_through(store, last).await;
+    let submitted: Vec<(&str, i64)> = log
+        .iter()
+        .map(|event| (event.aggregate_id.as_str(), event.cursor.position))
+        .collect();
+    assert_eq!(submitted.len(), 3, "{submitted:?}");
+    for (id, done) in [(first, one), (second, two)] {
+        assert!(
+            submitted.contains(&(id.to_string().as_str(), done.events[0].position)),
+            "{id} at {} in {submitted:?}",
+            done.events[0].position
+        );
+        let (loaded, sequence) = store.ledger.load::<Action>(&id).await.expect("load");
+        assert_eq!((loaded, sequence), (done.aggregate.clone(), 1));
+    }
+}
+
 // ------------------------------------------------------------------ append-only
 
 on_both_stores!(events_cannot_be_updated_or_deleted, append_only);

@@ -14,8 +14,11 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Messages handled side by side.
-pub const CONCURRENCY: usize = 64;
+/// Batches handled side by side.
+pub const CONCURRENCY: usize = 4;
+
+/// The most messages handled as one batch: what the consumer has ready, up to this many.
+pub const BATCH: usize = 500;
 
 /// Where events come in.
 #[derive(Debug, Clone)]
@@ -141,36 +144,41 @@ impl NatsIntake {
             .with_context(|| format!("creating the consumer {}", self.config.consumer))
     }
 
-    /// Checks and records one message's event; `Err(Ok(refusal))` refuses it, `Err(Err(_))` is
-    /// a failure to retry.
-    async fn receive(
-        &self,
-        subject: &str,
-        payload: &[u8],
-    ) -> Result<ReceiptStatus, Result<Refusal, AppError>> {
+    /// Checks one message: the tenant its subject names and its event, or a refusal.
+    fn check(&self, subject: &str, payload: &[u8]) -> Result<(TenantId, CloudEvent), Refusal> {
         let (tenant, event_type) = self
             .config
             .parse_subject(subject)
-            .ok_or_else(|| Ok(Refusal::new("invalid_subject", "not an intake subject")))?;
+            .ok_or_else(|| Refusal::new("invalid_subject", "not an intake subject"))?;
         let tenant = TenantId::parse(tenant)
-            .map_err(|err| Ok(Refusal::new("unknown_tenant", err.to_string())))?;
+            .map_err(|err| Refusal::new("unknown_tenant", err.to_string()))?;
         let document = countersign_domain::document::scan(payload)
             .and_then(|()| {
                 serde_json::from_slice::<serde_json::Value>(payload)
                     .map_err(|err| countersign_domain::ParseError::new("", err.to_string()))
             })
-            .map_err(|err| Ok(Refusal::new("invalid_event", format!("not JSON: {err}"))))?;
+            .map_err(|err| Refusal::new("invalid_event", format!("not JSON: {err}")))?;
         let event = CloudEvent::parse(&document)
-            .map_err(|err| Ok(Refusal::new("invalid_event", err.to_string())))?;
+            .map_err(|err| Refusal::new("invalid_event", err.to_string()))?;
         if event.event_type.as_str() != event_type {
-            return Err(Ok(Refusal::new(
+            return Err(Refusal::new(
                 "type_mismatch",
                 format!(
                     "the subject names type {event_type}, the event {}",
                     event.event_type
                 ),
-            )));
+            ));
         }
+        Ok((tenant, event))
+    }
+
+    /// Records one tenant's checked events together; `Err(Ok(refusal))` refuses them all (an
+    /// unknown tenant), `Err(Err(_))` is a failure (the caller tries each event alone).
+    async fn receive(
+        &self,
+        tenant: TenantId,
+        events: Vec<CloudEvent>,
+    ) -> Result<Vec<ReceiptStatus>, Result<Refusal, AppError>> {
         if !workflows::tenant_known(&self.app, &tenant)
             .await
             .map_err(Err)?
@@ -181,7 +189,7 @@ impl NatsIntake {
             )));
         }
         let actor = workflows::intake_actor(tenant).map_err(Err)?;
-        let receipts = workflows::receive(&self.app, &actor, vec![event], "nats")
+        let receipts = workflows::receive(&self.app, &actor, events, "nats")
             .await
             .map_err(|err| match err {
                 AppError::InvalidInput(parse) => {
@@ -189,48 +197,62 @@ impl NatsIntake {
                 }
                 other => Err(other),
             })?;
-        Ok(receipts
-            .first()
-            .map_or(ReceiptStatus::Accepted, |receipt| receipt.status))
+        Ok(receipts.iter().map(|receipt| receipt.status).collect())
     }
 
-    async fn handle(&self, message: jetstream::Message) {
-        let subject = message.subject.to_string();
-        match self.receive(&subject, &message.payload).await {
-            Ok(status) => {
-                metrics::counter!("countersign_intake_nats_total", "outcome" => match status {
-                    ReceiptStatus::Accepted => "accepted",
-                    ReceiptStatus::Duplicate => "duplicate",
-                })
-                .increment(1);
-                let _ = message.ack().await;
+    /// Handles a batch of messages as they came: each is checked, the valid ones are recorded
+    /// together per tenant (one statement starts their streams), and each is acknowledged once
+    /// recorded, or dead-lettered with its refusal. When a tenant's events cannot be recorded
+    /// together, each is tried alone, so that one bad event refuses only itself.
+    async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
+        let mut tenants: std::collections::BTreeMap<
+            TenantId,
+            Vec<(jetstream::Message, CloudEvent)>,
+        > = std::collections::BTreeMap::new();
+        for message in messages {
+            match self.check(message.subject.as_str(), &message.payload) {
+                Ok((tenant, event)) => tenants.entry(tenant).or_default().push((message, event)),
+                Err(refusal) => self.refuse(&message, &refusal).await,
             }
-            Err(Ok(refusal)) => {
-                metrics::counter!("countersign_intake_nats_total", "outcome" => refusal.code)
-                    .increment(1);
-                warn!(
-                    subject,
-                    code = refusal.code,
-                    reason = refusal.reason,
-                    "intake: event refused; dead-lettered"
-                );
-                let mut headers = HeaderMap::new();
-                headers.insert(HEADER_CODE, refusal.code);
-                headers.insert(HEADER_REASON, refusal.reason.as_str());
-                headers.insert(HEADER_SUBJECT, subject.as_str());
-                let _ = self
-                    .client
-                    .publish_with_headers(
-                        self.config.dead_letter_subject(),
-                        headers,
-                        message.payload.clone(),
-                    )
-                    .await;
-                let _ = message.ack_with(AckKind::Term).await;
+        }
+        for (tenant, received) in tenants {
+            let (messages, events): (Vec<_>, Vec<_>) = received.into_iter().unzip();
+            match self.receive(tenant.clone(), events.clone()).await {
+                Ok(statuses) => {
+                    for (message, status) in messages.iter().zip(statuses) {
+                        Self::accepted(message, status).await;
+                    }
+                }
+                Err(Ok(refusal)) if refusal.code == "unknown_tenant" => {
+                    for message in &messages {
+                        self.refuse(message, &refusal).await;
+                    }
+                }
+                Err(_) => {
+                    for (message, event) in messages.into_iter().zip(events) {
+                        self.handle_alone(&tenant, message, event).await;
+                    }
+                }
             }
+        }
+    }
+
+    /// Records one checked event alone: acknowledged, dead-lettered or redelivered later.
+    async fn handle_alone(
+        &self,
+        tenant: &TenantId,
+        message: jetstream::Message,
+        event: CloudEvent,
+    ) {
+        match self.receive(tenant.clone(), vec![event]).await {
+            Ok(statuses) => {
+                let status = statuses.first().copied().unwrap_or(ReceiptStatus::Accepted);
+                Self::accepted(&message, status).await;
+            }
+            Err(Ok(refusal)) => self.refuse(&message, &refusal).await,
             Err(Err(err)) => {
                 warn!(
-                    subject,
+                    subject = message.subject.as_str(),
                     error = format!("{:#}", anyhow::Error::from(err)),
                     "intake: recording failed; redelivering"
                 );
@@ -241,10 +263,44 @@ impl NatsIntake {
         }
     }
 
-    /// Runs until `shutdown` turns true, reconnecting with backoff when NATS goes away. Up to
-    /// [`CONCURRENCY`] messages are handled side by side (events are independent: the ledger
-    /// records each event id once, whichever copy comes first; their appends are committed
-    /// together), each acknowledged once recorded.
+    async fn accepted(message: &jetstream::Message, status: ReceiptStatus) {
+        metrics::counter!("countersign_intake_nats_total", "outcome" => match status {
+            ReceiptStatus::Accepted => "accepted",
+            ReceiptStatus::Duplicate => "duplicate",
+        })
+        .increment(1);
+        let _ = message.ack().await;
+    }
+
+    /// Dead-letters a refused message with its reason and stops its redelivery.
+    async fn refuse(&self, message: &jetstream::Message, refusal: &Refusal) {
+        let subject = message.subject.as_str();
+        metrics::counter!("countersign_intake_nats_total", "outcome" => refusal.code).increment(1);
+        warn!(
+            subject,
+            code = refusal.code,
+            reason = refusal.reason,
+            "intake: event refused; dead-lettered"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_CODE, refusal.code);
+        headers.insert(HEADER_REASON, refusal.reason.as_str());
+        headers.insert(HEADER_SUBJECT, subject);
+        let _ = self
+            .client
+            .publish_with_headers(
+                self.config.dead_letter_subject(),
+                headers,
+                message.payload.clone(),
+            )
+            .await;
+        let _ = message.ack_with(AckKind::Term).await;
+    }
+
+    /// Runs until `shutdown` turns true, reconnecting with backoff when NATS goes away. What the
+    /// consumer has ready is taken as one batch (up to [`BATCH`] messages), up to
+    /// [`CONCURRENCY`] batches side by side (events are independent: the ledger records each
+    /// event id once, whichever copy comes first), each message acknowledged once recorded.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() {
@@ -263,18 +319,25 @@ impl NatsIntake {
             };
             info!(consumer = self.config.consumer, "intake consuming");
             let mut handling = FuturesUnordered::new();
+            let mut batches = (&mut messages).ready_chunks(BATCH);
             loop {
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     Some(()) = handling.next(), if !handling.is_empty() => {}
-                    next = messages.next(), if handling.len() < CONCURRENCY => match next {
-                        Some(Ok(message)) => {
-                            backoff = Duration::from_millis(200);
-                            handling.push(self.handle(message));
-                        }
-                        Some(Err(err)) => {
-                            warn!(error = %err, "intake: message stream error; reconnecting");
-                            break;
+                    next = batches.next(), if handling.len() < CONCURRENCY => match next {
+                        Some(batch) => {
+                            let (taken, failed): (Vec<_>, Vec<_>) =
+                                batch.into_iter().partition(Result::is_ok);
+                            let taken: Vec<jetstream::Message> =
+                                taken.into_iter().filter_map(Result::ok).collect();
+                            if !taken.is_empty() {
+                                backoff = Duration::from_millis(200);
+                                handling.push(self.handle_batch(taken));
+                            }
+                            if let Some(Err(err)) = failed.into_iter().next() {
+                                warn!(error = %err, "intake: message stream error; reconnecting");
+                                break;
+                            }
                         }
                         None => break,
                     },

@@ -249,6 +249,59 @@ async fn insert(pool: &PgPool, group: &[Pending], probe: &Probe) -> Result<Place
         .collect())
 }
 
+/// Starts new streams of one aggregate type, one event each, with one autocommitted statement:
+/// a stream that exists already (its first sequence is taken, by an earlier writer or one
+/// committing now) is skipped, not an error, so one repeat does not send the rest round again.
+/// Rows go in sorted by aggregate id (as in [`insert`]), so concurrent statements take their key
+/// locks in one order. Answers, in the order of `streams`, where each event landed or `None`.
+pub(crate) async fn create_streams(
+    pool: &PgPool,
+    aggregate_type: &str,
+    streams: &[(String, SerializedEvent)],
+) -> Result<Vec<Option<(i64, i64)>>, sqlx::Error> {
+    let mut order: Vec<usize> = (0..streams.len()).collect();
+    order.sort_by(|a, b| streams[*a].0.cmp(&streams[*b].0));
+    let mut ids = Vec::with_capacity(streams.len());
+    let mut sequences = Vec::with_capacity(streams.len());
+    let mut event_types = Vec::with_capacity(streams.len());
+    let mut versions = Vec::with_capacity(streams.len());
+    let mut payloads = Vec::with_capacity(streams.len());
+    let mut metadata = Vec::with_capacity(streams.len());
+    for index in &order {
+        let (id, event) = &streams[*index];
+        ids.push(id.as_str());
+        sequences.push(i64::try_from(event.sequence).unwrap_or(i64::MAX));
+        event_types.push(event.event_type.as_str());
+        versions.push(event.event_version.as_str());
+        payloads.push(&event.payload);
+        metadata.push(&event.metadata);
+    }
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         SELECT $1, i, s, e, v, p, m
+           FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[],
+                       $7::jsonb[]) WITH ORDINALITY AS u(i, s, e, v, p, m, n)
+          ORDER BY n
+         ON CONFLICT DO NOTHING
+         RETURNING aggregate_id, position, txid::text::bigint",
+    )
+    .bind(aggregate_type)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&event_types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metadata)
+    .fetch_all(pool)
+    .await?;
+    let mut placed: std::collections::HashMap<String, (i64, i64)> = rows
+        .into_iter()
+        .map(|(id, position, txid)| (id, (position, txid)))
+        .collect();
+    Ok(streams.iter().map(|(id, _)| placed.remove(id)).collect())
+}
+
 /// The committer's test hooks: empty (and compiled away) without the `testing` feature.
 #[cfg(not(feature = "testing"))]
 #[derive(Debug)]

@@ -89,6 +89,18 @@ pub(crate) trait LedgerStore {
         A: LedgerAggregate,
         A::Command: Clone;
 
+    /// Starts new streams of type `A`, one event each (`streams`: distinct ids, each with its
+    /// stream's first event), together: on PostgreSQL one statement, on SQLite one transaction
+    /// per stream. A stream that already exists is left as it is and answers `None`; the others
+    /// answer where their event landed, in the order given.
+    async fn create_streams<A>(
+        &self,
+        streams: Vec<(String, SerializedEvent)>,
+    ) -> anyhow::Result<Vec<Option<(i64, i64)>>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone;
+
     /// Up to `limit` events after `after` in log order (see [`crate::log`]).
     async fn read_log(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>>;
 
@@ -226,6 +238,17 @@ impl LedgerStore for Store {
         A::Command: Clone,
     {
         dispatch!(self, store => store.append::<A>(id, events).await)
+    }
+
+    async fn create_streams<A>(
+        &self,
+        streams: Vec<(String, SerializedEvent)>,
+    ) -> anyhow::Result<Vec<Option<(i64, i64)>>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        dispatch!(self, store => store.create_streams::<A>(streams).await)
     }
 
     async fn read_log(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {

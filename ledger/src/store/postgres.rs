@@ -168,6 +168,19 @@ impl LedgerStore for PostgresStore {
         self.committer().append(A::TYPE, id, events).await
     }
 
+    async fn create_streams<A>(
+        &self,
+        streams: Vec<(String, SerializedEvent)>,
+    ) -> anyhow::Result<Vec<Option<(i64, i64)>>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        super::commit::create_streams(&self.pool, A::TYPE, &streams)
+            .await
+            .context("starting streams")
+    }
+
     async fn read_log(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {
         let rows = sqlx::query(READ)
             .bind(after.txid)

@@ -189,6 +189,25 @@ impl LedgerStore for SqliteStore {
         Ok(Outcome::Committed(placed))
     }
 
+    async fn create_streams<A>(
+        &self,
+        streams: Vec<(String, SerializedEvent)>,
+    ) -> anyhow::Result<Vec<Option<(i64, i64)>>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
+        // One writer at a time: a statement for all would not commit sooner than these.
+        let mut placed = Vec::with_capacity(streams.len());
+        for (id, event) in streams {
+            placed.push(match self.append::<A>(&id, vec![event]).await? {
+                Outcome::Committed(mut at) => at.pop(),
+                Outcome::Conflict => None,
+            });
+        }
+        Ok(placed)
+    }
+
     async fn read_log(&self, after: LogCursor, limit: u32) -> anyhow::Result<Vec<LoggedEvent>> {
         let rows = sqlx::query(READ)
             .bind(after.position)
