@@ -512,32 +512,56 @@ fn owning_run(requester: &UserId, key: Option<&IdempotencyKey>) -> Option<RunId>
 /// A run's fold and its stream's length, as loaded or as a command left it.
 pub type RunFold = (RunState, u64);
 
-/// Starts the runs a received event asked for; a run already started is left alone. Answers
-/// the runs it started, each as its first event left it.
+/// Starts the runs received events asked for (each with its event, the event id as correlation
+/// id), their first events appended together; a run already started is left alone. Answers the
+/// runs it started, each as its first event left it.
 pub async fn start_runs(
     app: &App,
-    tenant: &TenantId,
-    event: &CloudEvent,
-    starts: &[RunStart],
-    correlation: Option<CorrelationId>,
+    received: Vec<(TenantId, CloudEvent, Vec<RunStart>)>,
 ) -> Result<Vec<RunFold>, AppError> {
+    let mut ids = Vec::new();
+    let mut commands = Vec::new();
+    for (tenant, event, starts) in received {
+        let correlation = CorrelationId::parse(event.id.clone()).ok();
+        for start in starts {
+            let actor = engine_actor(&tenant, &start.workflow.id, correlation.clone())?;
+            let metadata = actor.metadata(actor.correlation_id.clone());
+            ids.push(start.run_id);
+            commands.push((
+                RunCommand::StartRun {
+                    tenant: tenant.clone(),
+                    at: chrono::Utc::now(),
+                    run_id: start.run_id,
+                    workflow: Box::new(start.workflow),
+                    event: Box::new(event.clone()),
+                },
+                metadata,
+            ));
+        }
+    }
+    let results = app
+        .ledger
+        .execute_creations::<WorkflowRun>(
+            ids.iter()
+                .zip(commands)
+                .map(|(id, (command, metadata))| (id, command, metadata))
+                .collect(),
+        )
+        .await;
     let mut started = Vec::new();
-    for start in starts {
-        let command = RunCommand::StartRun {
-            tenant: tenant.clone(),
-            at: chrono::Utc::now(),
-            run_id: start.run_id,
-            workflow: Box::new(start.workflow.clone()),
-            event: Box::new(event.clone()),
-        };
-        let actor = engine_actor(tenant, &start.workflow.id, correlation.clone())?;
-        match run_command(app, &actor, start.run_id, command).await {
-            Ok(fold) => started.extend(fold),
-            Err(AppError::CannotDo {
-                code: "already_started",
-                ..
-            }) => {}
-            Err(err) => return Err(err),
+    for result in results {
+        count("RunCommand", &result, WorkflowError::code);
+        match result {
+            Ok(committed) => {
+                let sequence = committed.events.last().map(|event| event.sequence);
+                started.extend(
+                    sequence
+                        .zip(committed.aggregate.state)
+                        .map(|(sequence, state)| (*state, sequence)),
+                );
+            }
+            Err(LedgerError::Rejected(WorkflowError::AlreadyStarted)) => {}
+            Err(err) => return Err(err.into()),
         }
     }
     Ok(started)

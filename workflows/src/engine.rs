@@ -1,7 +1,8 @@
 //! The workflow engine's tailer.
 //!
 //! Two halves share one tailer lock and one checkpoint. The *starter* reads the log as it grows,
-//! starts the runs each received event recorded (many side by side: one append each) and works
+//! starts the runs the batch's received events recorded (together: one statement starts their
+//! streams, `Ledger::execute_creations`) and works
 //! out which runs the batch touches; the *settler* moves those runs on (submits their steps'
 //! actions, records what became of them) and only then saves the checkpoint. Starting a run
 //! never waits behind moving other runs on, so the time from an event accepted to its run
@@ -20,7 +21,7 @@ use countersign_domain::action::{Action, ActionEvent};
 use countersign_domain::workflow::{
     CloudEvent, IntakeEvent, IntakeEventEvent, RunId, RunStart, WorkflowRun,
 };
-use countersign_domain::{ActionId, CorrelationId, TenantId};
+use countersign_domain::{ActionId, TenantId};
 use countersign_ledger::{LogCursor, LogWaker, LoggedEvent};
 use cqrs_es::Aggregate as _;
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -41,10 +42,6 @@ const STEP_EVENTS: [&str; 7] = [
 
 /// Runs moved on at once.
 const CONCURRENCY: usize = 16;
-
-/// Received events whose runs are started at once (each start is one append; the store commits
-/// concurrent appends together).
-const STARTS: usize = 64;
 
 /// The most runs the settler takes in one pass when batches have queued up.
 const SETTLE_BATCH: usize = 2_000;
@@ -179,22 +176,18 @@ impl Engine {
         Ok(scan)
     }
 
-    /// Starts the runs the received events recorded, side by side; answers those it started.
+    /// Starts the runs the received events recorded, together (one statement starts their
+    /// streams); answers those it started.
     async fn start(
         app: &App,
         starts: Vec<(TenantId, CloudEvent, Vec<RunStart>)>,
     ) -> anyhow::Result<HashMap<RunId, RunFold>> {
-        let started: Vec<Vec<RunFold>> = futures::stream::iter(starts)
-            .map(|(tenant, event, starts)| async move {
-                let correlation = CorrelationId::parse(event.id.clone()).ok();
-                workflows::start_runs(app, &tenant, &event, &starts, correlation).await
-            })
-            .buffer_unordered(STARTS)
-            .try_collect()
-            .await?;
+        if starts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let started = workflows::start_runs(app, starts).await?;
         Ok(started
             .into_iter()
-            .flatten()
             .map(|fold| (fold.0.run_id, fold))
             .collect())
     }
