@@ -361,6 +361,7 @@ impl Ledger {
             let mut answers: Vec<Option<Answer<A>>> = (0..count).map(|_| None).collect();
             let mut alone = Vec::new();
             let mut together = Vec::new();
+            let mut rows = Vec::new();
             let mut ids = std::collections::HashSet::new();
             for (index, (id, command, metadata)) in commands.into_iter().enumerate() {
                 // The stored form of the id: the store's key from here on.
@@ -372,21 +373,33 @@ impl Ledger {
                 }
                 match decide_fresh::<A>(&key, command.clone(), &metadata).await {
                     Ok(Some((aggregate, event, serialized))) => {
-                        together
-                            .push((index, key, command, metadata, aggregate, event, serialized));
+                        rows.push((key.clone(), serialized));
+                        together.push((index, key, command, metadata, aggregate, event));
                     }
                     Ok(None) => alone.push((index, key, command, metadata, true)),
                     Err(err) => answers[index] = Some(Err(err)),
                 }
             }
-            let rows = together
-                .iter()
-                .map(|(_, key, _, _, _, _, serialized)| (key.clone(), serialized.clone()))
-                .collect();
-            match self.store.create_streams::<A>(rows).await {
+            if together.len() < 2 {
+                // One creation alone joins the group committer with other writers' commands.
+                rows.clear();
+                alone.extend(
+                    together
+                        .drain(..)
+                        .map(|(index, key, command, metadata, ..)| {
+                            (index, key, command, metadata, true)
+                        }),
+                );
+            }
+            let created = if together.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store.create_streams::<A>(rows).await
+            };
+            match created {
                 Ok(placed) => {
                     for (entry, placed) in together.into_iter().zip(placed) {
-                        let (index, key, command, metadata, aggregate, event, _) = entry;
+                        let (index, key, command, metadata, aggregate, event) = entry;
                         match placed {
                             Some((position, txid)) => {
                                 answers[index] = Some(Ok(Committed {
