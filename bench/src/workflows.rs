@@ -474,7 +474,7 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
     let _ = writeln!(markdown, "## Workflows\n");
     let _ = writeln!(
         markdown,
-        "{} · PostgreSQL and NATS 2.9 (JetStream, file storage) on loopback · {} runs · the host was busy (other builds and tests on its two cores).\n",
+        "{} · PostgreSQL and NATS 2.9 (JetStream, file storage) on loopback · {} runs.\n",
         machine(),
         settings.runs
     );

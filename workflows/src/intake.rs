@@ -305,7 +305,13 @@ impl NatsIntake {
         let mut backoff = Duration::from_millis(200);
         while !*shutdown.borrow() {
             let messages = match self.consumer().await {
-                Ok(consumer) => consumer.messages().await.map_err(anyhow::Error::from),
+                // Pulled in batches as large as the handler's, so that a burst arrives ready.
+                Ok(consumer) => consumer
+                    .stream()
+                    .max_messages_per_batch(BATCH)
+                    .messages()
+                    .await
+                    .map_err(anyhow::Error::from),
                 Err(err) => Err(err),
             };
             let mut messages = match messages {
