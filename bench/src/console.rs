@@ -451,7 +451,7 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
     let _ = writeln!(markdown, "## The web console\n");
     let _ = writeln!(
         markdown,
-        "{} · `countersign serve` (release) and PostgreSQL on loopback, JWT authentication on, the console signed in through its form (a session cookie, re-authenticated on every request) · {} runs; measured while other builds shared the host's cores.\n",
+        "{} · `countersign serve` (release) and PostgreSQL on loopback, JWT authentication on, the console signed in through its form (a session cookie, re-authenticated on every request) · {} runs.\n",
         machine(),
         settings.runs
     );

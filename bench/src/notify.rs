@@ -577,7 +577,7 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
     let _ = writeln!(markdown, "## Notifications\n");
     let _ = writeln!(
         markdown,
-        "{} · PostgreSQL, fresh database · {} runs · measured while other builds shared the host.\n",
+        "{} · PostgreSQL, fresh database · {} runs.\n",
         machine(),
         settings.runs
     );
