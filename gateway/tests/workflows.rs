@@ -584,39 +584,68 @@ async fn an_engine_killed_mid_stream_skips_nothing_and_runs_nothing_twice() {
     }
 }
 
+/// A JetStream intake of the test's own: its stream (deleted on drop) created, a client, the
+/// settings, and a subscription to its dead letters.
+struct Intake {
+    _stream: TestStream,
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    config: IntakeConfig,
+    dead_letters: async_nats::Subscriber,
+}
+
+async fn intake(tag: &str, duplicate_window: Duration) -> Intake {
+    let stream = TestStream::new(tag);
+    let client = async_nats::connect(stream.url())
+        .await
+        .expect("NATS with JetStream");
+    let config = IntakeConfig {
+        stream: stream.name.clone(),
+        prefix: stream.prefix.clone(),
+        consumer: "intake".into(),
+        duplicate_window,
+    };
+    let jetstream = async_nats::jetstream::new(client.clone());
+    config.ensure(&jetstream).await.expect("the intake stream");
+    let dead_letters = client
+        .subscribe(config.dead_letter_subject())
+        .await
+        .expect("subscribe");
+    Intake {
+        _stream: stream,
+        client,
+        jetstream,
+        config,
+        dead_letters,
+    }
+}
+
+impl Intake {
+    /// Runs the intake for `app` until the sender drops or sends `true`.
+    fn start(&self, app: &TestApp) -> watch::Sender<bool> {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(
+            NatsIntake {
+                app: app.state.app.clone(),
+                client: self.client.clone(),
+                config: self.config.clone(),
+            }
+            .run(stopped),
+        );
+        stop
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_jetstream_event_runs_once_even_after_the_duplicate_window() {
     let app = TestApp::with_nats_executor("postgres", WEBHOOK_KEY).await;
     let _engine = start_engine(&app);
-    let intake_stream = TestStream::new("intake");
-    let client = async_nats::connect(intake_stream.url())
-        .await
-        .expect("NATS with JetStream");
-    let config = IntakeConfig {
-        stream: intake_stream.name.clone(),
-        prefix: intake_stream.prefix.clone(),
-        consumer: "intake".into(),
-        duplicate_window: Duration::from_secs(1),
-    };
-    let (stop_intake, stopped) = watch::channel(false);
-    tokio::spawn(
-        NatsIntake {
-            app: app.state.app.clone(),
-            client: client.clone(),
-            config: config.clone(),
-        }
-        .run(stopped),
-    );
+    let mut intake = intake("intake", Duration::from_secs(1)).await;
+    let stop_intake = intake.start(&app);
     let (url, deliveries) = receiver().await;
     let owner = token("olga", "acme", &["owner"]);
     setup(&app, &owner, &url, refunds_workflow(true)).await;
-    let jetstream = async_nats::jetstream::new(client.clone());
-    config.ensure(&jetstream).await.expect("the intake stream");
-    let mut dead_letters = client
-        .subscribe(config.dead_letter_subject())
-        .await
-        .expect("subscribe");
-
+    let (jetstream, config) = (&intake.jetstream, &intake.config);
     let publish = async |subject: String, event: &Value| {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", event["id"].as_str().unwrap_or_default());
@@ -667,7 +696,7 @@ async fn a_jetstream_event_runs_once_even_after_the_duplicate_window() {
     .await;
     let mut codes = Vec::new();
     for _ in 0..2 {
-        let letter = tokio::time::timeout(Duration::from_secs(30), dead_letters.next())
+        let letter = tokio::time::timeout(Duration::from_secs(30), intake.dead_letters.next())
             .await
             .expect("a dead letter")
             .expect("a message");
@@ -694,25 +723,11 @@ async fn a_jetstream_event_runs_once_even_after_the_duplicate_window() {
 async fn a_burst_over_jetstream_is_recorded_once_per_event() {
     let app = TestApp::with_executor("postgres", WEBHOOK_KEY).await;
     let _engine = start_engine(&app);
-    let intake_stream = TestStream::new("burst");
-    let client = async_nats::connect(intake_stream.url())
-        .await
-        .expect("NATS with JetStream");
-    let config = IntakeConfig {
-        stream: intake_stream.name.clone(),
-        prefix: intake_stream.prefix.clone(),
-        consumer: "intake".into(),
-        duplicate_window: Duration::from_secs(120),
-    };
+    let mut intake = intake("burst", Duration::from_secs(120)).await;
     let (url, _deliveries) = receiver().await;
     let owner = token("olga", "acme", &["owner"]);
     setup(&app, &owner, &url, refunds_workflow(true)).await;
-    let jetstream = async_nats::jetstream::new(client.clone());
-    config.ensure(&jetstream).await.expect("the intake stream");
-    let mut dead_letters = client
-        .subscribe(config.dead_letter_subject())
-        .await
-        .expect("subscribe");
+    let (jetstream, config) = (&intake.jetstream, &intake.config);
 
     const EVENTS: usize = 40;
     let mut acks = Vec::new();
@@ -755,16 +770,8 @@ async fn a_burst_over_jetstream_is_recorded_once_per_event() {
         assert!(!ack.await.expect("stored").duplicate);
     }
 
-    let (stop_intake, stopped) = watch::channel(false);
-    tokio::spawn(
-        NatsIntake {
-            app: app.state.app.clone(),
-            client: client.clone(),
-            config: config.clone(),
-        }
-        .run(stopped),
-    );
-    let letter = tokio::time::timeout(Duration::from_secs(30), dead_letters.next())
+    let stop_intake = intake.start(&app);
+    let letter = tokio::time::timeout(Duration::from_secs(30), intake.dead_letters.next())
         .await
         .expect("a dead letter")
         .expect("a message");

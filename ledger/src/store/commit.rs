@@ -190,26 +190,49 @@ fn is_conflict(err: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code.as_ref(), "23505" | "40001" | "40P01"))
 }
 
+/// Events to append as `UNNEST` takes them: one array per column.
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    sequences: Vec<i64>,
+    event_types: Vec<&'a str>,
+    versions: Vec<&'a str>,
+    payloads: Vec<&'a serde_json::Value>,
+    metadata: Vec<&'a serde_json::Value>,
+}
+
+impl<'a> Columns<'a> {
+    fn with_capacity(count: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(count),
+            sequences: Vec::with_capacity(count),
+            event_types: Vec::with_capacity(count),
+            versions: Vec::with_capacity(count),
+            payloads: Vec::with_capacity(count),
+            metadata: Vec::with_capacity(count),
+        }
+    }
+
+    fn push(&mut self, aggregate_id: &'a str, event: &'a SerializedEvent) {
+        self.ids.push(aggregate_id);
+        self.sequences
+            .push(i64::try_from(event.sequence).unwrap_or(i64::MAX));
+        self.event_types.push(event.event_type.as_str());
+        self.versions.push(event.event_version.as_str());
+        self.payloads.push(&event.payload);
+        self.metadata.push(&event.metadata);
+    }
+}
+
 /// One autocommitted statement appending every event of the group, in the group's order.
 async fn insert(pool: &PgPool, group: &[Pending], probe: &Probe) -> Result<Placed, sqlx::Error> {
     probe.statement(group.len());
     let count = group.iter().map(|pending| pending.events.len()).sum();
     let mut types = Vec::with_capacity(count);
-    let mut ids = Vec::with_capacity(count);
-    let mut sequences = Vec::with_capacity(count);
-    let mut event_types = Vec::with_capacity(count);
-    let mut versions = Vec::with_capacity(count);
-    let mut payloads = Vec::with_capacity(count);
-    let mut metadata = Vec::with_capacity(count);
+    let mut columns = Columns::with_capacity(count);
     for pending in group {
         for event in &pending.events {
             types.push(pending.aggregate_type.as_str());
-            ids.push(pending.aggregate_id.as_str());
-            sequences.push(i64::try_from(event.sequence).unwrap_or(i64::MAX));
-            event_types.push(event.event_type.as_str());
-            versions.push(event.event_version.as_str());
-            payloads.push(&event.payload);
-            metadata.push(&event.metadata);
+            columns.push(&pending.aggregate_id, event);
         }
     }
     let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
@@ -229,12 +252,12 @@ async fn insert(pool: &PgPool, group: &[Pending], probe: &Probe) -> Result<Place
           ORDER BY u.n",
     )
     .bind(&types)
-    .bind(&ids)
-    .bind(&sequences)
-    .bind(&event_types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
+    .bind(&columns.ids)
+    .bind(&columns.sequences)
+    .bind(&columns.event_types)
+    .bind(&columns.versions)
+    .bind(&columns.payloads)
+    .bind(&columns.metadata)
     .fetch_all(pool)
     .await?;
     if rows.len() != count {
@@ -261,20 +284,10 @@ pub(crate) async fn create_streams(
 ) -> Result<Vec<Option<(i64, i64)>>, sqlx::Error> {
     let mut order: Vec<usize> = (0..streams.len()).collect();
     order.sort_by(|a, b| streams[*a].0.cmp(&streams[*b].0));
-    let mut ids = Vec::with_capacity(streams.len());
-    let mut sequences = Vec::with_capacity(streams.len());
-    let mut event_types = Vec::with_capacity(streams.len());
-    let mut versions = Vec::with_capacity(streams.len());
-    let mut payloads = Vec::with_capacity(streams.len());
-    let mut metadata = Vec::with_capacity(streams.len());
+    let mut columns = Columns::with_capacity(streams.len());
     for index in &order {
         let (id, event) = &streams[*index];
-        ids.push(id.as_str());
-        sequences.push(i64::try_from(event.sequence).unwrap_or(i64::MAX));
-        event_types.push(event.event_type.as_str());
-        versions.push(event.event_version.as_str());
-        payloads.push(&event.payload);
-        metadata.push(&event.metadata);
+        columns.push(id, event);
     }
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
@@ -287,12 +300,12 @@ pub(crate) async fn create_streams(
          RETURNING aggregate_id, position, txid::text::bigint",
     )
     .bind(aggregate_type)
-    .bind(&ids)
-    .bind(&sequences)
-    .bind(&event_types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
+    .bind(&columns.ids)
+    .bind(&columns.sequences)
+    .bind(&columns.event_types)
+    .bind(&columns.versions)
+    .bind(&columns.payloads)
+    .bind(&columns.metadata)
     .fetch_all(pool)
     .await?;
     let mut placed: std::collections::HashMap<String, (i64, i64)> = rows
