@@ -77,8 +77,23 @@ pub struct Sealer {
     checkpoint: Option<SealCheckpoint>,
     /// Trees as committed, valid while `checkpoint` is.
     trees: HashMap<String, TreeState>,
-    /// The batch after this cursor, read while the previous one was sealed.
-    ahead: Option<(LogCursor, Vec<LoggedEvent>)>,
+    /// The batch after the checkpoint, read and prepared while the previous one was written.
+    ahead: Option<Prepared>,
+}
+
+/// A batch ready to be written: its leaves hashed, its trees grown, its heads signed — all in
+/// memory, nothing stored yet.
+#[derive(Debug)]
+struct Prepared {
+    /// The checkpoint the batch follows.
+    after: SealCheckpoint,
+    events: Vec<LoggedEvent>,
+    sequences: Vec<u64>,
+    digests: Vec<EventDigest>,
+    /// The trees of the batch's tenants as the batch leaves them.
+    touched: BTreeMap<String, TreeState>,
+    heads: Vec<SignedHead>,
+    now: DateTime<Utc>,
 }
 
 /// A leaf as written to `ledger_leaves`.
@@ -168,8 +183,10 @@ impl Sealer {
 
     /// Seals the next batch after the checkpoint, in one transaction with the new checkpoint.
     ///
-    /// While a full batch is hashed and written, the next one is read: catching up, the sealer
-    /// waits for neither the log nor its own writes alone.
+    /// While a full batch is written, the next one is read and prepared (hashed, its trees grown
+    /// from the trees this batch leaves, its heads signed): catching up, the sealer waits for
+    /// neither the log, nor the hashing, nor its own writes alone. A prepared batch is used only
+    /// if the one before it committed; otherwise it is dropped and read again.
     pub async fn process_next(&mut self) -> anyhow::Result<Outcome> {
         let checkpoint = match self.checkpoint {
             Some(checkpoint) => checkpoint,
@@ -179,44 +196,65 @@ impl Sealer {
                 self.store.checkpoint().await?
             }
         };
-        let events = match self.ahead.take() {
-            Some((after, events)) if after == checkpoint.cursor => events,
+        let prepared = match self.ahead.take() {
+            Some(prepared) if prepared.after.cursor == checkpoint.cursor => prepared,
             _ => {
-                self.ledger
+                let events = self
+                    .ledger
                     .read_log(checkpoint.cursor, self.config.batch)
-                    .await?
+                    .await?;
+                if events.is_empty() {
+                    self.checkpoint = Some(checkpoint);
+                    let heads = self.sign_heads(false).await?;
+                    self.publish_pending().await;
+                    self.report_lag(checkpoint.cursor).await;
+                    return Ok(Outcome::Idle { heads });
+                }
+                self.prepare(checkpoint, events, None).await?
             }
         };
-        let Some(last) = events.last() else {
-            self.checkpoint = Some(checkpoint);
-            let heads = self.sign_heads(false).await?;
-            self.publish_pending().await;
-            self.report_lag(checkpoint.cursor).await;
-            return Ok(Outcome::Idle { heads });
+        let Some(cursor) = prepared.events.last().map(|event| event.cursor) else {
+            return Ok(Outcome::Idle { heads: 0 });
         };
-        let cursor = last.cursor;
-        let count = events.len();
+        let count = prepared.events.len();
+        let next_checkpoint = SealCheckpoint {
+            cursor,
+            events: checkpoint.events + i64::try_from(count).unwrap_or(i64::MAX),
+        };
         // Only a full batch suggests more is waiting; at the head of the log there is nothing to
         // read ahead of.
-        let read_next = (count >= self.config.batch as usize).then(|| {
-            let (ledger, batch) = (self.ledger.clone(), self.config.batch);
-            async move { ledger.read_log(cursor, batch).await.ok() }
-        });
-        let (sealed, next) = tokio::join!(self.seal(checkpoint, events), async move {
-            match read_next {
-                Some(read) => read.await,
-                None => None,
-            }
-        });
-        let heads = match sealed? {
-            Some(heads) => heads,
-            None => return Ok(Outcome::Idle { heads: 0 }),
-        };
-        if let Some(next) = next.filter(|next| !next.is_empty()) {
-            self.ahead = Some((cursor, next));
+        let full = count >= self.config.batch as usize;
+        let this = &*self;
+        let (written, next, head) = tokio::join!(
+            this.write(&prepared),
+            async {
+                if !full {
+                    return None;
+                }
+                let events = this.ledger.read_log(cursor, this.config.batch).await.ok()?;
+                if events.is_empty() {
+                    return None;
+                }
+                this.prepare(next_checkpoint, events, Some(&prepared.touched))
+                    .await
+                    .ok()
+            },
+            this.ledger.log_head(),
+        );
+        if !written? {
+            // Another sealer moved the checkpoint: nothing was written; start again from the store.
+            self.checkpoint = None;
+            return Ok(Outcome::Idle { heads: 0 });
         }
+        let heads = prepared.heads.len();
+        self.trees.extend(prepared.touched);
+        self.checkpoint = Some(next_checkpoint);
+        self.ahead = next;
         self.publish_pending().await;
-        self.report_lag(cursor).await;
+        if let Ok(head) = head {
+            metrics::gauge!("countersign_sealer_lag_events")
+                .set((head.position - cursor.position).max(0) as f64);
+        }
         Ok(Outcome::Sealed {
             events: count,
             heads,
@@ -224,21 +262,18 @@ impl Sealer {
         })
     }
 
-    /// Seals `events` (the batch after `checkpoint`): gives each its ledger sequence, hashes the
-    /// leaves (in parallel: a leaf depends only on its event and ledger sequence), appends them to
-    /// the trees in log order, signs the heads that came due and writes everything with the new
-    /// checkpoint. `None` when another sealer moved the checkpoint (nothing was written).
-    async fn seal(
-        &mut self,
-        checkpoint: SealCheckpoint,
+    /// Prepares `events` (the batch after `after`): gives each its ledger sequence, hashes the
+    /// leaves (in parallel: a leaf depends only on its event and ledger sequence), appends them
+    /// to the trees in log order — the trees as `pending` leaves them, else as committed — and
+    /// signs the heads that came due.
+    async fn prepare(
+        &self,
+        after: SealCheckpoint,
         events: Vec<LoggedEvent>,
-    ) -> anyhow::Result<Option<usize>> {
-        let Some(last) = events.last() else {
-            return Ok(Some(0));
-        };
-        let cursor = last.cursor;
+        pending: Option<&BTreeMap<String, TreeState>>,
+    ) -> anyhow::Result<Prepared> {
         let now = Utc::now();
-        let mut touched = self.load_trees(&events).await?;
+        let mut touched = self.load_trees(&events, pending).await?;
         let mut sizes: HashMap<&str, u64> = touched
             .iter()
             .map(|(tenant, tree)| (tenant.as_str(), tree.frontier.size()))
@@ -270,10 +305,36 @@ impl Sealer {
                 heads.push(head);
             }
         }
+        Ok(Prepared {
+            after,
+            events,
+            sequences,
+            digests,
+            touched,
+            heads,
+            now,
+        })
+    }
+
+    /// Writes a prepared batch — leaves, heads, trees — with the new checkpoint in one
+    /// transaction. `false` when another sealer moved the checkpoint (nothing was written).
+    async fn write(&self, prepared: &Prepared) -> anyhow::Result<bool> {
+        let Prepared {
+            after,
+            events,
+            sequences,
+            digests,
+            touched,
+            heads,
+            now,
+        } = prepared;
+        let Some(cursor) = events.last().map(|event| event.cursor) else {
+            return Ok(true);
+        };
         let leaves: Vec<LeafRow<'_>> = events
             .iter()
-            .zip(&sequences)
-            .zip(&digests)
+            .zip(sequences)
+            .zip(digests)
             .map(|((event, ledger_sequence), digest)| LeafRow {
                 tenant: &event.tenant,
                 ledger_sequence: i64_of(*ledger_sequence),
@@ -302,7 +363,7 @@ impl Sealer {
         }
         let trees: Vec<&TreeState> = touched.values().collect();
         for chunk in trees.chunks(100) {
-            upsert_trees(&mut tx, chunk, now).await?;
+            upsert_trees(&mut tx, chunk, *now).await?;
         }
         let moved = sqlx::query(
             "UPDATE ledger_seal
@@ -313,32 +374,27 @@ impl Sealer {
         .bind(cursor.txid)
         .bind(cursor.position)
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .bind(micros(now))
-        .bind(checkpoint.cursor.txid)
-        .bind(checkpoint.cursor.position)
+        .bind(micros(*now))
+        .bind(after.cursor.txid)
+        .bind(after.cursor.position)
         .execute(&mut *tx)
         .await
         .context("moving the sealer's checkpoint")?;
         if moved.rows_affected() != 1 {
-            // Another sealer moved the checkpoint: seal nothing, start again from the store.
             tx.rollback().await?;
-            self.checkpoint = None;
-            return Ok(None);
+            return Ok(false);
         }
         tx.commit().await.context("committing sealed leaves")?;
-        self.trees.extend(touched);
-        self.checkpoint = Some(SealCheckpoint {
-            cursor,
-            events: checkpoint.events + events.len() as i64,
-        });
-        Ok(Some(heads.len()))
+        Ok(true)
     }
 
-    /// The trees of the tenants of `events` as committed: from the cache, else from the store
-    /// (one query for all the batch's tenants not cached), else new.
+    /// The trees of the tenants of `events`: as `pending` (a batch being written) leaves them,
+    /// else as committed — from the cache, else from the store (one query for all the batch's
+    /// tenants not cached), else new.
     async fn load_trees(
         &self,
         events: &[LoggedEvent],
+        pending: Option<&BTreeMap<String, TreeState>>,
     ) -> anyhow::Result<BTreeMap<String, TreeState>> {
         let mut touched: BTreeMap<String, TreeState> = BTreeMap::new();
         let mut unknown: Vec<&str> = Vec::new();
@@ -346,7 +402,10 @@ impl Sealer {
             if touched.contains_key(&event.tenant) || unknown.contains(&event.tenant.as_str()) {
                 continue;
             }
-            match self.trees.get(&event.tenant) {
+            let known = pending
+                .and_then(|pending| pending.get(&event.tenant))
+                .or_else(|| self.trees.get(&event.tenant));
+            match known {
                 Some(tree) => {
                     touched.insert(event.tenant.clone(), tree.clone());
                 }
