@@ -46,7 +46,7 @@ pub struct SealerConfig {
 impl Default for SealerConfig {
     fn default() -> Self {
         Self {
-            batch: 1000,
+            batch: 2500,
             every_events: 1000,
             every_seconds: Duration::from_secs(10),
             signer: None,
