@@ -212,6 +212,20 @@ impl<'a> Columns<'a> {
         }
     }
 
+    /// Binds the columns, in this order, after the parameters `query` has.
+    fn bind_to<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.sequences)
+            .bind(&self.event_types)
+            .bind(&self.versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+    }
+
     fn push(&mut self, aggregate_id: &'a str, event: &'a SerializedEvent) {
         self.ids.push(aggregate_id);
         self.sequences
@@ -235,7 +249,7 @@ async fn insert(pool: &PgPool, group: &[Pending], probe: &Probe) -> Result<Place
             columns.push(&pending.aggregate_id, event);
         }
     }
-    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+    let query = sqlx::query_as(
         "WITH appended AS (
            INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                                payload, metadata)
@@ -251,15 +265,8 @@ async fn insert(pool: &PgPool, group: &[Pending], probe: &Probe) -> Result<Place
              ON (a.aggregate_type, a.aggregate_id, a.sequence) = (u.t, u.i, u.s)
           ORDER BY u.n",
     )
-    .bind(&types)
-    .bind(&columns.ids)
-    .bind(&columns.sequences)
-    .bind(&columns.event_types)
-    .bind(&columns.versions)
-    .bind(&columns.payloads)
-    .bind(&columns.metadata)
-    .fetch_all(pool)
-    .await?;
+    .bind(&types);
+    let rows: Vec<(i64, i64, i64)> = columns.bind_to(query).fetch_all(pool).await?;
     if rows.len() != count {
         return Err(sqlx::Error::Protocol(format!(
             "appended {count} events but {} came back",
@@ -289,7 +296,7 @@ pub(crate) async fn create_streams(
         let (id, event) = &streams[*index];
         columns.push(id, event);
     }
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+    let query = sqlx::query_as(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata)
          SELECT $1, i, s, e, v, p, m
@@ -299,15 +306,8 @@ pub(crate) async fn create_streams(
          ON CONFLICT DO NOTHING
          RETURNING aggregate_id, position, txid::text::bigint",
     )
-    .bind(aggregate_type)
-    .bind(&columns.ids)
-    .bind(&columns.sequences)
-    .bind(&columns.event_types)
-    .bind(&columns.versions)
-    .bind(&columns.payloads)
-    .bind(&columns.metadata)
-    .fetch_all(pool)
-    .await?;
+    .bind(aggregate_type);
+    let rows: Vec<(String, i64, i64)> = columns.bind_to(query).fetch_all(pool).await?;
     let mut placed: std::collections::HashMap<String, (i64, i64)> = rows
         .into_iter()
         .map(|(id, position, txid)| (id, (position, txid)))
