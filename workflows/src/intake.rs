@@ -217,7 +217,7 @@ impl NatsIntake {
         }
         for (tenant, received) in tenants {
             let (messages, events): (Vec<_>, Vec<_>) = received.into_iter().unzip();
-            match self.receive(tenant.clone(), events.clone()).await {
+            match self.receive(tenant.clone(), events).await {
                 Ok(statuses) => {
                     for (message, status) in messages.iter().zip(statuses) {
                         Self::accepted(message, status).await;
@@ -229,8 +229,13 @@ impl NatsIntake {
                     }
                 }
                 Err(_) => {
-                    for (message, event) in messages.into_iter().zip(events) {
-                        self.handle_alone(&tenant, message, event).await;
+                    // Each alone, checked again from its message (the batch's events were moved
+                    // into the attempt; the rare failure pays for a second parse).
+                    for message in messages {
+                        match self.check(message.subject.as_str(), &message.payload) {
+                            Ok((tenant, event)) => self.handle_alone(&tenant, message, event).await,
+                            Err(refusal) => self.refuse(&message, &refusal).await,
+                        }
                     }
                 }
             }
