@@ -552,14 +552,7 @@ pub async fn start_runs(
     for result in results {
         count("RunCommand", &result, WorkflowError::code);
         match result {
-            Ok(committed) => {
-                let sequence = committed.events.last().map(|event| event.sequence);
-                started.extend(
-                    sequence
-                        .zip(committed.aggregate.state)
-                        .map(|(sequence, state)| (*state, sequence)),
-                );
-            }
+            Ok(committed) => started.extend(fold_of(committed)),
             Err(LedgerError::Rejected(WorkflowError::AlreadyStarted)) => {}
             Err(err) => return Err(err.into()),
         }
@@ -591,11 +584,15 @@ async fn run_command(
         .execute::<WorkflowRun>(&run, command, &actor.metadata(actor.correlation_id.clone()))
         .await;
     count("RunCommand", &result, WorkflowError::code);
-    let committed = result?;
+    Ok(fold_of(result?))
+}
+
+/// The run as a command left it, with its stream's length (`None` when it recorded nothing).
+fn fold_of(committed: countersign_ledger::Committed<WorkflowRun>) -> Option<RunFold> {
     let sequence = committed.events.last().map(|event| event.sequence);
-    Ok(sequence
+    sequence
         .zip(committed.aggregate.state)
-        .map(|(sequence, state)| (*state, sequence)))
+        .map(|(sequence, state)| (*state, sequence))
 }
 
 /// A run as the ledger holds it now, with its stream's length.
