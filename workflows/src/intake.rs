@@ -172,8 +172,9 @@ impl NatsIntake {
         Ok((tenant, event))
     }
 
-    /// Records one tenant's checked events together; `Err(Ok(refusal))` refuses them all (an
-    /// unknown tenant), `Err(Err(_))` is a failure (the caller tries each event alone).
+    /// Records one tenant's checked events together; `Err(Ok(refusal))` is a refusal (of them all
+    /// for an unknown tenant, else of some event: the caller tries each alone), `Err(Err(_))` a
+    /// failure to retry later.
     async fn receive(
         &self,
         tenant: TenantId,
@@ -202,8 +203,9 @@ impl NatsIntake {
 
     /// Handles a batch of messages as they came: each is checked, the valid ones are recorded
     /// together per tenant (one statement starts their streams), and each is acknowledged once
-    /// recorded, or dead-lettered with its refusal. When a tenant's events cannot be recorded
-    /// together, each is tried alone, so that one bad event refuses only itself.
+    /// recorded, or dead-lettered with its refusal. When one of a tenant's events is refused as
+    /// input, each is tried alone, so that the bad one refuses only itself; when the store
+    /// fails, the tenant's messages are redelivered.
     async fn handle_batch(&self, messages: Vec<jetstream::Message>) {
         let mut tenants: std::collections::BTreeMap<
             TenantId,
@@ -228,9 +230,25 @@ impl NatsIntake {
                         self.refuse(message, &refusal).await;
                     }
                 }
-                Err(_) => {
-                    // Each alone, checked again from its message (the batch's events were moved
-                    // into the attempt; the rare failure pays for a second parse).
+                Err(Err(err)) => {
+                    // The store failed (the ledger already tried each event alone): the whole
+                    // batch comes back later rather than failing again event by event now.
+                    warn!(
+                        tenant = %tenant,
+                        messages = messages.len(),
+                        error = format!("{:#}", anyhow::Error::from(err)),
+                        "intake: recording failed; redelivering"
+                    );
+                    for message in &messages {
+                        let _ = message
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                    }
+                }
+                Err(Ok(_)) => {
+                    // An event the ledger refused as input: each alone, checked again from its
+                    // message (the batch's events were moved into the attempt), so that only
+                    // the bad one is refused.
                     for message in messages {
                         match self.check(message.subject.as_str(), &message.payload) {
                             Ok((tenant, event)) => self.handle_alone(&tenant, message, event).await,
