@@ -29,6 +29,7 @@ mod secrets;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transport;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,7 @@ pub use reach::store_unreachable;
 #[cfg(feature = "testing")]
 pub use store::CommitProbe;
 use store::{LedgerStore as _, Store};
+pub use transport::loopback_plain;
 
 /// An aggregate the ledger stores. Its events are upcast on read by `upcasters()`.
 pub trait LedgerAggregate: Aggregate<Services = ()> + Clone + 'static
@@ -196,7 +198,7 @@ impl StoreConfig {
         use sqlx::Executor as _;
         sqlx::any::install_default_drivers();
         let (url, postgres) = match self {
-            Self::Postgres { url } => (url.clone(), true),
+            Self::Postgres { url } => (loopback_plain(url).into_owned(), true),
             Self::Sqlite { path } => (format!("sqlite://{}", path.display()), false),
         };
         sqlx::any::AnyPoolOptions::new()

@@ -1058,3 +1058,53 @@ async fn unreadable_events_are_refused(store: &TestStore) {
     let (notebook, _) = store.ledger.load::<Notebook>("n-1").await.expect("load");
     assert_eq!(notebook.notes, 1);
 }
+
+/// Whether the connection a query runs on is encrypted (PostgreSQL's own view of it).
+async fn encrypted(pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// A server on this host is reached over plain TCP (TLS on loopback cost the service a sixth of
+/// its CPU) unless the URL asks for TLS: both the ledger's pool and the shared pool of the
+/// tables beside it.
+#[tokio::test]
+async fn a_server_on_this_host_is_reached_without_tls_unless_the_url_asks() -> anyhow::Result<()> {
+    let store = TestStore::postgres().await?;
+    let countersign_ledger::Backend::Postgres(pool) = store.ledger.backend() else {
+        anyhow::bail!("a PostgreSQL test store without a PostgreSQL pool");
+    };
+    let url = store.location();
+    assert!(
+        url.contains("127.0.0.1") || url.contains("localhost"),
+        "the test server is expected on this host: {url}"
+    );
+    let offers_tls: String = sqlx::query_scalar("SHOW ssl").fetch_one(pool).await?;
+    assert_eq!(
+        offers_tls, "on",
+        "the test server offers TLS (Debian's default), so a plain connection is a choice"
+    );
+    assert!(!encrypted(pool).await?, "the ledger's pool");
+    let shared = store.config.any_pool(1).await?;
+    let plain: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&shared)
+            .await?;
+    assert!(!plain, "the shared pool");
+    shared.close().await;
+
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let asked = countersign_ledger::StoreConfig::Postgres {
+        url: format!("{url}{separator}sslmode=require"),
+    };
+    let ledger = countersign_ledger::Ledger::open(&asked).await?;
+    let countersign_ledger::Backend::Postgres(pool) = ledger.backend() else {
+        anyhow::bail!("a PostgreSQL store without a PostgreSQL pool");
+    };
+    assert!(encrypted(pool).await?, "sslmode=require is kept");
+    ledger.close().await;
+    Ok(())
+}

@@ -243,6 +243,9 @@ async fn apply_postgres(pool: &sqlx::PgPool, changes: &[Change]) -> anyhow::Resu
     }
     if !forget.is_empty() {
         sqlx::query("DELETE FROM notification_reminders WHERE action_id = ANY($1)")
+            // Planned against the table as it is now, not as it was when first prepared (see
+            // the projections' `write_actions`).
+            .persistent(false)
             .bind(&forget)
             .execute(&mut *tx)
             .await

@@ -46,6 +46,11 @@ SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_i
   FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
  ORDER BY sequence LIMIT 1000";
 
+// STREAMS and POSITIONS go unprepared (`persistent(false)`): PostgreSQL would keep the generic
+// plan it made while the log was small, and for STREAMS that plan walks every event of the
+// aggregate type and filters `aggregate_id = ANY($2)` row by row (seen with auto_explain: the
+// notifier's batch read cost grew with the whole log). Planned per call with the actual arrays,
+// both are index look-ups.
 const STREAMS: &str = "
 SELECT position, txid::text::bigint AS txid, tenant, aggregate_type, aggregate_id, sequence,
        event_type, event_version, payload, metadata, recorded_at
@@ -67,7 +72,7 @@ pub(crate) struct PostgresStore {
 
 impl PostgresStore {
     pub(crate) async fn open(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)
+        let options = PgConnectOptions::from_str(&crate::loopback_plain(url))
             .context("DATABASE_URL is not a valid PostgreSQL URL")?;
         let pool = PgPoolOptions::new()
             .max_connections(32)
@@ -214,6 +219,7 @@ impl LedgerStore for PostgresStore {
         ids: &[String],
     ) -> anyhow::Result<Vec<LoggedEvent>> {
         let rows = sqlx::query(STREAMS)
+            .persistent(false)
             .bind(aggregate_type)
             .bind(ids)
             .fetch_all(&self.pool)
@@ -224,6 +230,7 @@ impl LedgerStore for PostgresStore {
 
     async fn read_positions(&self, positions: &[i64]) -> anyhow::Result<Vec<LoggedEvent>> {
         let rows = sqlx::query(POSITIONS)
+            .persistent(false)
             .bind(positions)
             .fetch_all(&self.pool)
             .await
