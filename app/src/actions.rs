@@ -121,10 +121,9 @@ pub async fn governing(
     requester: &UserId,
     submission: &Submission,
 ) -> Result<(TenantMode, PolicySnapshot), AppError> {
-    let ((settings, _), (policies, _)) = tokio::try_join!(
-        ledger.load::<TenantSettings>(tenant),
-        ledger.load::<PolicySet>(tenant),
-    )?;
+    let ((settings, _), (policies, _)) = ledger
+        .load_pair::<TenantSettings, PolicySet>(tenant, tenant)
+        .await?;
     let risk = assess(submission);
     let facts = submission.facts(requester, &risk);
     Ok((

@@ -461,13 +461,76 @@ impl Ledger {
         A: LedgerAggregate,
         A::Command: Clone,
     {
+        let (state, sequence) = self.load_shared::<A>(id).await?;
+        Ok((Arc::unwrap_or_clone(state), sequence))
+    }
+
+    /// [`Ledger::load`] without a copy: a cached aggregate is shared with the cache rather than
+    /// cloned (a tenant's policies and settings are read on every submission).
+    pub async fn load_shared<A>(&self, id: &A::Id) -> Result<(Arc<A>, u64), LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
         // The stored form of the id: the store's key from here on.
         let id = id.to_string();
         let id = id.as_str();
         if !A::CACHED {
-            return self.fold::<A>(id).await;
+            let (state, sequence) = self.fold::<A>(id).await?;
+            return Ok((Arc::new(state), sequence));
         }
         let version = self.stream_version(A::TYPE, id).await?;
+        self.cached_or_folded::<A>(id, version).await
+    }
+
+    /// Two cached aggregates (a tenant's settings and policies, say) as [`Ledger::load_shared`]
+    /// loads each, their streams' versions read with one statement instead of two.
+    pub async fn load_pair<A, B>(
+        &self,
+        a: &A::Id,
+        b: &B::Id,
+    ) -> Result<((Arc<A>, u64), (Arc<B>, u64)), LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+        B: LedgerAggregate<Error = A::Error>,
+        B::Command: Clone,
+    {
+        if !(A::CACHED && B::CACHED) {
+            return Ok(tokio::try_join!(
+                self.load_shared::<A>(a),
+                self.load_shared::<B>(b)
+            )?);
+        }
+        let (a, b) = (a.to_string(), b.to_string());
+        let (version_a, version_b) = self
+            .store
+            .stream_versions((A::TYPE, &a), (B::TYPE, &b))
+            .await
+            .map_err(LedgerError::Store)?;
+        let version = |version: i64| {
+            u64::try_from(version)
+                .context("a negative stream version")
+                .map_err(LedgerError::Store)
+        };
+        let (version_a, version_b) = (version(version_a)?, version(version_b)?);
+        Ok(tokio::try_join!(
+            self.cached_or_folded::<A>(&a, version_a),
+            self.cached_or_folded::<B>(&b, version_b)
+        )?)
+    }
+
+    /// The cached state of stream `id` when the cache holds it at `version`, else the stream
+    /// folded (and cached).
+    async fn cached_or_folded<A>(
+        &self,
+        id: &str,
+        version: u64,
+    ) -> Result<(Arc<A>, u64), LedgerError<A::Error>>
+    where
+        A: LedgerAggregate,
+        A::Command: Clone,
+    {
         let hit = self
             .cache
             .lock()
@@ -475,19 +538,17 @@ impl Ledger {
             .and_then(|cache| cache.get(&(A::TYPE, id.to_owned())).cloned())
             .filter(|(sequence, _)| *sequence == version)
             .and_then(|(sequence, state)| {
-                state
-                    .downcast_ref::<A>()
-                    .map(|state| (state.clone(), sequence))
+                Arc::downcast::<A>(state)
+                    .ok()
+                    .map(|state| (state, sequence))
             });
         if let Some(hit) = hit {
             return Ok(hit);
         }
         let (state, sequence) = self.fold::<A>(id).await?;
+        let state = Arc::new(state);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(
-                (A::TYPE, id.to_owned()),
-                (sequence, Arc::new(state.clone())),
-            );
+            cache.insert((A::TYPE, id.to_owned()), (sequence, state.clone()));
         }
         Ok((state, sequence))
     }

@@ -923,6 +923,20 @@ async fn cached_streams(store: &TestStore) {
                 serde_json::to_value(settings.settings.mode).expect("mode"),
                 serde_json::json!(mode)
             );
+            // Both of a tenant's streams by one version read: the same answers.
+            let ((settings, version), (policies, policies_version)) = store
+                .ledger
+                .load_pair::<TenantSettings, countersign_domain::tenant::PolicySet>(
+                    &tenant, &tenant,
+                )
+                .await
+                .expect("load pair");
+            assert_eq!(version, round as u64 + 1, "the pair follows the stream");
+            assert_eq!(
+                serde_json::to_value(settings.settings.mode).expect("mode"),
+                serde_json::json!(mode)
+            );
+            assert_eq!((policies.list().len(), policies_version), (0, 0));
         }
     }
 }

@@ -81,6 +81,10 @@ pub(crate) trait LedgerStore {
     /// The last sequence of a stream (0 when it has none): one index probe.
     async fn stream_version(&self, aggregate_type: &str, id: &str) -> anyhow::Result<i64>;
 
+    /// The last sequences of two streams, `(aggregate_type, id)` each, with one statement.
+    async fn stream_versions(&self, a: (&str, &str), b: (&str, &str))
+    -> anyhow::Result<(i64, i64)>;
+
     /// Appends one command's events (all of aggregate `id` of type `A`, sequences consecutive,
     /// serialized as cqrs-es serializes them) atomically, with optimistic concurrency: a taken
     /// sequence is an [`Outcome::Conflict`] and records nothing.
@@ -232,6 +236,14 @@ impl LedgerStore for Store {
         dispatch!(self, store => store.stream_version(aggregate_type, id).await)
     }
 
+    async fn stream_versions(
+        &self,
+        a: (&str, &str),
+        b: (&str, &str),
+    ) -> anyhow::Result<(i64, i64)> {
+        dispatch!(self, store => store.stream_versions(a, b).await)
+    }
+
     async fn append<A>(&self, id: &str, events: Vec<SerializedEvent>) -> anyhow::Result<Outcome>
     where
         A: LedgerAggregate,
@@ -324,6 +336,12 @@ mod sql {
 
     pub(super) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(sequence), 0) FROM events
                       WHERE aggregate_type = $1 AND aggregate_id = $2";
+
+    pub(super) const STREAM_VERSIONS: &str = "SELECT
+        (SELECT COALESCE(MAX(sequence), 0) FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2),
+        (SELECT COALESCE(MAX(sequence), 0) FROM events
+          WHERE aggregate_type = $3 AND aggregate_id = $4)";
 
     pub(super) const COMMITTED_EVENTS: &str = "SELECT COUNT(*) FROM events";
 

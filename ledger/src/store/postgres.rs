@@ -165,6 +165,21 @@ impl LedgerStore for PostgresStore {
             .context("reading the stream's version")
     }
 
+    async fn stream_versions(
+        &self,
+        a: (&str, &str),
+        b: (&str, &str),
+    ) -> anyhow::Result<(i64, i64)> {
+        sqlx::query_as(sql::STREAM_VERSIONS)
+            .bind(a.0)
+            .bind(a.1)
+            .bind(b.0)
+            .bind(b.1)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading two streams' versions")
+    }
+
     async fn append<A>(&self, id: &str, events: Vec<SerializedEvent>) -> anyhow::Result<Outcome>
     where
         A: LedgerAggregate,

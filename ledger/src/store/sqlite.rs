@@ -165,6 +165,21 @@ impl LedgerStore for SqliteStore {
             .context("reading the stream's version")
     }
 
+    async fn stream_versions(
+        &self,
+        a: (&str, &str),
+        b: (&str, &str),
+    ) -> anyhow::Result<(i64, i64)> {
+        sqlx::query_as(sql::STREAM_VERSIONS)
+            .bind(a.0)
+            .bind(a.1)
+            .bind(b.0)
+            .bind(b.1)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading two streams' versions")
+    }
+
     /// sqlite-es's append as cqrs-es's event store makes it (`persist` without a snapshot: one
     /// transaction, an INSERT per event; a taken sequence is its optimistic-lock error), then the
     /// events' positions read back.
