@@ -155,6 +155,13 @@ where
     Ok(())
 }
 
+/// A stream's last sequence as the store keeps it (a bigint) as the ledger counts it.
+fn sequence_of<E: std::error::Error>(version: i64) -> Result<u64, LedgerError<E>> {
+    u64::try_from(version)
+        .context("a negative stream version")
+        .map_err(LedgerError::Store)
+}
+
 /// What a command came to: its committed events, or why it did not commit.
 pub type Answer<A> = Result<Committed<A>, LedgerError<<A as cqrs_es::Aggregate>::Error>>;
 
@@ -508,12 +515,7 @@ impl Ledger {
             .stream_versions((A::TYPE, &a), (B::TYPE, &b))
             .await
             .map_err(LedgerError::Store)?;
-        let version = |version: i64| {
-            u64::try_from(version)
-                .context("a negative stream version")
-                .map_err(LedgerError::Store)
-        };
-        let (version_a, version_b) = (version(version_a)?, version(version_b)?);
+        let (version_a, version_b) = (sequence_of(version_a)?, sequence_of(version_b)?);
         Ok(tokio::try_join!(
             self.cached_or_folded::<A>(&a, version_a),
             self.cached_or_folded::<B>(&b, version_b)
@@ -564,9 +566,7 @@ impl Ledger {
             .stream_version(aggregate_type, id)
             .await
             .map_err(LedgerError::Store)?;
-        u64::try_from(version)
-            .context("a negative stream version")
-            .map_err(LedgerError::Store)
+        sequence_of(version)
     }
 
     async fn fold<A>(&self, id: &str) -> Result<(A, u64), LedgerError<A::Error>>
