@@ -1,7 +1,7 @@
 # One gate, run the same way everywhere: `make ci` is what CI and developers run.
 CARGO ?= cargo
 
-.PHONY: run demo tour test lint fmt schemas ci services flake-hunt bench fuzz-api deny deny-advisories chaos
+.PHONY: run demo tour test lint fmt schemas ci services flake-hunt bench bench-quick fuzz-api deny deny-advisories chaos
 
 ## The service on its embedded default (SQLite under ./data; set DATABASE_URL for PostgreSQL).
 run:
@@ -38,11 +38,19 @@ services:
 flake-hunt:
 	scripts/flake-hunt.sh $(or $(N),10)
 
-## Benchmarks beside their baselines (release build, loopback; about 22 minutes on the two-core host of
-## docs/performance.md, `countersign-bench --runs 1 SECTION` for one section); writes docs/performance.md.
+## Benchmarks beside their baselines (release build, loopback; about 33 minutes on the two-core host of
+## docs/performance.md, 10 of them the sustained run; `countersign-bench --runs 1 SECTION` for one
+## section, `--sustained-seconds N` for a shorter sustained run); writes docs/performance.md and its
+## charts under docs/perf/. Each section's time is printed as it ends.
 bench: services
 	$(CARGO) build --release -q -p countersign -p countersign-bench
 	target/release/countersign-bench all
+
+## A quick look (`countersign-bench --quick all`): one short run per figure, a one-minute sustained
+## run, no section that seeds a million events; writes target/performance-quick.md, never the docs.
+bench-quick: services
+	$(CARGO) build --release -q -p countersign -p countersign-bench
+	target/release/countersign-bench --quick all
 
 ci: lint deny test
 

@@ -21,6 +21,10 @@ pub(crate) struct Settings {
     pub server: String,
     pub seconds: u64,
     pub runs: usize,
+    /// The report being written: charts go to `perf/` beside it.
+    pub report: std::path::PathBuf,
+    /// How long the sustained section holds its load.
+    pub sustained_seconds: u64,
 }
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];

@@ -20,8 +20,13 @@ use tokio::sync::Mutex;
 use crate::ledger::{Database, Settings};
 use crate::projections::{people, percentile, seed};
 use crate::report::{Figure, Section, machine, progress};
+use crate::usage::{CpuTimes, resident_mib};
 
-const CONCURRENCY: [usize; 3] = [1, 16, 64];
+const CONCURRENCY: [usize; 4] = [1, 16, 64, 256];
+/// clients, bare rate, our rate, p50, p95, p99.
+type SubmitRow = (usize, Figure, Figure, Figure, Figure, Figure);
+/// The client count whose CPU per action is reported.
+const CPU_CLIENTS: usize = 16;
 pub(crate) const SECRET: &str = "bench-secret-for-countersign-load-0123456789";
 
 // ---------------------------------------------------------------- bare cqrs-es baseline
@@ -72,12 +77,18 @@ impl Aggregate for Tally {
 }
 
 /// A bare cqrs-es service: `CqrsFramework::execute` of a one-event command on a fresh aggregate.
-async fn bare_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
-    // The same pool settings as countersign's own.
+/// The bare baseline at `clients` for `seconds`: (commands per second, commands, the CPU its
+/// process and PostgreSQL spent meanwhile).
+async fn bare_rate(
+    url: &str,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64, CpuTimes)> {
+    // The same pool settings and transport (plain TCP on loopback) as countersign's own.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(32)
         .test_before_acquire(false)
-        .connect(url)
+        .connect(&countersign_ledger::loopback_plain(url))
         .await?;
     let cqrs = Arc::new(postgres_es::postgres_cqrs::<Tally>(
         pool.clone(),
@@ -88,6 +99,7 @@ async fn bare_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f6
         json!({ "summary": "Refund order 1042", "payload": { "order": 1042, "amount": 25.5 } });
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let cpu = CpuTimes::now(None)?;
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (cqrs, note) = (cqrs.clone(), note.clone());
@@ -106,8 +118,11 @@ async fn bare_rate(url: &str, clients: usize, seconds: u64) -> anyhow::Result<f6
     for task in tasks {
         total += task.await??;
     }
+    // Read before the pool closes, while its backends still hold what they spent.
+    let cpu = CpuTimes::now(None)?.since(&cpu);
+    let rate = total as f64 / started.elapsed().as_secs_f64();
     pool.close().await;
-    Ok(total as f64 / started.elapsed().as_secs_f64())
+    Ok((rate, total, cpu))
 }
 
 // ---------------------------------------------------------------- the service
@@ -119,6 +134,16 @@ pub(crate) struct Service {
 
 impl Service {
     pub(crate) fn start(url: &str) -> anyhow::Result<Self> {
+        Self::start_with(url, &["--executor", "false"], &[])
+    }
+
+    /// `serve` on `url` with more arguments and environment (as `start`, which adds
+    /// `--executor false`).
+    pub(crate) fn start_with(
+        url: &str,
+        arguments: &[&str],
+        environment: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let binary = std::env::current_exe()?.with_file_name("countersign");
         if !binary.exists() {
             bail!(
@@ -136,9 +161,9 @@ impl Service {
                 &format!("127.0.0.1:{port}"),
                 "--dev-keys",
                 "false",
-                "--executor",
-                "false",
             ])
+            .args(arguments)
+            .envs(environment.iter().copied())
             .env("DATABASE_URL", url)
             .env("COUNTERSIGN_JWT_HS256_SECRET", SECRET)
             .env("RUST_LOG", "warn")
@@ -157,6 +182,12 @@ impl Service {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!("countersign serve never listened")
+    }
+}
+
+impl Service {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -180,12 +211,12 @@ pub(crate) fn token(user: &str, tenant: &str, roles: &[&str]) -> anyhow::Result<
 
 pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
+        .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(30))
         .build()?)
 }
 
-fn submission(n: usize) -> Value {
+pub(crate) fn submission(n: usize) -> Value {
     json!({
         "module": "billing", "capability": "refund", "summary": format!("Refund order {n}"),
         "payload": { "order": n, "amount": { "value": 25.5, "currency": "EUR" }, "reason": "damaged in transit" },
@@ -193,12 +224,13 @@ fn submission(n: usize) -> Value {
     })
 }
 
-/// `clients` loops submitting for `seconds`: (submissions per second, latencies in ms).
-async fn submit_load(
+/// `clients` loops submitting for `seconds`: (submissions per second, latencies in ms, the CPU
+/// the service, PostgreSQL and this load generator spent meanwhile).
+pub(crate) async fn submit_load(
     service: &Service,
     clients: usize,
     seconds: u64,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+) -> anyhow::Result<(f64, Vec<f64>, CpuTimes)> {
     let http = client()?;
     let bearer = format!(
         "Bearer {}",
@@ -206,6 +238,7 @@ async fn submit_load(
     );
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let cpu = CpuTimes::now(Some(service.pid()))?;
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
@@ -243,10 +276,38 @@ async fn submit_load(
         task.await??;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = CpuTimes::now(Some(service.pid()))?.since(&cpu);
     let latencies = Arc::try_unwrap(latencies)
         .map_err(|_| anyhow::anyhow!("tasks still hold the latencies"))?
         .into_inner();
-    Ok((latencies.len() as f64 / elapsed, latencies))
+    Ok((latencies.len() as f64 / elapsed, latencies, cpu))
+}
+
+/// `serve`'s resident memory in MiB: (idle before, the most sampled every 100 ms while
+/// CPU_CLIENTS clients submit for `seconds`, the kernel's peak mark since the start).
+async fn memory_under_load(service: &Service, seconds: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let pid = service.pid();
+    let (idle, _) = resident_mib(pid)?;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut most = 0.0f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((rss, _)) = resident_mib(pid) {
+                    most = most.max(rss);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            most
+        }
+    });
+    let load = submit_load(service, CPU_CLIENTS, seconds).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await?;
+    load?;
+    let (rss, peak) = resident_mib(pid)?;
+    Ok((idle, most.max(rss), peak))
 }
 
 /// Pending actions that will take many votes without deciding.
@@ -576,6 +637,9 @@ async fn measure(
     let service = Service::start(&database.url)?;
 
     let mut submit_rows = Vec::new();
+    // CPU milliseconds per command at CPU_CLIENTS: (bare in-process, bare PostgreSQL), (serve,
+    // its PostgreSQL, its load generator), one entry per run.
+    let (mut bare_cpu, mut our_cpu) = (Vec::new(), Vec::new());
     for clients in CONCURRENCY {
         let (mut bare, mut ours, mut p50, mut p95, mut p99) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -585,8 +649,14 @@ async fn measure(
                 run + 1,
                 settings.runs
             ));
-            bare.push(bare_rate(&baseline.url, clients, settings.seconds).await?);
-            let (rate, latencies) = submit_load(&service, clients, settings.seconds).await?;
+            let (rate, commands, cpu) = bare_rate(&baseline.url, clients, settings.seconds).await?;
+            bare.push(rate);
+            let (rate, latencies, cpu_ours) =
+                submit_load(&service, clients, settings.seconds).await?;
+            if clients == CPU_CLIENTS {
+                bare_cpu.push(cpu.per(commands as f64));
+                our_cpu.push(cpu_ours.per(latencies.len() as f64));
+            }
             ours.push(rate);
             p50.push(percentile(&latencies, 0.50));
             p95.push(percentile(&latencies, 0.95));
@@ -601,6 +671,38 @@ async fn measure(
             Figure(p99),
         ));
     }
+
+    // The same submissions at CPU_CLIENTS against `--role api`, its tailers in a `--role worker`
+    // process of their own (one store, as a split deployment runs them). The `all` process stops
+    // first: it would hold the tailer locks and leave the worker standing by.
+    drop(service);
+    let (mut split_rates, mut split_cpu) = (Vec::new(), Vec::new());
+    {
+        let api = Service::start_with(
+            &database.url,
+            &["--role", "api", "--executor", "false"],
+            &[],
+        )?;
+        let worker = Service::start_with(
+            &database.url,
+            &["--role", "worker", "--executor", "false"],
+            &[],
+        )?;
+        for run in 0..settings.runs {
+            progress(&format!(
+                "load: submit at {CPU_CLIENTS} clients to --role api beside a worker, run {}/{}",
+                run + 1,
+                settings.runs
+            ));
+            let before = CpuTimes::now(Some(worker.pid()))?;
+            let (rate, latencies, cpu) = submit_load(&api, CPU_CLIENTS, settings.seconds).await?;
+            let tailers = CpuTimes::now(Some(worker.pid()))?.since(&before);
+            split_rates.push(rate);
+            let count = latencies.len() as f64;
+            split_cpu.push((cpu.per(count), tailers.per(count).service));
+        }
+    }
+    let service = Service::start(&database.url)?;
 
     let (mut achieved, mut v50, mut v99) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..settings.runs {
@@ -674,6 +776,10 @@ async fn measure(
         q95.push(percentile(&latencies, 0.95));
         q99.push(percentile(&latencies, 0.99));
     }
+    progress(&format!(
+        "load: resident memory under {CPU_CLIENTS} clients at {pending} pending / {total} events"
+    ));
+    let memory = memory_under_load(&service, settings.seconds).await?;
     drop(service);
     progress(&format!(
         "load: verifying the {total} events the service sealed"
@@ -713,6 +819,98 @@ async fn measure(
             p99.show(1)
         );
     }
+    let doc_dir = settings
+        .report
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let chart_path = doc_dir.join("perf").join("submit-scaling.svg");
+    std::fs::create_dir_all(doc_dir.join("perf"))?;
+    let curve = |pick: fn(&SubmitRow) -> &Figure| {
+        submit_rows
+            .iter()
+            .map(|row| (row.0 as f64, pick(row).median()))
+            .collect::<Vec<_>>()
+    };
+    crate::chart::line_chart(
+        &chart_path,
+        &crate::chart::Chart {
+            title: "Submit throughput by concurrent clients".into(),
+            x_label: "clients".into(),
+            y_label: "commands per second".into(),
+            log_x: true,
+            log_y: false,
+            series: vec![
+                crate::chart::Series {
+                    name: "bare cqrs-es (in-process)".into(),
+                    points: curve(|row| &row.1),
+                },
+                crate::chart::Series {
+                    name: "countersign serve over HTTP".into(),
+                    points: curve(|row| &row.2),
+                },
+            ],
+        },
+    )?;
+    let _ = writeln!(
+        markdown,
+        "\n{}",
+        crate::chart::markdown_image(&doc_dir, &chart_path, "submit throughput by clients")
+    );
+    let median =
+        |values: &[CpuTimes], part: fn(&CpuTimes) -> f64| Figure(values.iter().map(part).collect());
+    let total_bare = median(&bare_cpu, |c| c.bench + c.postgres).median();
+    let total_ours = median(&our_cpu, |c| c.service + c.postgres + c.bench).median();
+    let _ = writeln!(
+        markdown,
+        "\n**CPU per action at {CPU_CLIENTS} clients** (milliseconds of CPU time per command, from `/proc`: every PostgreSQL server process, exited backends included; the bare baseline runs inside the bench process, its load loop included):\n"
+    );
+    let _ = writeln!(
+        markdown,
+        "| | service | PostgreSQL | load generator | total | ratio |"
+    );
+    let _ = writeln!(markdown, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        markdown,
+        "| bare cqrs-es (in-process) | {} | {} | (included) | {total_bare:.2} | 1.00 |",
+        median(&bare_cpu, |c| c.bench).show(2),
+        median(&bare_cpu, |c| c.postgres).show(2),
+    );
+    let _ = writeln!(
+        markdown,
+        "| countersign `serve` over HTTP | {} | {} | {} | {total_ours:.2} | {:.1} |",
+        median(&our_cpu, |c| c.service).show(2),
+        median(&our_cpu, |c| c.postgres).show(2),
+        median(&our_cpu, |c| c.bench).show(2),
+        total_ours / total_bare
+    );
+    let bare_at_cpu_clients = submit_rows
+        .iter()
+        .find(|row| row.0 == CPU_CLIENTS)
+        .map_or(f64::NAN, |row| row.1.median());
+    let split_total = Figure(
+        split_cpu
+            .iter()
+            .map(|(api, worker)| api.service + worker + api.postgres + api.bench)
+            .collect(),
+    )
+    .median();
+    let _ = writeln!(
+        markdown,
+        "| countersign `--role api` + `--role worker` | {} + {} | {} | {} | {split_total:.2} | {:.1} |",
+        Figure(split_cpu.iter().map(|(api, _)| api.service).collect()).show(2),
+        Figure(split_cpu.iter().map(|(_, worker)| *worker).collect()).show(2),
+        Figure(split_cpu.iter().map(|(api, _)| api.postgres).collect()).show(2),
+        Figure(split_cpu.iter().map(|(api, _)| api.bench).collect()).show(2),
+        split_total / total_bare
+    );
+    let split_rates = Figure(split_rates);
+    let _ = writeln!(
+        markdown,
+        "\n**Split roles**: submit at {CPU_CLIENTS} clients to `serve --role api` while a `serve --role worker` process runs the tailers on the same store: {} submits/s = {:.2}× the bare baseline at {CPU_CLIENTS} clients (goal ≥ 1.2×).",
+        split_rates.show(0),
+        split_rates.median() / bare_at_cpu_clients
+    );
     let _ = writeln!(
         markdown,
         "\n**Votes at a fixed arrival rate** of 500/s (open loop) over 200 pending actions, each vote recorded and counted: achieved {} votes/s, latency p50 {} ms, p99 {} ms (target p99 < 10 ms).\n",
@@ -731,6 +929,11 @@ async fn measure(
         Figure(q50).show(1),
         Figure(q95).show(1),
         Figure(q99).show(1)
+    );
+    let _ = writeln!(
+        markdown,
+        "**Resident memory of `serve`** with {pending} pending actions among {total} events, {CPU_CLIENTS} clients submitting for {} s (one run): {:.0} MiB idle before, at most {:.0} MiB sampled under the load, peak {:.0} MiB since start (sealing the seeded log and the inbox queries included; target < 256 MiB).\n",
+        settings.seconds, memory.0, memory.1, memory.2
     );
     let _ = writeln!(
         markdown,

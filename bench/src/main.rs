@@ -3,6 +3,7 @@
 
 mod backtest;
 mod chaos;
+mod chart;
 mod console;
 mod executor;
 mod ledger;
@@ -10,11 +11,14 @@ mod load;
 mod notify;
 mod projections;
 mod report;
+mod sustained;
+mod usage;
 mod verification;
 mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
@@ -34,9 +38,18 @@ struct Cli {
     /// Runs per figure (the report gives the median and the spread).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The report to update (only this bench's section is replaced).
-    #[arg(long, default_value = "docs/performance.md")]
-    out: PathBuf,
+    /// The report to update (only this bench's section is replaced); `docs/performance.md`, or
+    /// with `--quick` `target/performance-quick.md` so a quick look never replaces a full run.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A quick look: one run of 2 s per figure, a one-minute sustained run, and `all` limited to
+    /// the sections that do not seed a million events (ledger, projections, verification,
+    /// executor, notify, workflows, sustained).
+    #[arg(long)]
+    quick: bool,
+    /// How long the sustained section holds its load (issue 19 asks for 10 minutes).
+    #[arg(long, default_value_t = 600)]
+    sustained_seconds: u64,
     #[command(subcommand)]
     bench: Bench,
 }
@@ -62,6 +75,9 @@ enum Bench {
     Workflows,
     /// Policy backtesting over 1M events beside reading the log.
     Backtest,
+    /// The service at 80% of its maximum submit rate for `--sustained-seconds`, every tailer's
+    /// lag sampled (projections, sealer, relay, notifier, workflows).
+    Sustained,
     /// Every bench above, in order.
     All,
     /// The service under load while its parts fail (`make chaos`; `--short`: one round).
@@ -69,6 +85,52 @@ enum Bench {
         #[arg(long)]
         short: bool,
     },
+}
+
+const REPORT: &str = "docs/performance.md";
+const QUICK_REPORT: &str = "target/performance-quick.md";
+
+/// Every section, in the order `all` runs them.
+const ALL: [Bench; 10] = [
+    Bench::Ledger,
+    Bench::Projections,
+    Bench::Verification,
+    Bench::Executor,
+    Bench::Load,
+    Bench::Console,
+    Bench::Notify,
+    Bench::Workflows,
+    Bench::Backtest,
+    Bench::Sustained,
+];
+
+/// What `all --quick` runs: the sections without a million-event log to seed.
+const QUICK: [Bench; 7] = [
+    Bench::Ledger,
+    Bench::Projections,
+    Bench::Verification,
+    Bench::Executor,
+    Bench::Notify,
+    Bench::Workflows,
+    Bench::Sustained,
+];
+
+async fn run_section(bench: Bench, settings: &ledger::Settings) -> anyhow::Result<report::Section> {
+    match bench {
+        Bench::Ledger => ledger::run(settings).await,
+        Bench::Projections => projections::run(settings).await,
+        Bench::Verification => verification::run(settings).await,
+        Bench::Executor => executor::run(settings).await,
+        Bench::Load => load::run(settings).await,
+        Bench::Console => console::run(settings).await,
+        Bench::Notify => notify::run(settings).await,
+        Bench::Workflows => workflows::run(settings).await,
+        Bench::Backtest => backtest::run(settings).await,
+        Bench::Sustained => sustained::run(settings).await,
+        Bench::All | Bench::Chaos { .. } => {
+            anyhow::bail!("`all` and `chaos` are not sections of the report")
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -86,40 +148,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let quick = cli.quick;
+    let out = match (&cli.out, quick) {
+        (Some(out), _) => out.clone(),
+        (None, true) => PathBuf::from(QUICK_REPORT),
+        (None, false) => PathBuf::from(REPORT),
+    };
     let settings = ledger::Settings {
         server: cli.server.clone(),
-        seconds: cli.seconds,
-        runs: cli.runs,
+        seconds: if quick {
+            cli.seconds.min(2)
+        } else {
+            cli.seconds
+        },
+        runs: if quick { 1 } else { cli.runs },
+        report: out.clone(),
+        sustained_seconds: if quick {
+            cli.sustained_seconds.min(60)
+        } else {
+            cli.sustained_seconds
+        },
     };
     let result = runtime.block_on(async {
-        let sections = match cli.bench {
-            Bench::Ledger => vec![ledger::run(&settings).await?],
-            Bench::Projections => vec![projections::run(&settings).await?],
-            Bench::Verification => vec![verification::run(&settings).await?],
-            Bench::Executor => vec![executor::run(&settings).await?],
-            Bench::Load => vec![load::run(&settings).await?],
-            Bench::Console => vec![console::run(&settings).await?],
-            Bench::Notify => vec![notify::run(&settings).await?],
-            Bench::Workflows => vec![workflows::run(&settings).await?],
-            Bench::Backtest => vec![backtest::run(&settings).await?],
-            Bench::Chaos { short } => {
-                chaos::command(short).await?;
-                Vec::new()
-            }
-            Bench::All => vec![
-                ledger::run(&settings).await?,
-                projections::run(&settings).await?,
-                verification::run(&settings).await?,
-                executor::run(&settings).await?,
-                load::run(&settings).await?,
-                console::run(&settings).await?,
-                notify::run(&settings).await?,
-                workflows::run(&settings).await?,
-                backtest::run(&settings).await?,
-            ],
+        let sections: &[Bench] = match cli.bench {
+            Bench::Chaos { short } => return chaos::command(short).await,
+            Bench::All if quick => &QUICK,
+            Bench::All => &ALL,
+            one => &[one],
         };
-        for section in &sections {
-            report::write_section(&cli.out, section)?;
+        let started = Instant::now();
+        for &bench in sections {
+            let began = Instant::now();
+            let section = run_section(bench, &settings).await?;
+            // Written as each section ends: a failure later in `all` keeps what was measured.
+            report::write_section(&out, &section)?;
+            report::progress(&format!(
+                "section {} took {:.0} s ({:.0} s in all)",
+                section.id,
+                began.elapsed().as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            ));
         }
         anyhow::Ok(())
     });
