@@ -457,7 +457,7 @@ async fn concurrent_votes(service: &Service, url: &str) -> anyhow::Result<(usize
 }
 
 /// Inbox queries (first page, newest first) for one tenant's pending actions; latencies in ms.
-async fn inbox_latency(
+pub(crate) async fn inbox_latency(
     service: &Service,
     tenant: &str,
     queries: usize,

@@ -11,6 +11,7 @@ mod load;
 mod notify;
 mod projections;
 mod report;
+mod scaling;
 mod sustained;
 mod usage;
 mod verification;
@@ -75,6 +76,9 @@ enum Bench {
     Workflows,
     /// Policy backtesting over 1M events beside reading the log.
     Backtest,
+    /// How cost grows with the log: reading, rebuilds and `verify` at 100k, 1M and 5M events, the
+    /// inbox at 10k, 100k and 1M pending (tables and SVG charts).
+    Scaling,
     /// The service at 80% of its maximum submit rate for `--sustained-seconds`, every tailer's
     /// lag sampled (projections, sealer, relay, notifier, workflows).
     Sustained,
@@ -91,7 +95,7 @@ const REPORT: &str = "docs/performance.md";
 const QUICK_REPORT: &str = "target/performance-quick.md";
 
 /// Every section, in the order `all` runs them.
-const ALL: [Bench; 10] = [
+const ALL: [Bench; 11] = [
     Bench::Ledger,
     Bench::Projections,
     Bench::Verification,
@@ -101,6 +105,7 @@ const ALL: [Bench; 10] = [
     Bench::Notify,
     Bench::Workflows,
     Bench::Backtest,
+    Bench::Scaling,
     Bench::Sustained,
 ];
 
@@ -126,6 +131,7 @@ async fn run_section(bench: Bench, settings: &ledger::Settings) -> anyhow::Resul
         Bench::Notify => notify::run(settings).await,
         Bench::Workflows => workflows::run(settings).await,
         Bench::Backtest => backtest::run(settings).await,
+        Bench::Scaling => scaling::run(settings).await,
         Bench::Sustained => sustained::run(settings).await,
         Bench::All | Bench::Chaos { .. } => {
             anyhow::bail!("`all` and `chaos` are not sections of the report")
