@@ -7,21 +7,19 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use countersign_ledger::{Ledger, StoreConfig};
 use countersign_projections::{Projection, ProjectionStore};
 use countersign_verification::{
     HeadSigner, KeyRing, SealStore, Sealer, SealerConfig, VerifyOptions, verify,
 };
-use sqlx::{Connection, PgConnection};
 
 use crate::chart::{Chart, Series, line_chart, markdown_image};
 use crate::ledger::{Database, Settings};
 use crate::load::{Service, inbox_latency, seed_pending};
 use crate::projections::{people, percentile, read_rate, seed};
 use crate::report::{Section, machine, progress};
-use crate::sustained::read_checkpoints;
 
 /// The sizes measured: (pending actions, submitted-and-approved actions) in the log after each
 /// step — 100k, 1M and 5M events, a tenth, a tenth and a fifth of them pending.
@@ -134,8 +132,14 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
             report.events
         );
         progress(&format!("scaling: inbox queries at {pending} pending"));
-        let service = Service::start(&database.url)?;
-        wait_for_tailers(&database.url, events).await?;
+        // The api role alone: the projections it reads were just rebuilt, and no tailer of its
+        // own competes with the queries (a full `serve` would first run its notifier and
+        // workflow engine over the whole grown log).
+        let service = Service::start_with(
+            &database.url,
+            &["--role", "api", "--executor", "false"],
+            &[],
+        )?;
         let (_, latencies) = inbox_latency(&service, &tenants[0], QUERIES).await?;
         drop(service);
         steps.push(Step {
@@ -156,43 +160,6 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
     report(settings, &steps)
 }
 
-/// Waits until every tailer of the freshly started service (projections, sealer, notifier,
-/// workflows) has caught up with the log's head and no new one has appeared for a second, so
-/// that the inbox is measured at rest; up to 15 minutes.
-async fn wait_for_tailers(url: &str, events: u64) -> anyhow::Result<()> {
-    let mut connection = PgConnection::connect(url).await?;
-    let started = Instant::now();
-    let mut reported = Instant::now();
-    let mut settled: Option<usize> = None;
-    loop {
-        let read = read_checkpoints(&mut connection).await?;
-        let behind = read.head.map_or(0, |head| {
-            read.checkpoints
-                .values()
-                .filter(|checkpoint| **checkpoint < head)
-                .count()
-        });
-        let tailers = read.checkpoints.len();
-        if behind == 0 && settled == Some(tailers) {
-            break;
-        }
-        settled = (behind == 0).then_some(tailers);
-        if reported.elapsed() > Duration::from_secs(10) {
-            progress(&format!(
-                "scaling: {behind} of {tailers} tailers of serve still reading {events} events"
-            ));
-            reported = Instant::now();
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(900),
-            "the service's tailers did not catch up in 15 minutes"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    connection.close().await?;
-    Ok(())
-}
-
 fn report(settings: &Settings, steps: &[Step]) -> anyhow::Result<Section> {
     let rate = |seconds: f64, events: u64| events as f64 / seconds.max(1e-9);
     let mut markdown = String::new();
@@ -204,7 +171,7 @@ fn report(settings: &Settings, steps: &[Step]) -> anyhow::Result<Section> {
     );
     let _ = writeln!(
         markdown,
-        "Each size is the whole log after a step: pending actions (one event each, 8 tenants) and submitted-and-approved actions (four events each). Every figure is over the whole log at that size, beside reading that same log in batches of 1,000 (the baseline); the sealer carries on from the previous size, so its column is the time to seal what the step added. The inbox is the first page of 50 (newest, riskiest, eligible-for-me in turn, {QUERIES} queries) for one tenant, an eighth of the pending actions, through a freshly started `serve`. Reading, rebuilding and verifying should grow linearly with the log (a flat rate); the inbox should stay flat.\n"
+        "Each size is the whole log after a step: pending actions (one event each, 8 tenants) and submitted-and-approved actions (four events each). Every figure is over the whole log at that size, beside reading that same log in batches of 1,000 (the baseline); the sealer carries on from the previous size, so its column is the time to seal what the step added. The inbox is the first page of 50 (newest, riskiest, eligible-for-me in turn, {QUERIES} queries) for one tenant, an eighth of the pending actions, through a freshly started `serve --role api` (no tailer of its own running beside the queries). Reading, rebuilding and verifying should grow linearly with the log (a flat rate); the inbox should stay flat.\n"
     );
     let _ = writeln!(
         markdown,

@@ -180,12 +180,12 @@ async fn sustain(
     ))
 }
 
-pub(crate) struct Read {
-    pub(crate) head: Option<(i64, i64)>,
-    pub(crate) checkpoints: BTreeMap<String, (i64, i64)>,
+struct Read {
+    head: Option<(i64, i64)>,
+    checkpoints: BTreeMap<String, (i64, i64)>,
 }
 
-pub(crate) async fn read_checkpoints(connection: &mut PgConnection) -> anyhow::Result<Read> {
+async fn read_checkpoints(connection: &mut PgConnection) -> anyhow::Result<Read> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(CHECKPOINTS)
         .fetch_all(&mut *connection)
         .await
