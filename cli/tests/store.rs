@@ -607,6 +607,39 @@ async fn serve_runs_approved_actions_through_nats_on_postgres() {
     served.stop();
 }
 
+/// On PostgreSQL, doctor says whether the server's autovacuum is on, as the server itself says,
+/// and warns (without failing: nothing is broken yet) when it is off.
+#[test]
+fn doctor_reports_the_servers_autovacuum_and_warns_when_it_is_off() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let store = runtime.block_on(TestStore::postgres()).expect("database");
+    let url = store.location();
+    let setting: String = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+        let (setting,): (String,) = sqlx::query_as("SHOW autovacuum")
+            .fetch_one(&pool)
+            .await
+            .expect("SHOW autovacuum");
+        pool.close().await;
+        setting
+    });
+    let doctor = countersign(&["doctor"], &[("DATABASE_URL", &url)]);
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    if setting == "on" {
+        assert!(stdout.contains("autovacuum: on\n"), "{stdout}");
+    } else {
+        assert!(stdout.contains("autovacuum: OFF (warning:"), "{stdout}");
+        assert!(stdout.contains("docs/deployment.md"), "{stdout}");
+    }
+    assert!(stdout.contains("all tailers can go on"), "{stdout}");
+    drop(store);
+}
+
 /// Runs `countersign doctor` (or any command) on a data directory.
 fn on_data(args: &[&str], data: &str) -> Output {
     let mut all = args.to_vec();
@@ -627,6 +660,8 @@ fn a_log_event_no_reader_can_decode_stalls_readiness_and_doctor_and_status_name_
         String::from_utf8_lossy(&healthy.stderr)
     );
     assert!(String::from_utf8_lossy(&healthy.stdout).contains("all tailers can go on"));
+    // SQLite has no autovacuum to report.
+    assert!(!String::from_utf8_lossy(&healthy.stdout).contains("autovacuum"));
 
     // An event written before the write-side checks existed (or by hand): deeper than
     // serde_json reads back. The API can no longer write one; the readers must still say so.
