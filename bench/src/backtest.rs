@@ -22,13 +22,6 @@ use crate::report::{Figure, Section, machine, progress};
 /// Actions seeded (four events each): 1M events.
 const ACTIONS: usize = 250_000;
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
 /// The draft: every action of the range needs two approvals instead of one, so each recorded
 /// approval leaves its action waiting (every replayed action is compared and listed).
 fn request() -> anyhow::Result<BacktestRequest> {
@@ -52,7 +45,7 @@ fn request() -> anyhow::Result<BacktestRequest> {
     })
 }
 
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let config = StoreConfig::Postgres {
         url: database.url.clone(),
     };

@@ -186,14 +186,7 @@ async fn ledger_appends(ledger: &Ledger, writers: usize, seconds: u64) -> anyhow
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let ledger = Ledger::open(&StoreConfig::Postgres {
         url: database.url.clone(),
     })

@@ -120,19 +120,30 @@ const QUICK: [Bench; 7] = [
     Bench::Sustained,
 ];
 
+/// Runs a section's `measure` on a database of its own, dropped however the section ends.
+async fn on_fresh_database(
+    settings: &ledger::Settings,
+    measure: impl AsyncFnOnce(&ledger::Settings, &ledger::Database) -> anyhow::Result<report::Section>,
+) -> anyhow::Result<report::Section> {
+    let database = ledger::Database::create(&settings.server).await?;
+    let result = measure(settings, &database).await;
+    database.drop_now().await?;
+    result
+}
+
 async fn run_section(bench: Bench, settings: &ledger::Settings) -> anyhow::Result<report::Section> {
     match bench {
-        Bench::Ledger => ledger::run(settings).await,
-        Bench::Projections => projections::run(settings).await,
-        Bench::Verification => verification::run(settings).await,
-        Bench::Executor => executor::run(settings).await,
+        Bench::Ledger => on_fresh_database(settings, ledger::measure).await,
+        Bench::Projections => on_fresh_database(settings, projections::measure).await,
+        Bench::Verification => on_fresh_database(settings, verification::measure).await,
+        Bench::Executor => on_fresh_database(settings, executor::measure).await,
         Bench::Load => load::run(settings).await,
-        Bench::Console => console::run(settings).await,
-        Bench::Notify => notify::run(settings).await,
-        Bench::Workflows => workflows::run(settings).await,
-        Bench::Backtest => backtest::run(settings).await,
-        Bench::Scaling => scaling::run(settings).await,
-        Bench::Sustained => sustained::run(settings).await,
+        Bench::Console => on_fresh_database(settings, console::measure).await,
+        Bench::Notify => on_fresh_database(settings, notify::measure).await,
+        Bench::Workflows => on_fresh_database(settings, workflows::measure).await,
+        Bench::Backtest => on_fresh_database(settings, backtest::measure).await,
+        Bench::Scaling => on_fresh_database(settings, scaling::measure).await,
+        Bench::Sustained => on_fresh_database(settings, sustained::measure).await,
         Bench::All | Bench::Chaos { .. } => {
             anyhow::bail!("`all` and `chaos` are not sections of the report")
         }

@@ -508,14 +508,7 @@ async fn dispatched(url: &str, people: &People, sink: &Sink) -> anyhow::Result<f
     Ok((EMAILS - 1) as f64 / last.duration_since(*first).as_secs_f64())
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let people = Arc::new(people()?);
     let pool = PgPool::connect(&database.url).await?;
 

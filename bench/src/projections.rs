@@ -270,14 +270,7 @@ pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let config = StoreConfig::Postgres {
         url: database.url.clone(),
     };

@@ -11,15 +11,14 @@ use std::time::Instant;
 
 use countersign_ledger::{Ledger, StoreConfig};
 use countersign_projections::{Projection, ProjectionStore};
-use countersign_verification::{
-    HeadSigner, KeyRing, SealStore, Sealer, SealerConfig, VerifyOptions, verify,
-};
+use countersign_verification::{HeadSigner, SealStore, Sealer, SealerConfig};
 
 use crate::chart::{Chart, Series, line_chart, markdown_image};
 use crate::ledger::{Database, Settings};
 use crate::load::{Service, inbox_latency, seed_pending};
 use crate::projections::{people, percentile, read_rate, seed};
 use crate::report::{Section, machine, progress};
+use crate::verification::verified;
 
 /// The sizes measured: (pending actions, submitted-and-approved actions) in the log after each
 /// step — 100k, 1M and 5M events, a tenth, a tenth and a fifth of them pending.
@@ -46,14 +45,7 @@ struct Step {
     inbox_p99: f64,
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let config = StoreConfig::Postgres {
         url: database.url.clone(),
     };
@@ -115,17 +107,7 @@ async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Sec
         sealer.sign_heads(true).await?;
         let seal = started.elapsed().as_secs_f64();
         progress(&format!("scaling: verifying {events} events"));
-        let report = verify(
-            &ledger,
-            &seals,
-            &VerifyOptions {
-                keys: KeyRing::new([signer.public_key()]),
-                ..VerifyOptions::default()
-            },
-            |_, _| {},
-        )
-        .await?;
-        anyhow::ensure!(report.is_ok(), "verify found {:?}", report.divergences);
+        let report = verified(&ledger, &seals, &signer).await?;
         anyhow::ensure!(
             report.events == events,
             "verify checked {} of {events} events",

@@ -44,14 +44,7 @@ struct Sample {
     checkpoints: BTreeMap<String, (i64, i64)>,
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let ledger = countersign_ledger::Ledger::open(&countersign_ledger::StoreConfig::Postgres {
         url: database.url.clone(),
     })

@@ -12,7 +12,7 @@ use countersign_domain::action::Action;
 use countersign_ledger::{Ledger, Metadata, StoreConfig};
 use countersign_verification::decisions::check_decisions;
 use countersign_verification::{
-    HeadSigner, KeyRing, SealStore, Sealer, SealerConfig, VerifyOptions, verify,
+    HeadSigner, KeyRing, Report, SealStore, Sealer, SealerConfig, VerifyOptions, verify,
 };
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::Semaphore;
@@ -66,11 +66,12 @@ async fn seal_rate(
     Ok(sealed as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn verify_rate(
+/// `verify` over the whole log with `signer`'s key, failing unless every check passed.
+pub(crate) async fn verified(
     ledger: &Ledger,
     store: &SealStore,
     signer: &HeadSigner,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Report> {
     let report = verify(
         ledger,
         store,
@@ -82,7 +83,15 @@ async fn verify_rate(
     )
     .await?;
     anyhow::ensure!(report.is_ok(), "verify found {:?}", report.divergences);
-    Ok(report.rate())
+    Ok(report)
+}
+
+async fn verify_rate(
+    ledger: &Ledger,
+    store: &SealStore,
+    signer: &HeadSigner,
+) -> anyhow::Result<f64> {
+    Ok(verified(ledger, store, signer).await?.rate())
 }
 
 async fn decisions_rate(ledger: &Ledger) -> anyhow::Result<f64> {
@@ -184,14 +193,7 @@ async fn lag_under_load(
     Ok((total as f64 / elapsed, lags))
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let config = StoreConfig::Postgres {
         url: database.url.clone(),
     };

@@ -339,18 +339,11 @@ async fn consume(
     result.map(|_| elapsed)
 }
 
-pub async fn run(settings: &Settings) -> anyhow::Result<Section> {
-    let database = Database::create(&settings.server).await?;
-    let result = measure(settings, &database).await;
-    database.drop_now().await?;
-    result
-}
-
 #[expect(
     clippy::too_many_lines,
     reason = "one bench: its phases in order, then its report"
 )]
-async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
+pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow::Result<Section> {
     let config = StoreConfig::Postgres {
         url: database.url.clone(),
     };
