@@ -38,8 +38,8 @@ services:
 flake-hunt:
 	scripts/flake-hunt.sh $(or $(N),10)
 
-## Benchmarks beside their baselines (release build, loopback; about 33 minutes on the two-core host of
-## docs/performance.md, 10 of them the sustained run; `countersign-bench --runs 1 SECTION` for one
+## Benchmarks beside their baselines (release build, loopback; about 50 minutes on the two-core host of
+## docs/performance.md: 10 of them the sustained run, 18 the scaling section's 5M-event log; `countersign-bench --runs 1 SECTION` for one
 ## section, `--sustained-seconds N` for a shorter sustained run); writes docs/performance.md and its
 ## charts under docs/perf/. Each section's time is printed as it ends.
 bench: services
