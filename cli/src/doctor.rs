@@ -1,13 +1,13 @@
 //! `countersign doctor`: whether the store answers and is migrated (and, on PostgreSQL, whether
-//! autovacuum is on), and whether every tailer can
-//! go on from where it stands (the next event after its checkpoint reads and decodes). Exits
-//! non-zero when something needs an operator (docs/operations.md, "A stalled tailer").
+//! autovacuum is on), and whether every tailer can go on from where it stands (the next event
+//! after its checkpoint reads and decodes). Exits non-zero when something needs an operator
+//! (docs/operations.md, "A stalled tailer").
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use countersign_ledger::health::Standing;
-use countersign_ledger::{Backend, Ledger, LogCursor};
+use countersign_ledger::{Ledger, LogCursor};
 use countersign_projections::{GenerationState, Projection, ProjectionStore};
 use countersign_verification::SealStore;
 use countersign_verification::sealer::SEALER_LOCK;
@@ -40,22 +40,6 @@ pub async fn standings(
     Ok(standings)
 }
 
-/// PostgreSQL's `autovacuum` setting (`None` on SQLite). Off, dead row versions pile up in the
-/// tables rewritten per event and no statistics are gathered: the bench's sustained run on such
-/// a server showed every tailer's lag p99 1.3–2.3× higher after five minutes than before.
-async fn autovacuum(ledger: &Ledger) -> anyhow::Result<Option<bool>> {
-    match ledger.backend() {
-        Backend::Postgres(pool) => {
-            let (setting,): (String,) = sqlx::query_as("SHOW autovacuum")
-                .fetch_one(pool)
-                .await
-                .context("reading PostgreSQL's autovacuum setting")?;
-            Ok(Some(setting == "on"))
-        }
-        Backend::Sqlite(_) => Ok(None),
-    }
-}
-
 pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
     let config = store.config();
     let ledger = Ledger::open(&config).await?;
@@ -75,7 +59,7 @@ pub async fn run(store: &StoreArgs) -> anyhow::Result<()> {
     if pending > 0 {
         bail!("{pending} migrations not applied");
     }
-    if let Some(on) = autovacuum(&ledger).await? {
+    if let Some(on) = ledger.autovacuum().await? {
         writeln!(
             out,
             "{}",

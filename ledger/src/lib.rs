@@ -357,6 +357,23 @@ impl Ledger {
         self.store.ping().await
     }
 
+    /// PostgreSQL's `autovacuum` setting (`None` on SQLite). Off, the dead row versions of the
+    /// tables rewritten per event (the `actions` projection, the notifier's reminders) are never
+    /// pruned and no statistics are gathered: in the bench's sustained run on such a server every
+    /// tailer's lag p99 was 1.3–2.3× higher after five minutes than before.
+    pub async fn autovacuum(&self) -> anyhow::Result<Option<bool>> {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let setting: String = sqlx::query_scalar("SHOW autovacuum")
+                    .fetch_one(pool)
+                    .await
+                    .context("reading PostgreSQL's autovacuum setting")?;
+                Ok(Some(setting == "on"))
+            }
+            Backend::Sqlite(_) => Ok(None),
+        }
+    }
+
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         self.store.close().await;

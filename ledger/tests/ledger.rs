@@ -1074,12 +1074,10 @@ async fn unreadable_events_are_refused(store: &TestStore) {
 }
 
 /// Whether the connection a query runs on is encrypted (PostgreSQL's own view of it).
+const ENCRYPTED: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
 async fn encrypted(pool: &sqlx::PgPool) -> anyhow::Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(pool)
-            .await?,
-    )
+    Ok(sqlx::query_scalar(ENCRYPTED).fetch_one(pool).await?)
 }
 
 /// A server on this host is reached over plain TCP (TLS on loopback cost the service a sixth of
@@ -1103,11 +1101,8 @@ async fn a_server_on_this_host_is_reached_without_tls_unless_the_url_asks() -> a
     );
     assert!(!encrypted(pool).await?, "the ledger's pool");
     let shared = store.config.any_pool(1).await?;
-    let plain: bool =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&shared)
-            .await?;
-    assert!(!plain, "the shared pool");
+    let encrypted_shared: bool = sqlx::query_scalar(ENCRYPTED).fetch_one(&shared).await?;
+    assert!(!encrypted_shared, "the shared pool");
     shared.close().await;
 
     let separator = if url.contains('?') { '&' } else { '?' };
