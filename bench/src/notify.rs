@@ -5,6 +5,8 @@
 //!   tenant of 1,000 members; the lag from a command's commit to its in-app notifications being
 //!   readable (a query of the feed's table sees them), beside the `actions` projection's lag for
 //!   the same commits in the same run.
+//! - **Catch-up**: the notifier alone over a backlog appended behind its checkpoint, beside
+//!   reading the same events.
 //! - **Email throughput**: the dispatcher delivering a backlog of approval emails to a local SMTP
 //!   sink, beside a bare `lettre` send loop to the same sink.
 
@@ -15,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use countersign_app::notify::{NOTIFIER, Notifier, NotifierConfig};
 use countersign_domain::action::{Action, ActionCommand, CastVote, CommandContext};
 use countersign_domain::members::{Email, MemberCommand, MemberDirectory, MemberDraft};
 use countersign_domain::policy::PolicySnapshot;
@@ -33,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::ledger::{Database, Settings, submission, submit_command};
-use crate::projections::percentile;
+use crate::projections::{percentile, read_rate_after, seed_actions};
 use crate::report::{Figure, Section, machine, progress};
 
 /// Members of the tenant's directory.
@@ -42,6 +45,8 @@ const MEMBERS: usize = 1000;
 const APPROVERS: usize = 10;
 /// Actions submitted and approved per second (four events each: 1,000 events/s).
 const PAIRS_PER_SECOND: u32 = 250;
+/// Actions (four events each) appended behind the notifier per catch-up run.
+const CATCH_UP: usize = 25_000;
 /// Emails per throughput run.
 const EMAILS: usize = 1000;
 const FROM: &str = "countersign@bench.test";
@@ -346,6 +351,55 @@ async fn fan_out(
     })
 }
 
+/// Appends `CATCH_UP` submitted-and-approved actions after the notifier's checkpoint, reads
+/// them (the baseline), then runs the notifier alone until it has caught up: (reading,
+/// notifier) in events per second. Every submission must have notified every approver and every
+/// approval the requester.
+async fn catch_up(
+    ledger: &Ledger,
+    pool: &PgPool,
+    url: &str,
+    people: &People,
+) -> anyhow::Result<(f64, f64)> {
+    let after = ledger.load_checkpoint(NOTIFIER).await?;
+    let rows_before: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications")
+        .fetch_one(pool)
+        .await?;
+    let events = seed_actions(url, CATCH_UP, |_, id| {
+        let (submit, vote) = commands(people, id)?;
+        Ok((people.tenant.clone(), vec![submit, vote]))
+    })
+    .await?;
+    let read = read_rate_after(ledger, after).await?;
+    let notifier = Notifier::new(ledger.clone(), NotifierConfig::default());
+    let mut checkpoint = None;
+    let started = Instant::now();
+    let mut processed = 0;
+    loop {
+        let read = notifier.process_next(&mut checkpoint).await?;
+        if read == 0 {
+            break;
+        }
+        processed += read;
+    }
+    let rate = processed as f64 / started.elapsed().as_secs_f64();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications")
+        .fetch_one(pool)
+        .await?;
+    // Beyond them only what a stopped worker had read but not yet checkpointed.
+    anyhow::ensure!(
+        usize::try_from(events).is_ok_and(|events| processed >= events),
+        "the notifier read {processed} of the {events} events appended"
+    );
+    let expected = i64::try_from(CATCH_UP * (APPROVERS + 1))?;
+    anyhow::ensure!(
+        rows - rows_before == expected,
+        "the catch-up wrote {} notifications, not {expected}",
+        rows - rows_before
+    );
+    Ok((read, rate))
+}
+
 // ------------------------------------------------------------------------------------ email
 
 /// Just enough of an SMTP server (RFC 5321) to accept every message; records when each arrived.
@@ -557,6 +611,25 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
         bare.push(bare_lettre(&sink, EMAILS, concurrency).await?);
         service.push(dispatched(&database.url, &people, &sink).await?);
     }
+    // Catch-up: the notifier alone over a backlog no worker saw, beside reading it. Last, so the
+    // email runs' workers never start with that backlog for their other tailers to read.
+    let ledger = Ledger::open(&StoreConfig::Postgres {
+        url: database.url.clone(),
+    })
+    .await?;
+    let (mut reads, mut catch_ups) = (Vec::new(), Vec::new());
+    for run in 0..settings.runs {
+        progress(&format!(
+            "notify: catch-up run {}/{}",
+            run + 1,
+            settings.runs
+        ));
+        let (read, caught_up) = catch_up(&ledger, &pool, &database.url, &people).await?;
+        reads.push(read);
+        catch_ups.push(caught_up);
+    }
+    ledger.close().await;
+
     pool.close().await;
 
     let (n99, p99, serial, bare, service) = (
@@ -614,6 +687,29 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
             "\n{missing} commits had no readable notification within 30 s of the load's end."
         );
     }
+    let (reads, catch_ups) = (Figure(reads), Figure(catch_ups));
+    let _ = writeln!(
+        markdown,
+        "\n**Catch-up.** {CATCH_UP} actions submitted and approved in the same tenant ({} events) \
+         appended behind the notifier's checkpoint while no worker runs, then the notifier alone \
+         (`NotifierConfig::default()`, in this process) until it has caught up: {} notifications \
+         per run, checked. The baseline reads the same events in batches of 1,000.\n",
+        CATCH_UP * 4,
+        CATCH_UP * (APPROVERS + 1)
+    );
+    let _ = writeln!(markdown, "| | events/s | ratio to reading |");
+    let _ = writeln!(markdown, "| --- | ---: | ---: |");
+    let _ = writeln!(
+        markdown,
+        "| reading the backlog (baseline) | {} | 1.00 |",
+        reads.show(0)
+    );
+    let _ = writeln!(
+        markdown,
+        "| the notifier catching up | {} | {:.2} |",
+        catch_ups.show(0),
+        catch_ups.median() / reads.median()
+    );
     let _ = writeln!(
         markdown,
         "\n**Email throughput.** {EMAILS} approval emails ({} actions submitted while the worker \

@@ -68,16 +68,31 @@ pub(crate) fn commands(
 /// Appends `actions` submitted-and-approved actions (four events each) straight into the events
 /// table, in the stored form cqrs-es writes, many rows per INSERT.
 pub(crate) async fn seed(url: &str, people: &People, actions: usize) -> anyhow::Result<i64> {
+    seed_actions(url, actions, |n, id| {
+        let tenant = &people.tenants[n % people.tenants.len()];
+        let (submit, vote) = commands(people, tenant, id)?;
+        Ok((tenant.clone(), vec![submit, vote]))
+    })
+    .await
+}
+
+/// Appends `actions` new actions straight into the events table, each the events of the
+/// commands `make(n, id)` answers (the tenant and the commands in order), decided as the
+/// ledger would decide them, in the stored form cqrs-es writes, many rows per INSERT.
+pub(crate) async fn seed_actions(
+    url: &str,
+    actions: usize,
+    make: impl Fn(usize, ActionId) -> anyhow::Result<(TenantId, Vec<ActionCommand>)>,
+) -> anyhow::Result<i64> {
     let mut connection = PgConnection::connect(url).await?;
     let mut events = 0;
     let mut rows: Vec<(String, i64, String, serde_json::Value, serde_json::Value)> = Vec::new();
     for n in 0..actions {
-        let tenant = &people.tenants[n % people.tenants.len()];
         let id = ActionId::from_uuid(uuid::Uuid::now_v7());
-        let (submit, vote) = commands(people, tenant, id)?;
+        let (tenant, commands) = make(n, id)?;
         let mut action = Action::default();
         let mut sequence = 0;
-        for command in [submit, vote] {
+        for command in commands {
             let actor = command.context().by.id.to_string();
             for event in action.decide(command)? {
                 sequence += 1;
@@ -130,8 +145,13 @@ pub(crate) async fn seed(url: &str, people: &People, actions: usize) -> anyhow::
 
 /// Reads the whole log in batches: the rate a projection could reach if applying cost nothing.
 pub(crate) async fn read_rate(ledger: &Ledger) -> anyhow::Result<f64> {
+    read_rate_after(ledger, LogCursor::START).await
+}
+
+/// Reads the log after `cursor` in batches of 1,000: events per second.
+pub(crate) async fn read_rate_after(ledger: &Ledger, cursor: LogCursor) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let (mut cursor, mut read) = (LogCursor::START, 0usize);
+    let (mut cursor, mut read) = (cursor, 0usize);
     loop {
         let batch = ledger.read_log(cursor, 1000).await?;
         let Some(last) = batch.last() else { break };

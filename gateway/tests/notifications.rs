@@ -222,6 +222,56 @@ async fn approvers_hear_of_a_submission_and_the_requester_of_its_decision_once(k
     }
 }
 
+on_both_stores!(a_backlog_read_ahead_of_its_writes_notifies_everyone_once);
+async fn a_backlog_read_ahead_of_its_writes_notifies_everyone_once(kind: &str) {
+    let app = TestApp::spawn(kind).await;
+    members(&app).await;
+    let requester = token("rita", "acme", &["requester"]);
+    let owner = token("olga", "acme", &["owner"]);
+    let mut ids = Vec::new();
+    for order in 0..6 {
+        let submitted = app.post("/v1/actions", &requester, refund(order)).await;
+        assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+        ids.push(submitted.body["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids[..3] {
+        let voted = app
+            .post(
+                &format!("/v1/actions/{id}/votes"),
+                &owner,
+                json!({ "vote": "approve" }),
+            )
+            .await;
+        assert_eq!(voted.status, StatusCode::OK, "{}", voted.body);
+    }
+    app.settled_event_count().await;
+    // Batches of two: while a full batch is written, the next is read and prepared.
+    let notifier = Notifier::new(
+        app.store.ledger.clone(),
+        NotifierConfig {
+            batch: 2,
+            ..NotifierConfig::default()
+        },
+    );
+    let mut first = None;
+    assert_eq!(notifier.process_next(&mut first).await.expect("a batch"), 2);
+    // A caller starting somewhere else (the start again) is never handed the batch prepared
+    // after `first`: it gets the batch after where it starts.
+    let mut again = Some(LogCursor::START);
+    assert_eq!(notifier.process_next(&mut again).await.expect("a batch"), 2);
+    assert_eq!(
+        again, first,
+        "the first two events again, not the batch read ahead"
+    );
+    drain(&app, &notifier, &mut first).await;
+    for (user, roles) in [("olga", &["owner"][..]), ("adam", &["admin"][..])] {
+        let page = feed(&app, user, roles).await;
+        assert_eq!(kinds(&page), ["assigned"; 6], "{user}: {page}");
+    }
+    let rita = feed(&app, "rita", &["requester"]).await;
+    assert_eq!(kinds(&rita), ["decided"; 3], "{rita}");
+}
+
 on_both_stores!(preferences_and_the_directory_at_the_moment_of_the_event_decide_who_hears);
 async fn preferences_and_the_directory_at_the_moment_of_the_event_decide_who_hears(kind: &str) {
     let app = TestApp::spawn(kind).await;

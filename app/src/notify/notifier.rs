@@ -52,7 +52,7 @@ impl Default for NotifierConfig {
         Self {
             channels: BTreeSet::new(),
             link_base: None,
-            batch: 200,
+            batch: 2000,
             reminder_interval: Duration::from_secs(5),
         }
     }
@@ -223,13 +223,10 @@ struct TenantRoutes {
 }
 
 /// An action's stream, each event with its decoded form.
-fn decoded(stream: Vec<LoggedEvent>) -> anyhow::Result<Vec<(LoggedEvent, ActionEvent)>> {
+fn decoded(stream: Vec<LoggedEvent>) -> anyhow::Result<Vec<(i64, ActionEvent)>> {
     stream
         .into_iter()
-        .map(|logged| {
-            let decoded = logged.decode::<Action>()?;
-            Ok((logged, decoded))
-        })
+        .map(|logged| Ok((logged.sequence, logged.decode::<Action>()?)))
         .collect()
 }
 
@@ -241,6 +238,20 @@ pub struct Notifier {
     /// The tenants' directory streams, kept between batches: a batch reads only what was
     /// appended to a stream since the one before (a tenant of 1,000 members has 1,000 events).
     directories: Arc<std::sync::Mutex<BTreeMap<String, DirectoryStream>>>,
+    /// The batch after the last one written, prepared while that one was being written.
+    ahead: Arc<std::sync::Mutex<Option<Prepared>>>,
+}
+
+/// A batch read and turned into its rows, not yet written.
+#[derive(Debug)]
+struct Prepared {
+    /// The cursor the batch was read after.
+    after: LogCursor,
+    /// Its last event's cursor: the checkpoint once its rows are written.
+    last: LogCursor,
+    /// Events read.
+    count: usize,
+    changes: Vec<Change>,
 }
 
 /// Tenants whose directory streams are kept between batches; beyond it the copies start over.
@@ -250,9 +261,46 @@ const KEPT_DIRECTORIES: usize = 1024;
 /// directory stream (brought up to date once) and its outside channels.
 #[derive(Default)]
 struct BatchCache {
-    actions: BTreeMap<String, Vec<(LoggedEvent, ActionEvent)>>,
+    /// Each touched action's events by sequence, and the action folded so far: the batch's
+    /// events of an action come in sequence order, so each is applied once.
+    actions: BTreeMap<String, ActionStream>,
     directories: BTreeMap<String, DirectoryStream>,
     routes: BTreeMap<String, TenantRoutes>,
+}
+
+/// One action's events (sequence, event) as far as the batch needs them, and the action folded
+/// from the first `folded` of them.
+#[derive(Default)]
+struct ActionStream {
+    events: Vec<(i64, ActionEvent)>,
+    folded: usize,
+    action: Action,
+}
+
+impl ActionStream {
+    /// The action as it stood before the event of `sequence` and after it, and the event; none
+    /// when the stream does not hold it.
+    fn step(&mut self, sequence: i64) -> Option<(Option<ActionState>, ActionEvent, ActionState)> {
+        let at = self
+            .events
+            .iter()
+            .position(|(known, _)| *known == sequence)?;
+        if at < self.folded {
+            // Not in sequence order (never from the log): fold again from the start.
+            self.action = Action::default();
+            self.folded = 0;
+        }
+        while self.folded < at {
+            self.action.apply(self.events[self.folded].1.clone());
+            self.folded += 1;
+        }
+        let before = self.action.state().cloned();
+        let this = self.events[at].1.clone();
+        self.action.apply(this.clone());
+        self.folded += 1;
+        let after = self.action.state()?.clone();
+        Some((before, this, after))
+    }
 }
 
 /// A tenant's directory events (position, event), and the directory folded from the first
@@ -278,38 +326,107 @@ impl Notifier {
             ledger,
             config,
             directories: Arc::default(),
+            ahead: Arc::default(),
         }
     }
 
     /// Processes the next batch of the log after `checkpoint` (read from the store when
-    /// unknown); answers how many events it read.
+    /// unknown); answers how many events it read. While a full batch's rows are written, the
+    /// next batch is read and prepared, to be written by the next call.
     pub async fn process_next(&self, checkpoint: &mut Option<LogCursor>) -> anyhow::Result<usize> {
         let after = match *checkpoint {
             Some(after) => after,
             None => self.ledger.load_checkpoint(NOTIFIER).await?,
         };
         *checkpoint = Some(after);
+        let ahead = self.ahead.lock().ok().and_then(|mut ahead| ahead.take());
+        let prepared = match ahead {
+            Some(prepared) if prepared.after == after => prepared,
+            _ => match self.prepare(after).await? {
+                Some(prepared) => prepared,
+                None => return Ok(0),
+            },
+        };
+        let Prepared {
+            last,
+            count,
+            changes,
+            ..
+        } = prepared;
+        let full = count >= self.config.batch as usize;
+        let (written, next) = tokio::join!(self.write(changes, last), async {
+            if !full {
+                return None;
+            }
+            // A failure here is met again, and reported, when the next call reads this batch.
+            self.prepare(last).await.ok().flatten()
+        });
+        written?;
+        *checkpoint = Some(last);
+        if let Ok(mut ahead) = self.ahead.lock() {
+            *ahead = next;
+        }
+        Ok(count)
+    }
+
+    /// Writes a batch's rows, then moves the checkpoint past it (to `last`).
+    async fn write(&self, changes: Vec<Change>, last: LogCursor) -> anyhow::Result<()> {
+        let written = store::apply(self.ledger.backend(), changes).await?;
+        if written > 0 {
+            metrics::counter!("countersign_notifications_written_total").increment(written);
+        }
+        self.ledger.save_checkpoint(NOTIFIER, last).await
+    }
+
+    /// Reads the batch after `after` and decides its rows; none at the end of the log.
+    async fn prepare(&self, after: LogCursor) -> anyhow::Result<Option<Prepared>> {
         let events = self.ledger.read_log(after, self.config.batch).await?;
         let Some(last) = events.last().map(|event| event.cursor) else {
-            return Ok(0);
+            return Ok(None);
         };
         let mut cache = BatchCache {
             directories: self.kept_directories(),
             ..BatchCache::default()
         };
-        // Every action stream the batch touches, in one read.
-        let touched: Vec<&str> = events
+        // The batch's action events, decoded once, by action.
+        for event in events.iter().filter(|event| event.aggregate_type == ACTION) {
+            let decoded = event.decode::<Action>().with_context(|| {
+                format!(
+                    "decoding event {} of action {}",
+                    event.sequence, event.aggregate_id
+                )
+            })?;
+            cache
+                .actions
+                .entry(event.aggregate_id.clone())
+                .or_default()
+                .events
+                .push((event.sequence, decoded));
+        }
+        // An action whose stream began before the batch is read whole, all such in one read.
+        let earlier: Vec<String> = cache
+            .actions
             .iter()
-            .filter(|event| event.aggregate_type == ACTION)
-            .map(|event| event.aggregate_id.as_str())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
+            .filter(|(_, stream)| {
+                !stream
+                    .events
+                    .iter()
+                    .zip(1..)
+                    .all(|((sequence, _), expected)| *sequence == expected)
+            })
+            .map(|(id, _)| id.clone())
             .collect();
-        for (id, stream) in touched
-            .iter()
-            .zip(self.ledger.streams_of::<Action, _>(&touched).await?)
-        {
-            cache.actions.insert((*id).to_owned(), decoded(stream)?);
+        if !earlier.is_empty() {
+            let streams = self.ledger.streams_of::<Action, _>(&earlier).await?;
+            for (id, stream) in earlier.into_iter().zip(streams) {
+                cache.actions.insert(
+                    id,
+                    ActionStream {
+                        events: decoded(stream)?,
+                        ..ActionStream::default()
+                    },
+                );
+            }
         }
         let mut changes = Vec::new();
         for event in &events {
@@ -326,13 +443,12 @@ impl Notifier {
                 })?;
         }
         self.keep_directories(cache.directories);
-        let written = store::apply(self.ledger.backend(), changes).await?;
-        if written > 0 {
-            metrics::counter!("countersign_notifications_written_total").increment(written);
-        }
-        self.ledger.save_checkpoint(NOTIFIER, last).await?;
-        *checkpoint = Some(last);
-        Ok(events.len())
+        Ok(Some(Prepared {
+            after,
+            last,
+            count: events.len(),
+            changes,
+        }))
     }
 
     /// The directory streams kept from the batches before, each to be brought up to date.
@@ -362,33 +478,11 @@ impl Notifier {
         cache: &mut BatchCache,
         changes: &mut Vec<Change>,
     ) -> anyhow::Result<()> {
-        let id = ActionId::parse(&event.aggregate_id)
-            .map_err(|err| anyhow::anyhow!("an action event names no action: {err}"))?;
-        if !cache.actions.contains_key(&event.aggregate_id) {
-            let stream = self.ledger.stream_of::<Action>(&id).await?;
-            cache
-                .actions
-                .insert(event.aggregate_id.clone(), decoded(stream)?);
-        }
-        let stream = cache
+        let Some((before, this, after)) = cache
             .actions
-            .get(&event.aggregate_id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut action = Action::default();
-        let mut before = None;
-        let mut this = None;
-        for (logged, decoded) in stream {
-            if logged.sequence > event.sequence {
-                break;
-            }
-            if logged.sequence == event.sequence {
-                before = action.state().cloned();
-                this = Some(decoded.clone());
-            }
-            action.apply(decoded.clone());
-        }
-        let (Some(this), Some(after)) = (this, action.into_state()) else {
+            .get_mut(&event.aggregate_id)
+            .and_then(|stream| stream.step(event.sequence))
+        else {
             return Ok(());
         };
         let directory = self
