@@ -18,7 +18,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::Semaphore;
 
 use crate::ledger::{Database, Settings};
-use crate::projections::{People, commands, people, percentile, read_rate, seed};
+use crate::projections::{People, commands, people, percentile, read_ahead_rate, read_rate, seed};
 use crate::report::{Figure, Section, machine, progress};
 
 /// Heads are signed every this many events of a tenant.
@@ -206,8 +206,8 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
     progress(&format!("verification: seeding {actions} approved actions"));
     let events = seed(&database.url, &people, actions).await?;
 
-    let (mut reads, mut seals, mut verifies, mut decisions) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut reads, mut aheads, mut seals, mut verifies, mut decisions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..settings.runs {
         progress(&format!(
             "verification: rate run {}/{}",
@@ -215,12 +215,14 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
             settings.runs
         ));
         reads.push(read_rate(&ledger).await?);
+        aheads.push(read_ahead_rate(&ledger).await?);
         seals.push(seal_rate(&ledger, &store, &signer, &database.url).await?);
         verifies.push(verify_rate(&ledger, &store, &signer).await?);
         decisions.push(decisions_rate(&ledger).await?);
     }
-    let (reads, seals, verifies, decisions) = (
+    let (reads, aheads, seals, verifies, decisions) = (
         Figure(reads),
+        Figure(aheads),
         Figure(seals),
         Figure(verifies),
         Figure(decisions),
@@ -262,17 +264,28 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
     let _ = writeln!(
         markdown,
         "**Rates** over a log of {events} events ({actions} actions across 8 tenants, each submitted and approved). \
-         The baseline is reading the same log in batches of 1,000 without doing anything with it. Sealing computes each \
+         The baseline is reading the same log in batches of 1,000 without doing anything with it, one batch after another; \
+         the second baseline reads them one batch ahead of the consumer, as `verify` reads. Sealing computes each \
          event's canonical leaf, writes leaves, trees and checkpoint per batch and signs a head every {EVERY_EVENTS} events \
          of a tenant; `verify` recomputes every tree, compares every leaf and checks every head and signature; the decision \
          replay decides every recorded command again.\n"
     );
-    let _ = writeln!(markdown, "| | events/s | ratio to reading |");
-    let _ = writeln!(markdown, "| --- | ---: | ---: |");
     let _ = writeln!(
         markdown,
-        "| reading the log (baseline) | {} | 1.00 |",
-        reads.show(0)
+        "| | events/s | ratio to reading | ratio to reading ahead |"
+    );
+    let _ = writeln!(markdown, "| --- | ---: | ---: | ---: |");
+    let _ = writeln!(
+        markdown,
+        "| reading the log (baseline) | {} | 1.00 | {:.2} |",
+        reads.show(0),
+        reads.median() / aheads.median()
+    );
+    let _ = writeln!(
+        markdown,
+        "| reading it one batch ahead (`Ledger::read_ahead`, second baseline) | {} | {:.2} | 1.00 |",
+        aheads.show(0),
+        aheads.median() / reads.median()
     );
     for (label, figure) in [
         ("sealing from the start", &seals),
@@ -281,9 +294,10 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
     ] {
         let _ = writeln!(
             markdown,
-            "| {label} | {} | {:.2} |",
+            "| {label} | {} | {:.2} | {:.2} |",
             figure.show(0),
-            figure.median() / reads.median()
+            figure.median() / reads.median(),
+            figure.median() / aheads.median()
         );
     }
     let _ = writeln!(
