@@ -18,7 +18,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::Semaphore;
 
 use crate::ledger::{Database, Settings, submission, submit_command};
-use crate::report::{Figure, Section, machine, progress};
+use crate::report::{Figure, Section, machine, progress, rates_beside_reading};
 
 pub(crate) struct People {
     pub(crate) tenants: Vec<TenantId>,
@@ -372,35 +372,15 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
         markdown,
         "**Rebuild** of each projection from the start of a log of {events} events ({actions} actions across 8 tenants, each submitted and approved: four events). The baseline is reading the same log in batches of 1,000 without applying anything, one batch after another; the second baseline reads them one batch ahead of the consumer, as a rebuild reads.\n"
     );
-    let _ = writeln!(
-        markdown,
-        "| | events/s | ratio to reading | ratio to reading ahead |"
+    rates_beside_reading(
+        &mut markdown,
+        &reads,
+        &aheads,
+        &[
+            ("rebuilding `actions`", &actions_rates),
+            ("rebuilding `audit`", &audit_rates),
+        ],
     );
-    let _ = writeln!(markdown, "| --- | ---: | ---: | ---: |");
-    let _ = writeln!(
-        markdown,
-        "| reading the log (baseline) | {} | 1.00 | {:.2} |",
-        reads.show(0),
-        reads.median() / aheads.median()
-    );
-    let _ = writeln!(
-        markdown,
-        "| reading it one batch ahead (`Ledger::read_ahead`, second baseline) | {} | {:.2} | 1.00 |",
-        aheads.show(0),
-        aheads.median() / reads.median()
-    );
-    for (label, figure) in [
-        ("rebuilding `actions`", &actions_rates),
-        ("rebuilding `audit`", &audit_rates),
-    ] {
-        let _ = writeln!(
-            markdown,
-            "| {label} | {} | {:.2} | {:.2} |",
-            figure.show(0),
-            figure.median() / reads.median(),
-            figure.median() / aheads.median()
-        );
-    }
     let _ = writeln!(markdown, "\n{BATCHES}");
     let _ = writeln!(
         markdown,

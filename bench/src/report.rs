@@ -32,6 +32,37 @@ impl Figure {
     }
 }
 
+/// A table of whole-log jobs in events/s beside both reading baselines: one batch after
+/// another (`reads`), and one batch ahead of the consumer (`aheads`).
+pub fn rates_beside_reading(
+    markdown: &mut String,
+    reads: &Figure,
+    aheads: &Figure,
+    jobs: &[(&str, &Figure)],
+) {
+    let _ = writeln!(
+        markdown,
+        "| | events/s | ratio to reading | ratio to reading ahead |"
+    );
+    let _ = writeln!(markdown, "| --- | ---: | ---: | ---: |");
+    let rows = [
+        ("reading the log (baseline)", reads),
+        (
+            "reading it one batch ahead (`Ledger::read_ahead`, second baseline)",
+            aheads,
+        ),
+    ];
+    for (label, figure) in rows.iter().chain(jobs) {
+        let _ = writeln!(
+            markdown,
+            "| {label} | {} | {:.2} | {:.2} |",
+            figure.show(0),
+            figure.median() / reads.median(),
+            figure.median() / aheads.median()
+        );
+    }
+}
+
 /// A report section: its id and its Markdown.
 pub struct Section {
     pub id: &'static str,

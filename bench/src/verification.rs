@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::ledger::{Database, Settings};
 use crate::projections::{People, commands, people, percentile, read_ahead_rate, read_rate, seed};
-use crate::report::{Figure, Section, machine, progress};
+use crate::report::{Figure, Section, machine, progress, rates_beside_reading};
 
 /// Heads are signed every this many events of a tenant.
 const EVERY_EVENTS: u64 = 1000;
@@ -270,36 +270,16 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
          of a tenant; `verify` recomputes every tree, compares every leaf and checks every head and signature; the decision \
          replay decides every recorded command again.\n"
     );
-    let _ = writeln!(
-        markdown,
-        "| | events/s | ratio to reading | ratio to reading ahead |"
+    rates_beside_reading(
+        &mut markdown,
+        &reads,
+        &aheads,
+        &[
+            ("sealing from the start", &seals),
+            ("`countersign verify`", &verifies),
+            ("`countersign verify --decisions` replay alone", &decisions),
+        ],
     );
-    let _ = writeln!(markdown, "| --- | ---: | ---: | ---: |");
-    let _ = writeln!(
-        markdown,
-        "| reading the log (baseline) | {} | 1.00 | {:.2} |",
-        reads.show(0),
-        reads.median() / aheads.median()
-    );
-    let _ = writeln!(
-        markdown,
-        "| reading it one batch ahead (`Ledger::read_ahead`, second baseline) | {} | {:.2} | 1.00 |",
-        aheads.show(0),
-        aheads.median() / reads.median()
-    );
-    for (label, figure) in [
-        ("sealing from the start", &seals),
-        ("`countersign verify`", &verifies),
-        ("`countersign verify --decisions` replay alone", &decisions),
-    ] {
-        let _ = writeln!(
-            markdown,
-            "| {label} | {} | {:.2} | {:.2} |",
-            figure.show(0),
-            figure.median() / reads.median(),
-            figure.median() / aheads.median()
-        );
-    }
     let _ = writeln!(
         markdown,
         "\n**Sealer lag under load**: {pairs_per_second} actions per second submitted and approved through the ledger \

@@ -63,6 +63,18 @@ async fn drain(app: &TestApp, notifier: &Notifier, checkpoint: &mut Option<LogCu
     .await;
 }
 
+/// Approves the action as the token's holder; the vote must be accepted.
+async fn approve(app: &TestApp, voter: &str, id: &str) {
+    let voted = app
+        .post(
+            &format!("/v1/actions/{id}/votes"),
+            voter,
+            json!({ "vote": "approve" }),
+        )
+        .await;
+    assert_eq!(voted.status, StatusCode::OK, "{}", voted.body);
+}
+
 async fn feed(app: &TestApp, user: &str, roles: &[&str]) -> Value {
     let answer = app
         .get("/v1/notifications", &token(user, "acme", roles))
@@ -115,14 +127,7 @@ async fn approvers_hear_of_a_submission_and_the_requester_of_its_decision_once(k
     }
 
     let owner = token("olga", "acme", &["owner"]);
-    let voted = app
-        .post(
-            &format!("/v1/actions/{id}/votes"),
-            &owner,
-            json!({ "vote": "approve" }),
-        )
-        .await;
-    assert_eq!(voted.status, StatusCode::OK, "{}", voted.body);
+    approve(&app, &owner, &id).await;
     drain(&app, &notifier, &mut checkpoint).await;
     let rita = feed(&app, "rita", &["requester"]).await;
     assert_eq!(kinds(&rita), ["decided"], "{rita}");
@@ -235,14 +240,7 @@ async fn a_backlog_read_ahead_of_its_writes_notifies_everyone_once(kind: &str) {
         ids.push(submitted.body["id"].as_str().expect("id").to_owned());
     }
     for id in &ids[..3] {
-        let voted = app
-            .post(
-                &format!("/v1/actions/{id}/votes"),
-                &owner,
-                json!({ "vote": "approve" }),
-            )
-            .await;
-        assert_eq!(voted.status, StatusCode::OK, "{}", voted.body);
+        approve(&app, &owner, id).await;
     }
     app.settled_event_count().await;
     // Batches of two: while a full batch is written, the next is read and prepared.
