@@ -270,6 +270,51 @@ async fn a_backlog_read_ahead_of_its_writes_notifies_everyone_once(kind: &str) {
     assert_eq!(kinds(&rita), ["decided"; 3], "{rita}");
 }
 
+on_both_stores!(a_batch_ends_at_its_rows_limit_and_the_rest_follows_in_the_next);
+async fn a_batch_ends_at_its_rows_limit_and_the_rest_follows_in_the_next(kind: &str) {
+    let app = TestApp::spawn(kind).await;
+    members(&app).await;
+    let requester = token("rita", "acme", &["requester"]);
+    for order in 0..4 {
+        let submitted = app.post("/v1/actions", &requester, refund(order)).await;
+        assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+    }
+    app.settled_event_count().await;
+    // Every submission gives two rows (olga's and adam's): a limit of one row ends each batch
+    // at the event that has any.
+    let notifier = Notifier::new(
+        app.store.ledger.clone(),
+        NotifierConfig {
+            max_rows: 1,
+            ..NotifierConfig::default()
+        },
+    );
+    let mut checkpoint = None;
+    let first = notifier
+        .process_next(&mut checkpoint)
+        .await
+        .expect("a batch");
+    let mut read = first;
+    loop {
+        match notifier
+            .process_next(&mut checkpoint)
+            .await
+            .expect("a batch")
+        {
+            0 => break,
+            more => read += more,
+        }
+    }
+    assert!(
+        first < read,
+        "the first batch ended at its first submission: {first} of {read} events"
+    );
+    for (user, roles) in [("olga", &["owner"][..]), ("adam", &["admin"][..])] {
+        let page = feed(&app, user, roles).await;
+        assert_eq!(kinds(&page), ["assigned"; 4], "{user}: {page}");
+    }
+}
+
 on_both_stores!(preferences_and_the_directory_at_the_moment_of_the_event_decide_who_hears);
 async fn preferences_and_the_directory_at_the_moment_of_the_event_decide_who_hears(kind: &str) {
     let app = TestApp::spawn(kind).await;

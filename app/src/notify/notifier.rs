@@ -43,6 +43,9 @@ pub struct NotifierConfig {
     pub link_base: Option<String>,
     /// Events read per batch.
     pub batch: u32,
+    /// Rows a batch holds at most: it ends after the event that reaches this many (an event's
+    /// rows are never split), the rest of what was read is read again as the next batch.
+    pub max_rows: usize,
     /// How often due reminders are looked for.
     pub reminder_interval: Duration,
 }
@@ -53,6 +56,7 @@ impl Default for NotifierConfig {
             channels: BTreeSet::new(),
             link_base: None,
             batch: 2000,
+            max_rows: 20_000,
             reminder_interval: Duration::from_secs(5),
         }
     }
@@ -251,6 +255,8 @@ struct Prepared {
     last: LogCursor,
     /// Events read.
     count: usize,
+    /// More may be waiting: the read filled the batch, or the batch stopped at its rows' limit.
+    full: bool,
     changes: Vec<Change>,
 }
 
@@ -350,10 +356,10 @@ impl Notifier {
         let Prepared {
             last,
             count,
+            full,
             changes,
             ..
         } = prepared;
-        let full = count >= self.config.batch as usize;
         let (written, next) = tokio::join!(self.write(changes, last), async {
             if !full {
                 return None;
@@ -429,7 +435,9 @@ impl Notifier {
             }
         }
         let mut changes = Vec::new();
-        for event in &events {
+        let (mut last, mut count) = (last, events.len());
+        let mut full = events.len() >= self.config.batch as usize;
+        for (index, event) in events.iter().enumerate() {
             if event.aggregate_type != ACTION {
                 continue;
             }
@@ -441,12 +449,19 @@ impl Notifier {
                         event.sequence, event.aggregate_id
                     )
                 })?;
+            if changes.len() >= self.config.max_rows && index + 1 < events.len() {
+                // The rest of the batch is the next batch's: a tenant of many approvers must
+                // not hold a batch's millions of rows in memory.
+                (last, count, full) = (event.cursor, index + 1, true);
+                break;
+            }
         }
         self.keep_directories(cache.directories);
         Ok(Some(Prepared {
             after,
             last,
-            count: events.len(),
+            count,
+            full,
             changes,
         }))
     }
