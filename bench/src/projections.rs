@@ -370,7 +370,7 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
     );
     let _ = writeln!(
         markdown,
-        "**Rebuild** of each projection from the start of a log of {events} events ({actions} actions across 8 tenants, each submitted and approved: four events). The baseline is reading the same log in batches of 1,000 without applying anything, one batch after another; the second baseline reads them one batch ahead of the consumer, as a rebuild reads.\n"
+        "**Rebuild** of each projection from the start of a log of {events} events ({actions} actions across 8 tenants, each submitted and approved: four events). The baseline is reading the same log in batches of 1,000 without applying anything, one batch after another; the second baseline reads them one batch ahead of the consumer, as a rebuild reads. Each ratio is the median (and spread) of the runs' own ratios, every run against its own baselines.\n"
     );
     rates_beside_reading(
         &mut markdown,

@@ -21,6 +21,18 @@ impl Figure {
         }
     }
 
+    /// Each run's value divided by the baseline's of the same run: on a noisy host a steadier
+    /// ratio than one median over the other.
+    pub fn per_run(&self, baseline: &Figure) -> Figure {
+        Figure(
+            self.0
+                .iter()
+                .zip(&baseline.0)
+                .map(|(value, base)| value / base)
+                .collect(),
+        )
+    }
+
     /// `median (min–max)`.
     pub fn show(&self, decimals: usize) -> String {
         let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
@@ -33,7 +45,8 @@ impl Figure {
 }
 
 /// A table of whole-log jobs in events/s beside both reading baselines: one batch after
-/// another (`reads`), and one batch ahead of the consumer (`aheads`).
+/// another (`reads`), and one batch ahead of the consumer (`aheads`); each ratio is the median
+/// (and spread) of the runs' own ratios, every run's job against that run's baselines.
 pub fn rates_beside_reading(
     markdown: &mut String,
     reads: &Figure,
@@ -55,10 +68,10 @@ pub fn rates_beside_reading(
     for (label, figure) in rows.iter().chain(jobs) {
         let _ = writeln!(
             markdown,
-            "| {label} | {} | {:.2} | {:.2} |",
+            "| {label} | {} | {} | {} |",
             figure.show(0),
-            figure.median() / reads.median(),
-            figure.median() / aheads.median()
+            figure.per_run(reads).show(2),
+            figure.per_run(aheads).show(2)
         );
     }
 }

@@ -265,7 +265,7 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
         markdown,
         "**Rates** over a log of {events} events ({actions} actions across 8 tenants, each submitted and approved). \
          The baseline is reading the same log in batches of 1,000 without doing anything with it, one batch after another; \
-         the second baseline reads them one batch ahead of the consumer, as `verify` reads. Sealing computes each \
+         the second baseline reads them one batch ahead of the consumer, as `verify` reads. Each ratio is the median (and spread) of the runs' own ratios, every run against its own baselines. Sealing computes each \
          event's canonical leaf, writes leaves, trees and checkpoint per batch and signs a head every {EVERY_EVENTS} events \
          of a tenant; `verify` recomputes every tree, compares every leaf and checks every head and signature; the decision \
          replay decides every recorded command again.\n"
