@@ -63,6 +63,18 @@ async fn drain(app: &TestApp, notifier: &Notifier, checkpoint: &mut Option<LogCu
     .await;
 }
 
+/// Rita submits refunds of orders `0..count`, each accepted; answers their action ids.
+async fn submit_refunds(app: &TestApp, count: u32) -> Vec<String> {
+    let requester = token("rita", "acme", &["requester"]);
+    let mut ids = Vec::new();
+    for order in 0..count {
+        let submitted = app.post("/v1/actions", &requester, refund(order)).await;
+        assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
+        ids.push(submitted.body["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
 /// Approves the action as the token's holder; the vote must be accepted.
 async fn approve(app: &TestApp, voter: &str, id: &str) {
     let voted = app
@@ -231,14 +243,8 @@ on_both_stores!(a_backlog_read_ahead_of_its_writes_notifies_everyone_once);
 async fn a_backlog_read_ahead_of_its_writes_notifies_everyone_once(kind: &str) {
     let app = TestApp::spawn(kind).await;
     members(&app).await;
-    let requester = token("rita", "acme", &["requester"]);
     let owner = token("olga", "acme", &["owner"]);
-    let mut ids = Vec::new();
-    for order in 0..6 {
-        let submitted = app.post("/v1/actions", &requester, refund(order)).await;
-        assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
-        ids.push(submitted.body["id"].as_str().expect("id").to_owned());
-    }
+    let ids = submit_refunds(&app, 6).await;
     for id in &ids[..3] {
         approve(&app, &owner, id).await;
     }
@@ -274,11 +280,7 @@ on_both_stores!(a_batch_ends_at_its_rows_limit_and_the_rest_follows_in_the_next)
 async fn a_batch_ends_at_its_rows_limit_and_the_rest_follows_in_the_next(kind: &str) {
     let app = TestApp::spawn(kind).await;
     members(&app).await;
-    let requester = token("rita", "acme", &["requester"]);
-    for order in 0..4 {
-        let submitted = app.post("/v1/actions", &requester, refund(order)).await;
-        assert_eq!(submitted.status, StatusCode::CREATED, "{}", submitted.body);
-    }
+    submit_refunds(&app, 4).await;
     app.settled_event_count().await;
     // Every submission gives two rows (olga's and adam's): a limit of one row ends each batch
     // at the event that has any.
