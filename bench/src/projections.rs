@@ -293,7 +293,9 @@ const BATCHES: &str = "Each batch (2,000 events in a rebuild, up to 1,000 live) 
     multi-row `VALUES` statements of 400 rows through sqlx's `Any` driver (several statements \
     a table, thousands of placeholders each) and every touched action's state was read back: \
     rebuilds ran at 0.52× (`actions`) and 0.34× (`audit`) the rate of reading (the 2026-11-22 \
-    run on an Intel Xeon host).";
+    run on an Intel Xeon host). A rebuilt generation's tables are written with their primary \
+    keys only: their secondary indexes (five on `actions`, one on each other table) are built \
+    once the build has caught up, before the last batches and the swap.";
 
 pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();

@@ -66,6 +66,14 @@ impl LoggedEvent {
         A: LedgerAggregate,
         A::Command: Clone,
     {
+        let upcasters = A::upcasters();
+        if !upcasters
+            .iter()
+            .any(|upcaster| upcaster.can_upcast(&self.event_type, &self.event_version))
+        {
+            // The current version: read from the payload in place (no copy of its tree).
+            return serde::Deserialize::deserialize(&self.payload).with_context(|| self.decoding());
+        }
         let mut event = SerializedEvent::new(
             self.aggregate_id.clone(),
             usize::try_from(self.sequence).unwrap_or_default(),
@@ -75,17 +83,19 @@ impl LoggedEvent {
             self.payload.clone(),
             self.metadata.clone(),
         );
-        for upcaster in A::upcasters() {
+        for upcaster in upcasters {
             if upcaster.can_upcast(&event.event_type, &event.event_version) {
                 event = upcaster.upcast(event);
             }
         }
-        serde_json::from_value(event.payload).with_context(|| {
-            format!(
-                "decoding {} v{} at position {}",
-                self.event_type, self.event_version, self.cursor.position
-            )
-        })
+        serde_json::from_value(event.payload).with_context(|| self.decoding())
+    }
+
+    fn decoding(&self) -> String {
+        format!(
+            "decoding {} v{} at position {}",
+            self.event_type, self.event_version, self.cursor.position
+        )
     }
 }
 

@@ -105,7 +105,8 @@ impl Projection {
         }
     }
 
-    /// DDL creating one generation's tables (portable; RLS is added separately on PostgreSQL).
+    /// DDL creating one generation's tables and their primary keys (portable; RLS is added
+    /// separately on PostgreSQL, the secondary indexes by [`Self::indexes`]).
     fn ddl(self, g: i64) -> Vec<String> {
         match self {
             Self::Actions => vec![
@@ -135,19 +136,6 @@ impl Projection {
                         state TEXT NOT NULL
                     )"
                 ),
-                format!("CREATE INDEX p_actions_g{g}_review_due ON p_actions_g{g} (review_due)"),
-                format!(
-                    "CREATE INDEX p_actions_g{g}_created ON p_actions_g{g} (tenant, status, submitted_at, action_id)"
-                ),
-                format!(
-                    "CREATE INDEX p_actions_g{g}_risk ON p_actions_g{g} (tenant, status, risk_score, action_id)"
-                ),
-                format!(
-                    "CREATE INDEX p_actions_g{g}_deadline ON p_actions_g{g} (tenant, status, expires_at, action_id)"
-                ),
-                format!(
-                    "CREATE INDEX p_actions_g{g}_requester ON p_actions_g{g} (tenant, requested_by, submitted_at, action_id)"
-                ),
                 format!(
                     "CREATE TABLE p_eligibility_g{g} (
                         action_id TEXT NOT NULL,
@@ -156,9 +144,6 @@ impl Projection {
                         principal TEXT NOT NULL,
                         PRIMARY KEY (action_id, kind, principal)
                     )"
-                ),
-                format!(
-                    "CREATE INDEX p_eligibility_g{g}_principal ON p_eligibility_g{g} (tenant, kind, principal, action_id)"
                 ),
                 format!(
                     "CREATE TABLE p_stats_g{g} (
@@ -187,7 +172,6 @@ impl Projection {
                         PRIMARY KEY (action_id, sequence)
                     )"
                 ),
-                format!("CREATE INDEX p_audit_g{g}_tenant ON p_audit_g{g} (tenant, position)"),
                 format!(
                     "CREATE TABLE p_votes_g{g} (
                         action_id TEXT NOT NULL,
@@ -202,8 +186,42 @@ impl Projection {
                         PRIMARY KEY (action_id, sequence)
                     )"
                 ),
+            ],
+        }
+    }
+
+    /// The secondary indexes of one generation's tables (the primary keys are in [`Self::ddl`]).
+    /// A generation built from the start of the log gets them once it has caught up
+    /// ([`ProjectionStore::create_indexes`]): building an index over the finished rows once
+    /// costs far less than maintaining it at every row a rebuild writes and rewrites.
+    fn indexes(self, g: i64) -> Vec<String> {
+        match self {
+            Self::Actions => vec![
                 format!(
-                    "CREATE INDEX p_votes_g{g}_voter ON p_votes_g{g} (tenant, voter, at, action_id)"
+                    "CREATE INDEX IF NOT EXISTS p_actions_g{g}_review_due ON p_actions_g{g} (review_due)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_actions_g{g}_created ON p_actions_g{g} (tenant, status, submitted_at, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_actions_g{g}_risk ON p_actions_g{g} (tenant, status, risk_score, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_actions_g{g}_deadline ON p_actions_g{g} (tenant, status, expires_at, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_actions_g{g}_requester ON p_actions_g{g} (tenant, requested_by, submitted_at, action_id)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_eligibility_g{g}_principal ON p_eligibility_g{g} (tenant, kind, principal, action_id)"
+                ),
+            ],
+            Self::Audit => vec![
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_audit_g{g}_tenant ON p_audit_g{g} (tenant, position)"
+                ),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS p_votes_g{g}_voter ON p_votes_g{g} (tenant, voter, at, action_id)"
                 ),
             ],
         }

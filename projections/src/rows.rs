@@ -145,8 +145,13 @@ pub struct AuditRow {
 
 pub fn audit_row(logged: &LoggedEvent, event: &ActionEvent) -> anyhow::Result<AuditRow> {
     let context = event.context();
-    let stored = serde_json::to_value(event)?;
-    let content = stored.get(event.event_type()).cloned().unwrap_or(stored);
+    let content = match serde_json::to_value(event)? {
+        // The variant's content, taken out of its tag (not copied).
+        serde_json::Value::Object(mut tagged) if tagged.contains_key(event.event_type()) => tagged
+            .remove(event.event_type())
+            .unwrap_or(serde_json::Value::Null),
+        stored => stored,
+    };
     Ok(AuditRow {
         action_id: logged.aggregate_id.clone(),
         sequence: logged.sequence,

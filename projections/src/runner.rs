@@ -389,6 +389,10 @@ pub async fn rebuild(
         }
     }
     ahead.finish().await?;
+    // Indexed once over the rows written so far, then maintained for the few that follow.
+    store
+        .create_indexes(projection, generation.generation)
+        .await?;
     // Whatever was appended since the reader's last read.
     loop {
         match runner.process_next().await? {

@@ -240,7 +240,12 @@ impl ProjectionStore {
             .try_get(0)?;
             compress = lz4;
         }
-        for statement in projection.ddl(next) {
+        let mut statements = projection.ddl(next);
+        if state != GenerationState::Building {
+            // A generation built from the start gets its indexes once it has caught up.
+            statements.extend(projection.indexes(next));
+        }
+        for statement in statements {
             tx.execute(statement.as_str())
                 .await
                 .with_context(|| format!("creating {projection} generation {next}"))?;
@@ -328,6 +333,30 @@ impl ProjectionStore {
         Ok(())
     }
 
+    /// Creates the secondary indexes a generation's tables lack (a building generation is
+    /// written without them; [`rebuild`](crate::rebuild) adds them once it has caught up, and
+    /// [`Self::promote`] makes sure of them). Idempotent.
+    pub async fn create_indexes(
+        &self,
+        projection: Projection,
+        generation: i64,
+    ) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        for statement in projection.indexes(generation) {
+            sqlx::query(&statement)
+                .execute(&self.pool)
+                .await
+                .with_context(|| format!("indexing {projection} generation {generation}"))?;
+        }
+        tracing::info!(
+            projection = projection.name(),
+            generation,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "projection generation indexed"
+        );
+        Ok(())
+    }
+
     /// Gathers the planner's statistics on a generation's tables: a freshly built generation has
     /// none until autovacuum comes by, and the inbox plans badly without them.
     pub async fn analyze(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
@@ -342,6 +371,7 @@ impl ProjectionStore {
 
     /// Makes `generation` the one that serves reads and retires the previous one, atomically.
     pub async fn promote(&self, projection: Projection, generation: i64) -> anyhow::Result<()> {
+        self.create_indexes(projection, generation).await?;
         let mut tx = self.write_transaction().await?;
         let now = now_micros();
         sqlx::query("UPDATE projections SET state = 'retired', updated_at = $1 WHERE name = $2 AND state = 'live' AND generation <> $3")

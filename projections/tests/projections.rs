@@ -1212,3 +1212,102 @@ async fn row_level_security_hides_other_tenants_even_from_hand_written_queries()
         "no tenant set, no rows"
     );
 }
+
+/// The indexes on a generation's tables, their generation number written as `*`.
+async fn indexes_of(world: &World, projection: Projection, generation: i64) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for table in projection.tables(generation) {
+        let found: Vec<String> = match world.store.ledger.backend() {
+            countersign_ledger::Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT indexname::TEXT FROM pg_indexes WHERE tablename = $1")
+                    .bind(&table)
+                    .fetch_all(pool)
+                    .await
+            }
+            countersign_ledger::Backend::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = $1",
+                )
+                .bind(&table)
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .expect("index list");
+        names.extend(
+            found
+                .into_iter()
+                .map(|name| name.replace(&format!("_g{generation}"), "_g*")),
+        );
+    }
+    names
+}
+
+on_both_stores!(a_rebuilt_generation_is_indexed_once_caught_up_like_the_live_one);
+async fn a_rebuilt_generation_is_indexed_once_caught_up_like_the_live_one(kind: &str) {
+    let mut world = World::new(kind).await;
+    workload(&mut world, 21, 12).await;
+    world.project().await;
+    for projection in Projection::ALL {
+        let live = world.live(projection).await;
+        let served = indexes_of(&world, projection, live.generation).await;
+        assert!(
+            served
+                .iter()
+                .filter(|name| !name.ends_with("pkey") && !name.contains("autoindex"))
+                .count()
+                >= 2,
+            "{projection}: the live generation has its secondary indexes: {served:?}"
+        );
+        // A build interrupted early: its tables hold rows and only their primary keys.
+        let building = world
+            .projections
+            .create_generation(projection, GenerationState::Building)
+            .await
+            .expect("generation");
+        world.catch_up(projection, building.generation, 7).await;
+        let bare = indexes_of(&world, projection, building.generation).await;
+        assert!(
+            bare.len() < served.len() && bare.is_subset(&served),
+            "{projection}: a building generation is written without its secondary indexes: {bare:?}"
+        );
+        // More is written; the live generation keeps up, the build resumes, catches up and
+        // goes live with every index the live one had.
+        workload(&mut world, 22, 3).await;
+        world.catch_up(projection, live.generation, 1000).await;
+        let rebuilt = countersign_projections::rebuild(
+            &world.store.ledger,
+            &world.projections,
+            projection,
+            |_, _| {},
+        )
+        .await
+        .expect("rebuild");
+        assert_eq!(rebuilt.generation, building.generation, "the build resumed");
+        assert_eq!(rebuilt.state, GenerationState::Live);
+        assert_eq!(
+            indexes_of(&world, projection, rebuilt.generation).await,
+            served,
+            "{projection}"
+        );
+        // Resumed without its indexes, the build still holds exactly the incremental rows.
+        assert_eq!(
+            world
+                .projections
+                .dump(projection, rebuilt.generation)
+                .await
+                .expect("dump"),
+            world
+                .projections
+                .dump(projection, live.generation)
+                .await
+                .expect("dump of the retired generation, not yet dropped"),
+            "{projection}"
+        );
+        world
+            .projections
+            .drop_retired(projection)
+            .await
+            .expect("drop");
+    }
+}
