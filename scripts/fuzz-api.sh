@@ -53,13 +53,36 @@ data=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$data"' EXIT
 env -u DATABASE_URL "$bin" demo --data-dir "$data" --log-format text >"$data/demo.txt" 2>/dev/null
-port=$((20000 + RANDOM % 20000))
-env -u DATABASE_URL "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --log-format text 2>"$data/serve.log" &
-server=$!
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
+# Served on a random port, ready when /readyz answers: a busy host (the gate runs beside other
+# test binaries) may take many seconds; a port someone else holds makes the server exit, and
+# another port is tried. Never fuzzes a server that is not ready.
+ready=
+for attempt in 1 2 3; do
+  port=$((10000 + RANDOM % 22000)) # below the ephemeral ports (32768 up) outgoing connections take
+  env -u DATABASE_URL "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --log-format text 2>"$data/serve.log" &
+  server=$!
+  deadline=$((SECONDS + ${FUZZ_READY_SECONDS:-180}))
+  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$server" 2>/dev/null; do
+    if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    sleep 0.2
+  done
+  [ -n "$ready" ] && break
+  if kill -0 "$server" 2>/dev/null; then
+    echo "fuzz-api: the server on port $port was not ready within ${FUZZ_READY_SECONDS:-180}s; its log:" >&2
+    cat "$data/serve.log" >&2
+    exit 1
+  fi
+  echo "fuzz-api: the server on port $port exited (attempt $attempt); its log:" >&2
+  cat "$data/serve.log" >&2
+  server=
 done
+if [ -z "$ready" ]; then
+  echo "fuzz-api: no server became ready" >&2
+  exit 1
+fi
 
 failed=()
 users=${FUZZ_USERS:-olivia rita audrey}
