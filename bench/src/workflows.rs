@@ -1,6 +1,6 @@
 //! Workflows (issue 17): the time from an event accepted to its run started at 1,000 events/s;
 //! 10,000 duplicates start no run; the JetStream intake beside a pipelined publish of the same
-//! messages by a bare async-nats client.
+//! messages by a bare async-nats client and beside the same recording without NATS.
 //!
 //! "Accepted" is the commit of the event's `EventReceived` (what `POST /v1/events` and the NATS
 //! intake answer after); "started" is the commit of the run's first event, `RunTriggered`; both
@@ -294,6 +294,47 @@ async fn publish(
     Ok(messages.len() as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Records the events through the intake's use case directly, without NATS: parsed from their
+/// bytes, in batches of the intake's size, as many side by side as the intake handles; answers
+/// events per second. What the JetStream intake adds to it is the broker's share.
+async fn record_directly(
+    app: &App,
+    publisher: &Actor,
+    events: &[serde_json::Value],
+) -> anyhow::Result<f64> {
+    use futures::StreamExt as _;
+    let payloads = events
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = Instant::now();
+    let mut batches = futures::stream::iter(payloads.chunks(countersign_workflows::intake::BATCH))
+        .map(async |chunk| {
+            let events = chunk
+                .iter()
+                .map(|payload| {
+                    let document = serde_json::from_slice::<serde_json::Value>(payload)?;
+                    Ok(CloudEvent::parse(&document)?)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let receipts = workflows::receive(app, publisher, events, "bench")
+                .await
+                .map_err(|err| anyhow::anyhow!("recording: {err}"))?;
+            anyhow::ensure!(
+                receipts
+                    .iter()
+                    .all(|receipt| receipt.status == ReceiptStatus::Accepted),
+                "an event recorded directly was not new"
+            );
+            Ok(())
+        })
+        .buffer_unordered(countersign_workflows::intake::CONCURRENCY);
+    while let Some(done) = batches.next().await {
+        done?;
+    }
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Runs the intake over the messages already in the stream until its consumer has acknowledged
 /// them all; answers how long that took.
 async fn consume(
@@ -440,7 +481,7 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
     let dup_rate = duplicates.len() as f64 / dup_time.as_secs_f64();
 
     // The JetStream intake beside the pipelined publish of the same messages.
-    let (mut published, mut consumed) = (Vec::new(), Vec::new());
+    let (mut published, mut consumed, mut direct) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..settings.runs {
         progress(&format!(
             "workflows: JetStream intake of {INTAKE_EVENTS} events, run {}/{}",
@@ -456,13 +497,17 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
         let took = consume(&app, &client, &intake, INTAKE_EVENTS).await?;
         consumed.push(INTAKE_EVENTS as f64 / took.as_secs_f64());
         let _ = context.delete_stream(&intake.stream).await;
+        let events: Vec<_> = (0..INTAKE_EVENTS)
+            .map(|n| refund(&format!("d{round}-{n}"), THRESHOLD / 2))
+            .collect();
+        direct.push(record_directly(&app, &publisher, &events).await?);
     }
     let _ = stop.send(true);
     let _ = engine.await;
     pool.close().await;
     ledger.close().await;
 
-    let (published, consumed) = (Figure(published), Figure(consumed));
+    let (published, consumed, direct) = (Figure(published), Figure(consumed), Figure(direct));
     let mut markdown = String::new();
     let _ = writeln!(markdown, "## Workflows\n");
     let _ = writeln!(
@@ -507,7 +552,7 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
     );
     let _ = writeln!(
         markdown,
-        "**JetStream intake**: {INTAKE_EVENTS} `order.refunded` events below the workflow's threshold (recorded, no run) published to the intake stream, then consumed by the intake (checked, recorded in the ledger, acknowledged) until the consumer's acknowledgement floor reaches the last; the baseline is the publish of the same messages by a bare async-nats client, 500 acks in flight at a time.\n"
+        "**JetStream intake**: {INTAKE_EVENTS} `order.refunded` events below the workflow's threshold (recorded, no run) published to the intake stream, then consumed by the intake (checked, recorded in the ledger, acknowledged) until the consumer's acknowledgement floor reaches the last; the baseline is the publish of the same messages by a bare async-nats client, 500 acks in flight at a time. Beside them, the same number of other events recorded through the intake's use case directly (parsed from their bytes, in the intake's batches, as many side by side): the ledger's and the engine's share without the broker's.\n"
     );
     let _ = writeln!(markdown, "| | events/s | ratio |");
     let _ = writeln!(markdown, "| --- | ---: | ---: |");
@@ -521,6 +566,12 @@ pub(crate) async fn measure(settings: &Settings, database: &Database) -> anyhow:
         "| JetStream intake | {} | {:.2} |",
         consumed.show(0),
         consumed.median() / published.median()
+    );
+    let _ = writeln!(
+        markdown,
+        "| recorded directly, no NATS | {} | {:.2} |",
+        direct.show(0),
+        direct.median() / published.median()
     );
     Ok(Section {
         id: "workflows",

@@ -20,6 +20,10 @@ pub const CONCURRENCY: usize = 4;
 /// The most messages handled as one batch: what the consumer has ready, up to this many.
 pub const BATCH: usize = 500;
 
+/// Messages delivered and not yet acknowledged, at most: every batch being handled and one pull
+/// ahead.
+const MAX_ACK_PENDING: i64 = ((CONCURRENCY + 1) * BATCH) as i64;
+
 /// Where events come in.
 #[derive(Debug, Clone)]
 pub struct IntakeConfig {
@@ -136,6 +140,9 @@ impl NatsIntake {
                     filter_subject: format!("{}.intake.*.>", self.config.prefix),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(60),
+                    // Room for every batch handled side by side and the next pull's worth (the
+                    // server's default, 1,000, would hold the intake to two batches at a time).
+                    max_ack_pending: MAX_ACK_PENDING,
                     deliver_policy: consumer::DeliverPolicy::All,
                     ..Default::default()
                 },
@@ -353,7 +360,9 @@ impl NatsIntake {
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     Some(()) = handling.next(), if !handling.is_empty() => {}
-                    next = batches.next(), if handling.len() < CONCURRENCY => match next {
+                    // Unconstrained: tokio's cooperative budget would end a batch after 128
+                    // messages however many were ready, and a batch's cost is mostly per batch.
+                    next = tokio::task::unconstrained(batches.next()), if handling.len() < CONCURRENCY => match next {
                         Some(batch) => {
                             let (taken, failed): (Vec<_>, Vec<_>) =
                                 batch.into_iter().partition(Result::is_ok);

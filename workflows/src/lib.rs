@@ -14,7 +14,7 @@
 //!   goes to `<prefix>.intake.dlq` with its reason.
 
 mod engine;
-mod intake;
+pub mod intake;
 
 pub use engine::Engine;
 pub use intake::{HEADER_CODE, HEADER_REASON, HEADER_SUBJECT, IntakeConfig, NatsIntake};
