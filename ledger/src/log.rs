@@ -16,7 +16,6 @@
 //! keeps what is the same on both: the cursor, the events, the cache of the newest stretch and
 //! reading ahead.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -55,9 +54,8 @@ pub struct LoggedEvent {
     pub sequence: i64,
     pub event_type: String,
     pub event_version: String,
-    /// Shared, not copied, by every tailer the ledger hands the event to from its tail cache.
-    pub payload: Arc<Value>,
-    pub metadata: Arc<Value>,
+    pub payload: Value,
+    pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -74,8 +72,7 @@ impl LoggedEvent {
             .any(|upcaster| upcaster.can_upcast(&self.event_type, &self.event_version))
         {
             // The current version: read from the payload in place (no copy of its tree).
-            return serde::Deserialize::deserialize(&*self.payload)
-                .with_context(|| self.decoding());
+            return serde::Deserialize::deserialize(&self.payload).with_context(|| self.decoding());
         }
         let mut event = SerializedEvent::new(
             self.aggregate_id.clone(),
@@ -83,8 +80,8 @@ impl LoggedEvent {
             self.aggregate_type.clone(),
             self.event_type.clone(),
             self.event_version.clone(),
-            Value::clone(&self.payload),
-            Value::clone(&self.metadata),
+            self.payload.clone(),
+            self.metadata.clone(),
         );
         for upcaster in upcasters {
             if upcaster.can_upcast(&event.event_type, &event.event_version) {
@@ -407,7 +404,7 @@ pub const LINGER: Duration = Duration::from_millis(2);
 #[derive(Debug)]
 pub enum LogWaker {
     Postgres(Box<PgListener>),
-    InProcess(Arc<tokio::sync::Notify>),
+    InProcess(std::sync::Arc<tokio::sync::Notify>),
 }
 
 impl LogWaker {
@@ -450,8 +447,8 @@ mod tail_cache {
             sequence: 1,
             event_type: "Submitted".to_owned(),
             event_version: "1".to_owned(),
-            payload: serde_json::json!({}).into(),
-            metadata: serde_json::json!({}).into(),
+            payload: serde_json::json!({}),
+            metadata: serde_json::json!({}),
             recorded_at: chrono::DateTime::UNIX_EPOCH,
         }
     }

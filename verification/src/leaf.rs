@@ -60,8 +60,8 @@ impl SealedEvent {
             event_type: event.event_type.clone(),
             event_version: event.event_version.clone(),
             recorded_at: format_time(event.recorded_at),
-            payload: Value::clone(&event.payload),
-            metadata: Value::clone(&event.metadata),
+            payload: event.payload.clone(),
+            metadata: event.metadata.clone(),
         }
     }
 
@@ -494,10 +494,8 @@ mod tests {
             event_type: ["ActionSubmitted", "VoteCast", "ActionApproved"][(n % 3) as usize]
                 .to_owned(),
             event_version: "1".to_owned(),
-            payload: json!({ "n": n, "body": rng.value(4), "amount": 10.5, "note": rng.text() })
-                .into(),
-            metadata: json!({ "tenant": "acme", "actor": rng.text(), "extra": rng.value(2) })
-                .into(),
+            payload: json!({ "n": n, "body": rng.value(4), "amount": 10.5, "note": rng.text() }),
+            metadata: json!({ "tenant": "acme", "actor": rng.text(), "extra": rng.value(2) }),
             recorded_at: DateTime::from_timestamp_micros(
                 1_795_000_000_000_000 + i64::try_from(n).expect("small") * 1_234_567,
             )

@@ -419,8 +419,8 @@ fn logged(
         sequence: base.sequence,
         event_type: base.event_type,
         event_version: base.event_version,
-        payload: payload.into(),
-        metadata: metadata.into(),
+        payload,
+        metadata,
         recorded_at,
     }
 }
