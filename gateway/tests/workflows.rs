@@ -791,6 +791,16 @@ async fn a_burst_over_jetstream_is_recorded_once_per_event() {
         .get_consumer("intake")
         .await
         .expect("the intake's consumer");
+    // Room for every batch the intake handles side by side (the server's default of 1,000
+    // unacknowledged messages would hold it to two batches of 500).
+    let config = &consumer.info().await.expect("the consumer's info").config;
+    let in_flight =
+        countersign_workflows::intake::CONCURRENCY * countersign_workflows::intake::BATCH;
+    assert!(
+        usize::try_from(config.max_ack_pending).is_ok_and(|limit| limit > in_flight),
+        "max_ack_pending {} holds back the intake's {in_flight} messages in flight",
+        config.max_ack_pending
+    );
     let total = u64::try_from(EVENTS + 2).expect("count");
     eventually(within(Duration::from_secs(30)), async || {
         let info = consumer.info().await.map_err(|err| err.to_string())?;
