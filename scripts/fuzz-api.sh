@@ -3,7 +3,8 @@
 # /openapi.json of a demo instance, with every check (`--checks all`), once per role: an owner
 # (olivia), a requester (rita) and an auditor (audrey). Each run is bounded by FUZZ_SECONDS
 # (default 300, spent in full) and FUZZ_EXAMPLES per operation and pass (default 25);
-# FUZZ_USERS picks fewer of the three. Fails when any run finds anything:
+# FUZZ_USERS picks fewer of the three; FUZZ_READY_SECONDS (default 180) bounds the wait for the
+# served instance to be ready. Fails when any run finds anything:
 # a 5xx, a response that does not match the document, an undocumented status, a schema-valid
 # request refused or a schema-invalid one accepted, or a refused request (4xx) that changed the
 # log (`refusal_changes_nothing`, scripts/fuzz_hooks.py, which schemathesis.toml loads). The few
@@ -17,6 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-300}
 examples=${FUZZ_EXAMPLES:-25}
+# How long the served instance may take to answer /readyz (a busy host takes many seconds).
+ready_seconds=${FUZZ_READY_SECONDS:-180}
 venv=target/fuzz-venv
 # Created once, under a lock: concurrent callers wait for one environment instead of racing.
 if [ ! -x "$venv/bin/st" ]; then
@@ -61,7 +64,7 @@ for attempt in 1 2 3; do
   port=$((10000 + RANDOM % 22000)) # below the ephemeral ports (32768 up) outgoing connections take
   env -u DATABASE_URL "$bin" serve --data-dir "$data" --listen "127.0.0.1:$port" --log-format text 2>"$data/serve.log" &
   server=$!
-  deadline=$((SECONDS + ${FUZZ_READY_SECONDS:-180}))
+  deadline=$((SECONDS + ready_seconds))
   while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$server" 2>/dev/null; do
     if curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
       ready=1
@@ -71,7 +74,7 @@ for attempt in 1 2 3; do
   done
   [ -n "$ready" ] && break
   if kill -0 "$server" 2>/dev/null; then
-    echo "fuzz-api: the server on port $port was not ready within ${FUZZ_READY_SECONDS:-180}s; its log:" >&2
+    echo "fuzz-api: the server on port $port was not ready within ${ready_seconds}s; its log:" >&2
     cat "$data/serve.log" >&2
     exit 1
   fi
